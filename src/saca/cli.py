@@ -1,0 +1,55 @@
+"""Command line entry point: ``python -m saca <command>`` (also the ``saca`` script).
+
+Each topic module in :mod:`saca.commands` exposes ``register(subparsers)``;
+modules import their heavy dependencies (torch, pybullet) inside the command
+handlers so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from saca import SacaError, __version__
+
+COMMAND_MODULES = (
+    "saca.commands.data",
+    "saca.commands.evaluate",
+    "saca.commands.policy",
+    "saca.commands.auditor",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saca",
+        description="SACA / VLN-R1 reproduction: every workflow step as a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"saca {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result = args.func(args)
+    except SacaError as err:
+        print(f"saca {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""CLI commands by topic; each module has ``register(subparsers)``."""

@@ -1,0 +1,5 @@
+"""CLI commands: auditor."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,5 @@
+"""CLI commands: evaluate."""
+
+
+def register(sub) -> None:
+    pass

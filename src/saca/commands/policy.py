@@ -1,0 +1,5 @@
+"""CLI commands: policy."""
+
+
+def register(sub) -> None:
+    pass

@@ -1,0 +1,1 @@
+"""VLN-CE evaluation: metrics, the batched runner, reference agents."""

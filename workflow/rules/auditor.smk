@@ -1,0 +1,1 @@
+# Rules: auditor (see src/saca/commands/auditor.py).

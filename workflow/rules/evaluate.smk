@@ -1,0 +1,1 @@
+# Rules: evaluate (see src/saca/commands/evaluate.py).

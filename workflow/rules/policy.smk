@@ -1,0 +1,1 @@
+# Rules: policy (see src/saca/commands/policy.py).
