@@ -1,1 +1,148 @@
-# Rules: evaluate (see src/saca/commands/evaluate.py).
+# Rules: evaluate (see src/saca/commands/evaluate.py and docs/evaluation.md).
+#
+# One evaluation = {run} x {dataset} x {split}, in results/{dataset}/eval/{run}/{split}/.
+# RUN_AGENTS maps a run name to its agent spec: a reference agent name, or a function of the
+# wildcards that returns a policy checkpoint path (which then becomes an input of the rule).
+# Other rules files register their runs, e.g. in policy.smk:
+#     RUN_AGENTS["sft"] = lambda w: f"{RESULTS}/{w.dataset}/policy/sft/checkpoint"
+# and add their metrics paths to TARGETS (eval_targets(run) gives them).
+
+EVAL = config["evaluation"]
+REFERENCE_AGENTS = ("random", "forward", "oracle")
+RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
+EVAL_DIR = RESULTS + "/{dataset}/eval/{run}/{split}"
+
+
+def run_agent(wildcards):
+    if wildcards.run not in RUN_AGENTS:
+        raise ValueError(
+            f"evaluation run '{wildcards.run}' has no agent; known runs: {', '.join(RUN_AGENTS)} (see RUN_AGENTS)"
+        )
+    spec = RUN_AGENTS[wildcards.run]
+    return str(spec(wildcards)) if callable(spec) else spec
+
+
+def run_checkpoint(wildcards):
+    spec = run_agent(wildcards)
+    return [] if spec in REFERENCE_AGENTS else [spec]
+
+
+def eval_inputs(wildcards):
+    return {
+        "episodes": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}.json.gz",
+        "gt": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}_gt.json.gz",
+        "scenes": f"{RESULTS}/scenes/index.json",
+        "checkpoint": run_checkpoint(wildcards),
+        "src": SACA_SRC,
+    }
+
+
+def eval_targets(run, with_plots=True):
+    """The metrics.json (and plots) of one run, for every dataset and configured split."""
+    out = []
+    for dataset in DATASETS:
+        for split in EVAL["splits"]:
+            d = EVAL_DIR.format(dataset=dataset, run=run, split=split)
+            out.append(f"{d}/metrics.json")
+            if with_plots and EVAL["plots"] > 0:
+                out.append(f"{d}/plots")
+    return out
+
+
+def eval_dir(wildcards):
+    return EVAL_DIR.format(dataset=wildcards.dataset, run=wildcards.run, split=wildcards.split)
+
+
+EVAL_CMD = (
+    "OMP_NUM_THREADS={threads} {SACA} evaluate --dataset-dir {RESULTS}/{wildcards.dataset}"
+    " --scenes-dir {RESULTS}/scenes --split {wildcards.split} --agent {params.agent} --run {wildcards.run}"
+    " --backend {params.backend} --turn-angle {params.turn_angle} --sim {params.sim} --params {params.cfg}"
+    " --out {params.out}"
+)
+EVAL_PARAMS = dict(
+    out=eval_dir,
+    agent=run_agent,
+    backend=lambda w: dataset_cfg(w)["backend"],
+    turn_angle=lambda w: dataset_cfg(w)["turn_angle"],
+    sim=as_json(config["sim"]),
+    cfg=as_json(EVAL),
+)
+
+if EVAL["shards"] == 1:
+
+    rule evaluate:
+        input:
+            unpack(eval_inputs),
+        output:
+            metrics=EVAL_DIR + "/metrics.json",
+            episodes=EVAL_DIR + "/episodes.jsonl",
+        params:
+            **EVAL_PARAMS,
+        log:
+            RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.log",
+        benchmark:
+            RESULTS + "/benchmarks/evaluate/{dataset}/{run}/{split}.tsv"
+        threads: 2
+        shell:
+            EVAL_CMD + " > {log} 2>&1"
+
+else:
+
+    rule evaluate_shard:
+        input:
+            unpack(eval_inputs),
+        output:
+            metrics=EVAL_DIR + "/shards/{shard}-of-{nshards}/metrics.json",
+            episodes=EVAL_DIR + "/shards/{shard}-of-{nshards}/episodes.jsonl",
+        params:
+            **EVAL_PARAMS,
+        log:
+            RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.{shard}-of-{nshards}.log",
+        benchmark:
+            RESULTS + "/benchmarks/evaluate/{dataset}/{run}/{split}.{shard}-of-{nshards}.tsv"
+        threads: 2
+        wildcard_constraints:
+            shard=r"\d+",
+            nshards=r"\d+",
+        shell:
+            EVAL_CMD + " --shard {wildcards.shard}/{wildcards.nshards} > {log} 2>&1"
+
+    rule evaluate:
+        input:
+            expand(
+                EVAL_DIR + "/shards/{shard}-of-{nshards}/metrics.json",
+                shard=range(EVAL["shards"]),
+                nshards=EVAL["shards"],
+                allow_missing=True,
+            ),
+        output:
+            metrics=EVAL_DIR + "/metrics.json",
+            episodes=EVAL_DIR + "/episodes.jsonl",
+        params:
+            out=eval_dir,
+        log:
+            RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.merge.log",
+        shell:
+            "{SACA} eval-merge --out {params.out} > {log} 2>&1"
+
+
+rule eval_plots:
+    input:
+        episodes=EVAL_DIR + "/episodes.jsonl",
+        split=RESULTS + "/{dataset}/episodes/{split}.json.gz",
+        scenes=RESULTS + "/scenes/index.json",
+        src=SACA_SRC,
+    output:
+        directory(EVAL_DIR + "/plots"),
+    params:
+        **EVAL_PARAMS,
+    log:
+        RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.plots.log",
+    shell:
+        "{SACA} plot-episodes --dataset-dir {RESULTS}/{wildcards.dataset} --scenes-dir {RESULTS}/scenes"
+        " --split {wildcards.split} --backend {params.backend} --turn-angle {params.turn_angle}"
+        " --sim {params.sim} --params {params.cfg} --eval-dir {params.out} --out {output} > {log} 2>&1"
+
+
+for _run in EVAL["runs"]:
+    TARGETS += eval_targets(_run)

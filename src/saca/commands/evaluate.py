@@ -1,5 +1,124 @@
-"""CLI commands: evaluate."""
+"""CLI commands: evaluate, eval-merge, plot-episodes (VLN-CE evaluation, docs/evaluation.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from saca.config import add_params_args
+
+log = logging.getLogger(__name__)
+
+
+def _sim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset-dir", required=True, type=Path,
+                   help="dataset root, e.g. results/mini_r2r (episodes in DATASET_DIR/episodes/)")
+    p.add_argument("--split", required=True, help="val_unseen, val_seen or train")
+    p.add_argument("--scenes-dir", type=Path, default=None,
+                   help="scene files the simulator loads (default: results/scenes beside the dataset dir)")
+    p.add_argument("--backend", default="embedded", help="simulator backend: embedded or habitat")
+    p.add_argument("--turn-angle", type=float, required=True, help="degrees per turn: 15 (R2R-CE) or 30 (RxR-CE)")
+    p.add_argument("--sim", default=None, help="JSON object with the 'sim' settings (default: SimConfig defaults)")
 
 
 def register(sub) -> None:
-    pass
+    p = sub.add_parser("evaluate", help="run an agent on every episode of a split; write episodes.jsonl + metrics.json")
+    _sim_args(p)
+    p.add_argument("--agent", required=True,
+                   help="reference agent (random, forward, oracle) or a policy checkpoint path")
+    p.add_argument("--run", default=None, help="run name (default: the agent name); names the default --out")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: DATASET_DIR/eval/RUN/SPLIT)")
+    p.add_argument("--shard", default=None, help="evaluate shard i of n (0-based 'i/n'); outputs go to OUT/shards/i-of-n")
+    p.add_argument("--batch-size", type=int, default=None, help="episodes active at once (overrides the params)")
+    add_params_args(p, "evaluation")
+    p.set_defaults(func=cmd_evaluate)
+
+    m = sub.add_parser("eval-merge", help="merge OUT/shards/{i}-of-{n} of a sharded evaluation into OUT")
+    m.add_argument("--out", type=Path, required=True, help="the evaluation directory that holds shards/")
+    m.set_defaults(func=cmd_merge)
+
+    q = sub.add_parser("plot-episodes", help="top-down plots (map, reference path, agent path) of sampled episodes")
+    _sim_args(q)
+    q.add_argument("--eval-dir", type=Path, required=True, help="a finished evaluation directory (episodes.jsonl)")
+    q.add_argument("--out", type=Path, required=True, help="directory for the PNG files (replaced atomically)")
+    q.add_argument("--n", type=int, default=None, help="episodes to plot (default: the params' 'plots')")
+    add_params_args(q, "evaluation")
+    q.set_defaults(func=cmd_plot)
+
+
+def _make_sim_factory(args):
+    from saca import SacaError
+    from saca.config import from_dict
+    from saca.sim import SimConfig, make_simulator
+
+    try:
+        sim_data = json.loads(args.sim) if args.sim else {}
+    except json.JSONDecodeError as err:
+        raise SacaError(f"--sim: malformed JSON ({err})") from err
+    sim_cfg = from_dict(SimConfig, sim_data, "sim")
+    scenes = args.scenes_dir or args.dataset_dir.parent / "scenes"
+    if not scenes.is_dir():
+        raise SacaError(f"--scenes-dir {scenes}: directory does not exist (run the 'scenes' step)")
+    make = lambda: make_simulator(args.backend, sim_cfg, args.turn_angle, scenes)  # noqa: E731
+    make().close()  # fail on a bad backend or turn angle before anything else runs
+    return make
+
+
+def _load(args):
+    from saca import SacaError
+    from saca.episodes import SPLITS, episode_paths, load_split
+
+    if args.split not in SPLITS:
+        raise SacaError(f"--split '{args.split}': choose one of {', '.join(SPLITS)}")
+    ep_dir = args.dataset_dir / "episodes"
+    source = episode_paths(ep_dir, args.split)[0]
+    return load_split(ep_dir, args.split), str(source)
+
+
+def cmd_evaluate(args) -> int:
+    from saca.config import params_from_args
+    from saca.evaluate.agents import make_agent
+    from saca.evaluate.runner import EvalConfig, evaluate_split, parse_shard
+
+    cfg = params_from_args(args, EvalConfig, "evaluation")
+    if args.batch_size is not None:
+        cfg.batch_size = args.batch_size
+        cfg.validate("--batch-size")
+    shard = parse_shard(args.shard)
+    agent = make_agent(args.agent, seed=cfg.seed, options=cfg.agent_options)
+    run = args.run or Path(args.agent).name
+    out = args.out or args.dataset_dir / "eval" / run / args.split
+    episodes, source = _load(args)
+    make_sim = _make_sim_factory(args)
+    res = evaluate_split(episodes, make_sim, agent, out, cfg, args.split, args.agent, shard, source)
+    m = res["metrics"]
+    log.info(
+        "%s %s%s: %d episodes (%d run now, %d resumed) in %.1f s | SR %.3f SPL %.3f NE %.2f OS %.3f nDTW %.3f",
+        run, args.split, f" shard {args.shard}" if shard else "", m["episodes"], res["ran"], res["skipped"],
+        res["seconds"], m["SR"], m["SPL"], m["NE"], m["OS"], m["nDTW"],
+    )
+    print(json.dumps(m, sort_keys=True))
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from saca.evaluate.runner import merge_shards
+
+    m = merge_shards(args.out)
+    print(json.dumps(m, sort_keys=True))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from saca.config import params_from_args
+    from saca.evaluate.plots import plot_sampled_episodes
+    from saca.evaluate.runner import EvalConfig
+
+    cfg = params_from_args(args, EvalConfig, "evaluation")
+    n = cfg.plots if args.n is None else args.n
+    episodes, source = _load(args)
+    written = plot_sampled_episodes(args.eval_dir, episodes, _make_sim_factory(args), args.out, n, cfg.seed)
+    log.info("wrote %d plots to %s", len(written), args.out)
+    return 0

@@ -228,8 +228,8 @@ class Simulator(abc.ABC):
     def distance_to_goal(self) -> float:
         return self.geodesic_distance(self.state.position, self.episode.goal_position)
 
-    def teacher_action(self) -> Action:
-        """The shortest-path follower's next action toward the episode goal.
+    def teacher_action(self, goal=None) -> Action:
+        """The shortest-path follower's next action toward ``goal`` (default: the episode goal).
 
         STOP once the geodesic distance is below ``stop_radius``; otherwise turn
         toward the next waypoint of the shortest path until it lies within half a
@@ -237,7 +237,7 @@ class Simulator(abc.ABC):
         collide, turn toward the side with the smaller angle error instead.
         """
         s = self.state
-        goal = self.episode.goal_position
+        goal = self.episode.goal_position if goal is None else goal
         if self.geodesic_distance(s.position, goal) < self.config.stop_radius:
             return Action.STOP
         target = self._lookahead_point(s.position, goal)

@@ -1,0 +1,169 @@
+"""The VLN policy as an evaluation / rollout agent (saca.evaluate.agent_api).
+
+Per episode the agent keeps, in ``ctx.memory["policy"]``, every frame it has
+seen (``ctx.sim.observe()`` once per environment step, frame ``t`` = the view
+before action ``t``, as in VLN-Ego) and a queue of planned actions. When an
+episode's queue is empty the agent needs a *decision*: the history frames are
+chosen with :func:`saca.vln_ego.samplers.history_indices`, the prompt with
+:func:`saca.prompt.build_prompt` (the simulator's real turn angle), and all
+episodes that need a decision in this call are generated in one batched
+``generate`` call. The parsed chunk of ``n_actions`` actions is queued and the
+first ``execute_actions`` of them are executed (0 = all), stopping early at STOP
+(method-notes §3.1).
+
+Invalid output (text that names no action at all) is counted and replaced by
+``invalid_action`` (default ``stop``: the episode ends there and counts as a
+failure unless the agent already stands within 3 m of the goal). Partial output
+(bare letters, fewer than ``n_actions`` options, truncated text) executes the
+actions that were recovered. ``agent.stats`` holds the counts.
+
+Frames go through the same image codec as the VLN-Ego export (JPEG, quality
+95 by default), so the policy sees at evaluation time the same kind of pixels
+it was fine-tuned on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from saca import SacaError
+from saca.action_text import ParseCounter, parse_actions
+from saca.config import from_dict
+from saca.policy.generate import PolicyInput, SamplingConfig, generate_batch
+from saca.prompt import build_prompt
+from saca.sim.base import Action
+from saca.vln_ego.samplers import MemoryConfig, history_indices
+
+INVALID_ACTIONS = {"stop": int(Action.STOP), "forward": int(Action.MOVE_FORWARD)}
+
+
+@dataclass
+class PolicyAgentConfig:
+    """Settings of the policy agent (``policy.agent`` plus the shared VLN-Ego settings)."""
+
+    n_actions: int = 6
+    execute_actions: int = 0  # 0: the whole chunk (stopping early at STOP); 1: re-plan every step
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
+    generation: SamplingConfig = field(default_factory=SamplingConfig)
+    invalid_action: str = "stop"  # what an output with no action at all does: stop | forward
+    dtype: str = "float32"
+    device: str = "cpu"
+    image_format: str = "jpeg"  # codec round trip of each frame, as in the VLN-Ego export: jpeg | png | none
+    jpeg_quality: int = 95
+    image_pixels: int | None = None
+    max_batch: int = 0  # largest generate() batch; 0: all decisions of a step at once
+    record_decisions: bool = True  # keep text / status / actions of every decision in ctx.memory
+    seed: int | None = None  # overrides generation.seed
+    name: str = "policy"
+
+    def validate(self, where: str) -> None:
+        if self.n_actions < 1:
+            raise SacaError(f"{where}.n_actions: must be at least 1")
+        if not 0 <= self.execute_actions <= self.n_actions:
+            raise SacaError(f"{where}.execute_actions: must be between 0 (all) and n_actions={self.n_actions}")
+        if self.invalid_action not in INVALID_ACTIONS:
+            raise SacaError(f"{where}.invalid_action: '{self.invalid_action}' is not one of {', '.join(INVALID_ACTIONS)}")
+        if self.image_format not in ("jpeg", "png", "none"):
+            raise SacaError(f"{where}.image_format: must be jpeg, png or none")
+        self.memory.validate(f"{where}.memory")
+        self.generation.validate(f"{where}.generation")
+
+
+def chunk_to_execute(actions: Sequence[int], execute_actions: int) -> list[int]:
+    """The part of a planned chunk that is executed: the first ``execute_actions`` (0 = all), cut after STOP."""
+    chunk = list(actions) if execute_actions <= 0 else list(actions[:execute_actions])
+    if int(Action.STOP) in chunk:
+        chunk = chunk[: chunk.index(int(Action.STOP)) + 1]
+    return chunk
+
+
+class PolicyAgent:
+    """Batched VLM agent; see the module docstring for its behaviour."""
+
+    def __init__(self, policy, config: PolicyAgentConfig):
+        self.policy = policy
+        self.cfg = config
+        self.name = config.name
+        self.counter = ParseCounter()
+        self._calls = 0
+        self._seed = config.generation.seed if config.seed is None else int(config.seed)
+
+    # --- agent protocol ---------------------------------------------------------------------
+    def reset(self, contexts) -> None:
+        for ctx in contexts:
+            ctx.memory["policy"] = {"frames": [], "queue": [], "decisions": [], "n_invalid": 0}
+
+    def act(self, contexts) -> list[int]:
+        need = []
+        for ctx in contexts:
+            mem = ctx.memory.get("policy")
+            if mem is None:
+                self.reset([ctx])
+                mem = ctx.memory["policy"]
+            frames = mem["frames"]
+            if len(frames) != ctx.step:
+                raise SacaError(
+                    f"episode {ctx.episode.episode_id}: the policy agent holds {len(frames)} frames at step "
+                    f"{ctx.step}; act() must be called once per environment step"
+                )
+            frames.append(self._frame(ctx))
+            if not mem["queue"]:
+                need.append(ctx)
+        if need:
+            self._decide(need)
+        return [int(ctx.memory["policy"]["queue"].pop(0)) for ctx in contexts]
+
+    # --- internals --------------------------------------------------------------------------
+    def _frame(self, ctx):
+        rgb = ctx.sim.observe().rgb
+        if self.cfg.image_format == "none":
+            return rgb.copy()
+        from saca.vln_ego.store import decode_image, encode_image
+
+        return decode_image(encode_image(rgb, self.cfg.image_format, self.cfg.jpeg_quality))
+
+    def build_input(self, ctx) -> PolicyInput:
+        frames = ctx.memory["policy"]["frames"]
+        t = ctx.step
+        hist = history_indices(t, self.cfg.memory)
+        prompt = build_prompt(ctx.episode.instruction_text, len(hist), ctx.sim.turn_angle, self.cfg.n_actions)
+        return PolicyInput(prompt, [frames[i] for i in hist] + [frames[t]])
+
+    def _decide(self, contexts) -> None:
+        inputs = [self.build_input(ctx) for ctx in contexts]
+        gen = generate_batch(
+            self.policy,
+            inputs,
+            self.cfg.generation,
+            seed=self._seed + self._calls,
+            max_batch=self.cfg.max_batch or None,
+        )
+        self._calls += 1
+        for ctx, text in zip(contexts, gen.texts):
+            mem = ctx.memory["policy"]
+            parsed = self.counter.add(parse_actions(text, self.cfg.n_actions, ctx.sim.turn_angle))
+            if parsed.ok:
+                chunk = chunk_to_execute(parsed.actions, self.cfg.execute_actions)
+            else:
+                chunk = [INVALID_ACTIONS[self.cfg.invalid_action]]
+                mem["n_invalid"] += 1
+            mem["queue"] = list(chunk)
+            if self.cfg.record_decisions:
+                mem["decisions"].append(
+                    {"step": ctx.step, "text": text, "status": parsed.status, "actions": list(parsed.actions), "executed": chunk}
+                )
+
+    @property
+    def stats(self) -> dict:
+        """Decision counts: valid / partial / invalid outputs and the invalid rate."""
+        return self.counter.as_dict()
+
+
+def load_policy_agent(path, **kwargs) -> PolicyAgent:
+    """Agent for a saved policy directory; ``kwargs`` are :class:`PolicyAgentConfig` keys (config ``policy.agent``)."""
+    from saca.policy.model import load_policy
+
+    cfg = from_dict(PolicyAgentConfig, kwargs, "policy.agent")
+    policy = load_policy(path, dtype=cfg.dtype, device=cfg.device, image_pixels=cfg.image_pixels)
+    return PolicyAgent(policy, cfg)

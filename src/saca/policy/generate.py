@@ -1,0 +1,135 @@
+"""Batched generation: many decisions (agents, RL group members) in one ``model.generate`` call.
+
+Prompts are left-padded so that every row continues right after its own prompt.
+Sampling settings come from config (``policy.generation`` for evaluation, the RL
+section for rollouts): ``do_sample``, ``temperature``, ``top_p``, ``top_k``,
+``max_new_tokens``, ``seed``. Each call seeds torch's generator with
+``seed`` (callers pass ``base_seed + call index``), so a run is reproducible.
+
+``generate_batch`` returns the texts and, when asked, the generated token ids and
+their log-probabilities under the *unwarped* policy distribution
+(``log_softmax`` of the raw logits, temperature 1), which is what GRPO's ratio
+``pi_theta / pi_old`` needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from saca import SacaError
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings (policy.generation in config.yaml)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    def validate(self, where: str) -> None:
+        if self.temperature <= 0:
+            raise SacaError(f"{where}.temperature: must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SacaError(f"{where}.top_p: must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SacaError(f"{where}.top_k: must be >= 0 (0 disables top-k), got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise SacaError(f"{where}.max_new_tokens: must be at least 1")
+
+
+@dataclass
+class PolicyInput:
+    """One decision: the user prompt (with ``<image>`` placeholders) and its frames in order."""
+
+    prompt: str
+    images: Sequence[np.ndarray]
+
+
+@dataclass
+class Generation:
+    texts: list[str]
+    token_ids: list[list[int]] | None = None  # generated ids, up to and including the first end-of-turn token
+    logprobs: list[list[float]] | None = None  # log pi(token) per generated id (raw logits, temperature 1)
+
+
+def generate_batch(
+    policy,
+    inputs: Sequence[PolicyInput],
+    sampling: SamplingConfig,
+    seed: int | None = None,
+    return_tokens: bool = False,
+    return_logprobs: bool = False,
+    max_batch: int | None = None,
+) -> Generation:
+    """Generate an answer for every input; rows are processed ``max_batch`` at a time (default: all)."""
+    if not inputs:
+        return Generation([], [] if return_tokens or return_logprobs else None, [] if return_logprobs else None)
+    step = max_batch or len(inputs)
+    texts: list[str] = []
+    tokens: list[list[int]] = []
+    logps: list[list[float]] = []
+    base = sampling.seed if seed is None else seed
+    for k, lo in enumerate(range(0, len(inputs), step)):
+        g = _generate_chunk(policy, inputs[lo : lo + step], sampling, base + k, return_logprobs)
+        texts += g.texts
+        tokens += g.token_ids
+        if return_logprobs:
+            logps += g.logprobs
+    return Generation(
+        texts,
+        tokens if (return_tokens or return_logprobs) else None,
+        logps if return_logprobs else None,
+    )
+
+
+def _generate_chunk(policy, inputs, sampling: SamplingConfig, seed: int, return_logprobs: bool) -> Generation:
+    import torch
+
+    proc = policy.processor
+    encoded = [proc.encode(x.prompt, x.images) for x in inputs]
+    batch = proc.collate(encoded, padding_side="left")
+    device = policy.device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    kwargs = dict(
+        max_new_tokens=int(sampling.max_new_tokens),
+        do_sample=bool(sampling.do_sample),
+        eos_token_id=proc.eos_token_ids,
+        pad_token_id=proc.pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=return_logprobs,
+    )
+    if sampling.do_sample:
+        kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=int(sampling.top_k) or None)
+    else:
+        # greedy: neutralise sampling defaults a checkpoint's generation_config may carry
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    torch.manual_seed(int(seed))
+    with torch.no_grad():
+        out = policy.model.generate(**batch, **kwargs)
+    prompt_len = batch["input_ids"].shape[1]
+    seqs = out.sequences[:, prompt_len:].tolist()
+    eos = set(proc.eos_token_ids)
+    texts, ids, logps = [], [], []
+    for row, seq in enumerate(seqs):
+        cut = len(seq)
+        for j, t in enumerate(seq):
+            if t in eos:
+                cut = j + 1
+                break
+        kept = seq[:cut]
+        ids.append(kept)
+        texts.append(proc.decode([t for t in kept if t not in eos]))
+        if return_logprobs:
+            lp = []
+            for j, t in enumerate(kept):
+                logits = out.logits[j][row].float()
+                lp.append(float(torch.log_softmax(logits, dim=-1)[t]))
+            logps.append(lp)
+    return Generation(texts, ids, logps if return_logprobs else None)

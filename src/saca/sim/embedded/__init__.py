@@ -1,0 +1,1 @@
+"""Embedded backend: procedurally generated houses rendered with pybullet's TinyRenderer on CPU."""
