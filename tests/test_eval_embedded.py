@@ -1,6 +1,5 @@
 """End-to-end evaluation on a small embedded (pybullet) world: reference agents, SIGKILL + resume, CLI errors, plots."""
 
-import argparse
 import json
 import os
 import signal
@@ -11,64 +10,59 @@ from pathlib import Path
 
 import pytest
 
-from saca import SacaError
 from saca.evaluate import runner as R
 
 pytest.importorskip("pybullet")
 
 N_EPISODES = 12
-DATASETS = {"mini_r2r": (15, "r2r", [1, 2], 1), "mini_rxr": (30, "rxr", [2, 4], 2)}
+DATASETS = {
+    "mini_r2r": {"backend": "embedded", "turn_angle": 15, "style": "r2r", "landmarks": [1, 2], "seed": 1,
+                 "episodes": {"val_unseen": N_EPISODES}},
+    "mini_rxr": {"backend": "embedded", "turn_angle": 30, "style": "rxr", "landmarks": [2, 4], "seed": 2,
+                 "episodes": {"val_unseen": N_EPISODES}},
+}
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def saca(*argv):
+    """``python -m saca ...`` in-process; returns the exit status (2 for a SacaError)."""
+    from saca.cli import main
+
+    return main([str(a) for a in argv])
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """results/-like tree: scenes/ (2 houses) and {dataset}/episodes/val_unseen*.json.gz for both mini datasets."""
-    from saca.episodes import write_episodes
-    from saca.episodes.generate import DatasetConfig, generate_split
-    from saca.io import write_json
-    from saca.sim.base import SimConfig
-    from saca.sim.embedded.sim import EmbeddedSimulator
-    from saca.sim.embedded.world import SceneGenConfig, generate_scene, scene_seed
-
+    """A results/ tree made by the workflow's own commands: scenes/ (1 train + 2 held-out houses)
+    and {dataset}/episodes/val_unseen*.json.gz for both mini datasets."""
     root = tmp_path_factory.mktemp("results")
-    sc = SceneGenConfig(seed=0, train=1, val_unseen=2)
-    ids = sc.scene_ids()
-    for sid in ids["train"] + ids["val_unseen"]:
-        write_json(root / "scenes" / f"{sid}.json", generate_scene(sid, scene_seed(sc.seed, sid), sc))
-    write_json(root / "scenes" / "index.json", ids)
-    for name, (turn, style, landmarks, seed) in DATASETS.items():
-        cfg = DatasetConfig(turn_angle=turn, style=style, landmarks=landmarks, seed=seed,
-                            episodes={"val_unseen": N_EPISODES})
-        with EmbeddedSimulator(SimConfig(), turn, root / "scenes") as sim:
-            eps = generate_split(name, cfg, "val_unseen", ids["val_unseen"], sim)
-        write_episodes(root / name / "episodes", "val_unseen", eps)
+    scenes = {"seed": 0, "train": 1, "val_unseen": 2}
+    assert saca("scenes", "--params", json.dumps(scenes), "--out", root / "scenes") == 0
+    for name, cfg in DATASETS.items():
+        assert saca("episodes", "--dataset", name, "--split", "val_unseen", "--scenes", root / "scenes",
+                    "--dataset-config", json.dumps(cfg), "--out", root / name / "episodes") == 0
     return root
-
-
-def cli(*argv):
-    from saca.commands import evaluate
-
-    parser = argparse.ArgumentParser()
-    evaluate.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
-    return args.func(args)
 
 
 def evaluate(world, dataset, agent, *extra, out=None):
     out = out or world / dataset / "eval" / agent / "val_unseen"
-    cli("evaluate", "--dataset-dir", world / dataset, "--split", "val_unseen", "--agent", agent,
-        "--turn-angle", DATASETS[dataset][0], "--out", out, *extra)
+    rc = saca("evaluate", "--dataset-dir", world / dataset, "--split", "val_unseen", "--agent", agent,
+              "--scenes", world / "scenes", "--dataset-config", json.dumps(DATASETS[dataset]), "--out", out, *extra)
+    assert rc == 0
+    return out
+
+
+def metrics(out):
     return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("dataset", list(DATASETS))
 def test_reference_agents(world, dataset):
-    oracle = evaluate(world, dataset, "oracle")
+    oracle = metrics(evaluate(world, dataset, "oracle"))
     assert oracle["episodes"] == N_EPISODES
     assert oracle["SR"] >= 0.98 and oracle["SPL"] >= 0.9, oracle
-    rand = evaluate(world, dataset, "random")
-    fwd = evaluate(world, dataset, "forward")
+    rand = metrics(evaluate(world, dataset, "random"))
+    fwd = metrics(evaluate(world, dataset, "forward"))
     assert rand["SR"] < oracle["SR"] and fwd["SR"] < oracle["SR"]
     assert set(rand) == set(fwd) == {"TL", "NE", "OS", "SR", "SPL", "nDTW", "SDTW", "episodes"}
 
@@ -134,44 +128,51 @@ def test_sigkilled_evaluation_resumes(world, tmp_path):
 def test_cli_shard_and_merge_equals_unsharded(world, tmp_path):
     whole = evaluate(world, "mini_rxr", "random", out=tmp_path / "whole")
     for i in range(2):
-        cli("evaluate", "--dataset-dir", world / "mini_rxr", "--split", "val_unseen", "--agent", "random",
-            "--turn-angle", 30, "--out", tmp_path / "sharded", "--shard", f"{i}/2", "--batch-size", 3)
+        evaluate(world, "mini_rxr", "random", "--shard", f"{i}/2", "--batch-size", 3, out=tmp_path / "sharded")
         assert (tmp_path / "sharded" / "shards" / f"{i}-of-2" / "metrics.json").exists()
-    cli("eval-merge", "--out", tmp_path / "sharded")
-    assert (tmp_path / "sharded" / "metrics.json").read_bytes() == (tmp_path / "whole" / "metrics.json").read_bytes()
-    assert (tmp_path / "sharded" / "episodes.jsonl").read_bytes() == (tmp_path / "whole" / "episodes.jsonl").read_bytes()
-    assert whole["episodes"] == N_EPISODES
+    assert not (tmp_path / "sharded" / "metrics.json").exists()
+    assert saca("eval-merge", "--out", tmp_path / "sharded") == 0
+    for name in ("metrics.json", "episodes.jsonl"):
+        assert (tmp_path / "sharded" / name).read_bytes() == (whole / name).read_bytes(), name
+    assert metrics(whole)["episodes"] == N_EPISODES
 
 
-def test_cli_bad_shard_and_checkpoint(world, tmp_path):
-    with pytest.raises(SacaError, match="--shard '3/2'"):
-        evaluate(world, "mini_r2r", "oracle", "--shard", "3/2", out=tmp_path / "o")
+def run_cli_error(capsys, *argv):
+    assert saca(*argv) == 2
+    return capsys.readouterr().err
+
+
+def test_cli_bad_shard_and_checkpoint(world, tmp_path, capsys):
+    common = ("evaluate", "--dataset-dir", world / "mini_r2r", "--split", "val_unseen", "--scenes", world / "scenes",
+              "--out", tmp_path / "o")
+    err = run_cli_error(capsys, *common, "--agent", "oracle", "--shard", "3/2")
+    assert "--shard '3/2': expected i/n with 0 <= i < n" in err
     ckpt = tmp_path / "no" / "such" / "checkpoint"
-    with pytest.raises(SacaError, match=f"agent '{ckpt}'"):
-        evaluate(world, "mini_r2r", str(ckpt), out=tmp_path / "o")
-    assert not (tmp_path / "o").exists()
+    err = run_cli_error(capsys, *common, "--agent", ckpt)
+    assert f"agent '{ckpt}': not a reference agent" in err
+    err = run_cli_error(capsys, *common, "--agent", "oracle", "--dataset-config", json.dumps(DATASETS["mini_rxr"]))
+    assert "was made for 15 degree turns, the simulator turns 30 degrees" in err
+    assert not (tmp_path / "o" / "metrics.json").exists()
 
 
-def test_cli_missing_scene(world, tmp_path):
-    import shutil
-
+def test_cli_missing_scene(world, tmp_path, capsys):
     from saca.episodes import load_split, write_episodes
 
     eps = load_split(world / "mini_r2r" / "episodes", "val_unseen")
     eps[3].scene_id = "embedded/house_999"
     ds = tmp_path / "broken"
     write_episodes(ds / "episodes", "val_unseen", eps)
-    shutil.copytree(world / "scenes", tmp_path / "scenes")
-    with pytest.raises(SacaError, match=r"episode 3 \(scene 'embedded/house_999'\): unknown scene: .*house_999.json"):
-        cli("evaluate", "--dataset-dir", ds, "--split", "val_unseen", "--agent", "oracle", "--turn-angle", 15)
+    err = run_cli_error(capsys, "evaluate", "--dataset-dir", ds, "--split", "val_unseen", "--agent", "oracle",
+                        "--scenes", world / "scenes", "--batch-size", 1)
+    assert "episode 3 (scene 'embedded/house_999'): unknown scene:" in err and "house_999.json does not exist" in err
     out = ds / "eval" / "oracle" / "val_unseen"
     assert not (out / "metrics.json").exists() and not (out / "episodes.jsonl").exists()
-    assert len((out / R.JOURNAL).read_text().splitlines()) < N_EPISODES  # progress kept for a resume
+    assert 0 < len((out / R.JOURNAL).read_text().splitlines()) < N_EPISODES  # progress kept for a resume
 
 
 def test_cli_plots(world, tmp_path):
-    evaluate(world, "mini_r2r", "forward", out=tmp_path / "fwd")
-    cli("plot-episodes", "--dataset-dir", world / "mini_r2r", "--split", "val_unseen", "--turn-angle", 15,
-        "--eval-dir", tmp_path / "fwd", "--out", tmp_path / "plots", "--n", 2)
+    fwd = evaluate(world, "mini_r2r", "forward", out=tmp_path / "fwd")
+    assert saca("plot-episodes", "--dataset-dir", world / "mini_r2r", "--split", "val_unseen",
+                "--scenes", world / "scenes", "--eval-dir", fwd, "--out", tmp_path / "plots", "--n", 2) == 0
     pngs = sorted((tmp_path / "plots").glob("episode_*.png"))
     assert len(pngs) == 2 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)

@@ -269,7 +269,7 @@ def test_bad_agent_action_is_an_error(tmp_path):
         def act(self, contexts):
             return [7] * len(contexts)
 
-    with pytest.raises(SacaError, match="agent 'bad' returned action 7 for episode 100"):
+    with pytest.raises(SacaError, match=r"agent 'bad' returned action 7 for episode 10[01]; expected 0-3"):
         run(tmp_path, Bad(), make_episodes(2))
     assert not (tmp_path / "out" / R.METRICS).exists()
 

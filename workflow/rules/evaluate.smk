@@ -55,16 +55,14 @@ def eval_dir(wildcards):
 
 EVAL_CMD = (
     "OMP_NUM_THREADS={threads} {SACA} evaluate --dataset-dir {RESULTS}/{wildcards.dataset}"
-    " --scenes-dir {RESULTS}/scenes --split {wildcards.split} --agent {params.agent} --run {wildcards.run}"
-    " --backend {params.backend} --turn-angle {params.turn_angle} --sim {params.sim} --params {params.cfg}"
-    " --out {params.out}"
+    " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {RESULTS}/scenes"
+    " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out}"
 )
 EVAL_PARAMS = dict(
     out=eval_dir,
     agent=run_agent,
-    backend=lambda w: dataset_cfg(w)["backend"],
-    turn_angle=lambda w: dataset_cfg(w)["turn_angle"],
     sim=as_json(config["sim"]),
+    ds=lambda w: as_json(dataset_cfg(w)),
     cfg=as_json(EVAL),
 )
 
@@ -139,9 +137,9 @@ rule eval_plots:
     log:
         RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.plots.log",
     shell:
-        "{SACA} plot-episodes --dataset-dir {RESULTS}/{wildcards.dataset} --scenes-dir {RESULTS}/scenes"
-        " --split {wildcards.split} --backend {params.backend} --turn-angle {params.turn_angle}"
-        " --sim {params.sim} --params {params.cfg} --eval-dir {params.out} --out {output} > {log} 2>&1"
+        "{SACA} plot-episodes --dataset-dir {RESULTS}/{wildcards.dataset} --split {wildcards.split}"
+        " --scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"
+        " --eval-dir {params.out} --out {output} > {log} 2>&1"
 
 
 for _run in EVAL["runs"]:

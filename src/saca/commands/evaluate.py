@@ -12,20 +12,18 @@ from saca.config import add_params_args
 log = logging.getLogger(__name__)
 
 
-def _sim_args(p: argparse.ArgumentParser) -> None:
+def _common_args(p: argparse.ArgumentParser) -> None:
+    from saca.commands.data import add_sim_args
+
     p.add_argument("--dataset-dir", required=True, type=Path,
                    help="dataset root, e.g. results/mini_r2r (episodes in DATASET_DIR/episodes/)")
     p.add_argument("--split", required=True, help="val_unseen, val_seen or train")
-    p.add_argument("--scenes-dir", type=Path, default=None,
-                   help="scene files the simulator loads (default: results/scenes beside the dataset dir)")
-    p.add_argument("--backend", default="embedded", help="simulator backend: embedded or habitat")
-    p.add_argument("--turn-angle", type=float, required=True, help="degrees per turn: 15 (R2R-CE) or 30 (RxR-CE)")
-    p.add_argument("--sim", default=None, help="JSON object with the 'sim' settings (default: SimConfig defaults)")
+    add_sim_args(p)  # --scenes, --sim, --dataset-config (backend and turn angle)
 
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="run an agent on every episode of a split; write episodes.jsonl + metrics.json")
-    _sim_args(p)
+    _common_args(p)
     p.add_argument("--agent", required=True,
                    help="reference agent (random, forward, oracle) or a policy checkpoint path")
     p.add_argument("--run", default=None, help="run name (default: the agent name); names the default --out")
@@ -40,7 +38,7 @@ def register(sub) -> None:
     m.set_defaults(func=cmd_merge)
 
     q = sub.add_parser("plot-episodes", help="top-down plots (map, reference path, agent path) of sampled episodes")
-    _sim_args(q)
+    _common_args(q)
     q.add_argument("--eval-dir", type=Path, required=True, help="a finished evaluation directory (episodes.jsonl)")
     q.add_argument("--out", type=Path, required=True, help="directory for the PNG files (replaced atomically)")
     q.add_argument("--n", type=int, default=None, help="episodes to plot (default: the params' 'plots')")
@@ -49,21 +47,14 @@ def register(sub) -> None:
 
 
 def _make_sim_factory(args):
+    """A simulator factory (one simulator per batch slot); builds one now so a bad config fails first."""
     from saca import SacaError
-    from saca.config import from_dict
-    from saca.sim import SimConfig, make_simulator
+    from saca.commands.data import sim_from_args
 
-    try:
-        sim_data = json.loads(args.sim) if args.sim else {}
-    except json.JSONDecodeError as err:
-        raise SacaError(f"--sim: malformed JSON ({err})") from err
-    sim_cfg = from_dict(SimConfig, sim_data, "sim")
-    scenes = args.scenes_dir or args.dataset_dir.parent / "scenes"
-    if not scenes.is_dir():
-        raise SacaError(f"--scenes-dir {scenes}: directory does not exist (run the 'scenes' step)")
-    make = lambda: make_simulator(args.backend, sim_cfg, args.turn_angle, scenes)  # noqa: E731
-    make().close()  # fail on a bad backend or turn angle before anything else runs
-    return make
+    if not Path(args.scenes).is_dir():
+        raise SacaError(f"--scenes {args.scenes}: directory does not exist (run the 'scenes' step)")
+    sim_from_args(args)[0].close()
+    return lambda: sim_from_args(args)[0]
 
 
 def _load(args):

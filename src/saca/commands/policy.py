@@ -1,5 +1,118 @@
-"""CLI commands: policy."""
+"""CLI commands: policy (the VLM navigation policy and its supervised fine-tuning).
+
+* ``policy-init``: build the embedded tiny policy and ``save_pretrained`` it;
+* ``sft``: supervised fine-tuning on VLN-Ego (VLN-R1 Eq. 8);
+* ``policy-agent``: write the agent spec (``agent.json``) that evaluation loads;
+* ``policy-predict``: run the policy on VLN-Ego samples and report per-action accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
 
 
 def register(sub) -> None:
-    pass
+    from saca.config import add_params_args
+
+    p = sub.add_parser(
+        "policy-init",
+        help="build the embedded tiny policy (random weights, offline tokenizer) and save_pretrained it",
+        description="Build a tiny Qwen2-VL / Qwen2.5-VL / LLaVA-OneVision model from the 'policy.init' settings, "
+        "train its byte-level BPE tokenizer offline, and write model + tokenizer + image processor with save_pretrained.",
+    )
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    add_params_args(p, "policy.init")
+    p.set_defaults(func=cmd_policy_init)
+
+    p = sub.add_parser(
+        "sft",
+        help="supervised fine-tuning of the policy on VLN-Ego (VLN-R1 Eq. 8)",
+        description="Fine-tune a policy checkpoint on VLN-Ego samples: cross-entropy on the answer tokens only. "
+        "Resumes from OUT/checkpoints after a kill; writes OUT/train_log.jsonl and OUT/final (save_pretrained). "
+        "For several GPUs launch with torchrun/deepspeed and set sft.deepspeed (or --deepspeed).",
+    )
+    p.add_argument("--init", required=True, help="policy to start from: a save_pretrained directory or a hub id")
+    p.add_argument("--train", nargs="+", required=True, help="VLN-Ego split directories of the training mix")
+    p.add_argument("--val", nargs="*", default=[], metavar="NAME=DIR", help="validation splits, e.g. mini_r2r/val_seen=results/mini_r2r/vln_ego/val_seen")
+    p.add_argument("--out", required=True, help="run directory (checkpoints/, train_log.jsonl, final/)")
+    p.add_argument("--deepspeed", default=None, help="DeepSpeed ZeRO config file (overrides sft.deepspeed)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="overrides sft.device")
+    add_params_args(p, "sft")
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser(
+        "policy-agent",
+        help="write the agent spec (agent.json) that evaluation loads for a policy checkpoint",
+        description="Write OUT/agent.json: the checkpoint (relative to OUT) and the agent settings "
+        "(policy.agent plus the VLN-Ego n_actions, memory sampler and image codec). saca.policy.agent.load_policy_agent(OUT) reads it.",
+    )
+    p.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
+    p.add_argument("--out", required=True, help="agent directory")
+    add_params_args(p, "policy.agent")
+    p.set_defaults(func=cmd_policy_agent)
+
+    p = sub.add_parser(
+        "policy-predict",
+        help="run a policy (or agent spec) on VLN-Ego samples; report parse statuses and action accuracy",
+    )
+    p.add_argument("--policy", required=True, help="checkpoint directory or agent directory (agent.json)")
+    p.add_argument("--vln-ego", required=True, help="VLN-Ego split directory")
+    p.add_argument("--samples", type=int, default=64, help="evenly spaced samples to run (0: all)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--out", default=None, help="JSON report (default: print)")
+    p.set_defaults(func=cmd_policy_predict)
+
+
+def cmd_policy_init(args: argparse.Namespace) -> int:
+    from saca.config import params_from_args
+    from saca.policy.tiny import TinyConfig, build_tiny_policy, describe
+
+    cfg = params_from_args(args, TinyConfig, "policy.init")
+    out = build_tiny_policy(args.out, cfg)
+    log.info("tiny policy: %s", describe(out))
+    return 0
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from saca import SacaError
+    from saca.config import params_from_args
+    from saca.policy.sft import SftConfig, SftTrainer
+
+    cfg = params_from_args(args, SftConfig, "sft")
+    if args.deepspeed:
+        cfg.deepspeed = args.deepspeed
+    if args.device:
+        cfg.device = args.device
+    val = {}
+    for item in args.val:
+        if "=" not in item:
+            raise SacaError(f"--val {item!r}: expected NAME=DIR")
+        name, d = item.split("=", 1)
+        val[name] = d
+    summary = SftTrainer(args.init, args.train, args.out, cfg, val_dirs=val).run()
+    log.info("val loss before %s after %s", summary["val_loss_before"], summary["val_loss_after"])
+    return 0
+
+
+def cmd_policy_agent(args: argparse.Namespace) -> int:
+    from saca.config import params_from_args
+    from saca.policy.agent import PolicyAgentConfig, write_agent_spec
+
+    cfg = params_from_args(args, PolicyAgentConfig, "policy.agent")
+    write_agent_spec(args.out, args.checkpoint, cfg)
+    return 0
+
+
+def cmd_policy_predict(args: argparse.Namespace) -> int:
+    from saca.io import dumps_json, write_json
+    from saca.policy.agent import predict_vln_ego
+
+    report = predict_vln_ego(args.policy, args.vln_ego, args.samples, args.batch_size)
+    if args.out:
+        write_json(args.out, report)
+    else:
+        print(dumps_json(report), end="")
+    return 0

@@ -1,4 +1,9 @@
-"""Top-down plots of evaluated episodes: navigable floor, reference path, agent path, start, goal, 3 m circle."""
+"""Top-down plots of evaluated episodes: map, reference path, agent path, start, goal, 3 m circle.
+
+The map is the project's one top-down drawing, :func:`saca.viz.draw_top_down`
+(rooms, walls, landmark objects) of the embedded scene the simulator loaded; a
+backend without a scene description (Habitat) gets the paths on a plain grid.
+"""
 
 from __future__ import annotations
 
@@ -23,46 +28,41 @@ def sample_records(records: Sequence[dict], n: int, seed: int) -> list[dict]:
     return [records[k] for k in pick]
 
 
-def plot_episode(record: dict, episode: Episode, path: str | Path, topdown=None) -> None:
-    """One PNG: ``topdown`` = ``(mask[z, x], (x0, x1, z0, z1))`` of the navigable floor, or None."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_episode(record: dict, episode: Episode, path: str | Path, scene: dict | None = None) -> None:
+    """One PNG: the scene's top-down map (``saca.viz.draw_top_down``, when ``scene`` is given),
+    the reference path, the agent path, start, goal and the 3 m success circle."""
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle
 
-    fig, ax = plt.subplots(figsize=(6.4, 6.8), dpi=100)
-    if topdown is not None:
-        mask, (x0, x1, z0, z1) = topdown
-        ax.imshow(np.where(mask, 0.95, 0.35), cmap="gray", vmin=0, vmax=1, origin="lower",
-                  extent=(x0, x1, z0, z1), interpolation="nearest")
-    ref = np.asarray(episode.reference_path)
-    agent = np.asarray(record["positions"])
-    goal = episode.goal_position
-    ax.plot(ref[:, 0], ref[:, 2], "--o", color="tab:green", lw=2, ms=4, label="reference path")
-    ax.plot(agent[:, 0], agent[:, 2], "-", color="tab:blue", lw=1.8, label="agent path")
-    ax.add_patch(plt.Circle((goal[0], goal[2]), SUCCESS_DISTANCE, fill=False, ls=":", color="tab:red",
-                            label=f"{SUCCESS_DISTANCE:g} m of the goal (Euclidean)"))
-    ax.plot(agent[0, 0], agent[0, 2], "o", color="black", ms=8, label="start")
-    ax.plot(agent[-1, 0], agent[-1, 2], "s" if record["stop_called"] else "x", color="tab:blue", ms=8,
-            label="agent end (STOP)" if record["stop_called"] else "agent end (step limit)")
-    ax.plot(goal[0], goal[2], "*", color="tab:red", ms=16, label="goal")
+    from saca.viz import draw_path, draw_top_down, save_figure
+
+    fig, ax = plt.subplots(figsize=(6.4, 6.6))
+    if scene is not None:
+        draw_top_down(ax, scene, label_objects=True, highlight=tuple(episode.info.get("landmark_instances", [])))
+    else:
+        ax.set_aspect("equal")
+        ax.invert_yaxis()  # as draw_top_down: x right, z down the page
+        ax.grid(alpha=0.3)
+    goal, start = episode.goal_position, record["positions"][0]
+    end = record["positions"][-1]
+    draw_path(ax, episode.reference_path, "tab:green", "reference path", lw=2.0, marker="o")
+    draw_path(ax, record["positions"], "tab:blue", "agent path", lw=1.8)
+    ax.add_patch(Circle((goal[0], goal[2]), SUCCESS_DISTANCE, fill=False, ls=":", color="tab:red",
+                        label=f"{SUCCESS_DISTANCE:g} m around the goal (Euclidean)"))
+    ax.plot([start[0]], [start[2]], "o", color="black", ms=8, label="start")
+    stopped = record["stop_called"]
+    ax.plot([end[0]], [end[2]], "s" if stopped else "X", color="tab:blue", ms=8,
+            label="agent end (STOP)" if stopped else "agent end (step limit)")
+    ax.plot([goal[0]], [goal[2]], "*", color="tab:red", ms=15, label="goal")
     m = record["metrics"]
     ax.set_title(
         f"episode {record['episode_id']}  {record['scene_id']}\n"
         f"SR {m['SR']:.0f}  SPL {m['SPL']:.2f}  NE {m['NE']:.2f} m  nDTW {m['nDTW']:.2f}  steps {record['steps']}",
         fontsize=10,
     )
-    fig.text(0.5, 0.01, textwrap.fill(episode.instruction_text, 100), ha="center", va="bottom", fontsize=7)
-    ax.set_xlabel("x (m)")
-    ax.set_ylabel("z (m), -z up")
-    ax.set_aspect("equal")
-    ax.invert_yaxis()  # seen from above (+y): x to the right, -z (heading 0) up
-    if topdown is None:
-        ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=7, framealpha=0.85)
-    fig.subplots_adjust(bottom=0.16)
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    ax.set_xlabel("\n".join(textwrap.wrap(episode.instruction_text, 95)), fontsize=7)
+    ax.legend(loc="best", fontsize=7, framealpha=0.85)
+    save_figure(fig, path)
 
 
 def plot_sampled_episodes(
@@ -86,12 +86,9 @@ def plot_sampled_episodes(
                 ep = by_id.get(str(rec["episode_id"]))
                 if ep is None:
                     raise SacaError(f"{eval_dir / 'episodes.jsonl'}: episode {rec['episode_id']!r} is not in the split")
-                topdown = None
-                if hasattr(sim, "top_down_map"):
-                    sim.load_scene(ep.scene_id)
-                    topdown = sim.top_down_map()
+                sim.load_scene(ep.scene_id)
                 name = f"episode_{rec['episode_id']}.png"
-                plot_episode(rec, ep, tmp / name, topdown)
+                plot_episode(rec, ep, tmp / name, getattr(sim, "scene", None))
                 written.append(Path(out_dir) / name)
     finally:
         sim.close()

@@ -254,6 +254,13 @@ def evaluate_split(
 
     sims: list[Simulator] = [make_sim()]
     try:
+        for _, ep in selected:
+            made_for = ep.info.get("turn_angle")
+            if made_for is not None and float(made_for) != sims[0].turn_angle:
+                raise SacaError(
+                    f"{source}: episode {ep.episode_id!r} was made for {made_for} degree turns, the simulator "
+                    f"turns {sims[0].turn_angle:g} degrees (check the dataset's turn_angle)"
+                )
         identity = _run_identity(agent_spec or getattr(agent, "name", "?"), split, cfg, sims[0], len(episodes), selected, shard)
         run_path = out / RUN
         if run_path.exists():

@@ -24,7 +24,9 @@ it was fine-tuned on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from saca import SacaError
@@ -160,10 +162,82 @@ class PolicyAgent:
         return self.counter.as_dict()
 
 
+AGENT_SPEC = "agent.json"
+
+
+def write_agent_spec(out_dir, checkpoint, cfg: PolicyAgentConfig) -> Path:
+    """Write ``out_dir/agent.json``: the checkpoint (as a path relative to ``out_dir``) and the agent settings."""
+    from saca.io import write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = Path(checkpoint)
+    if not ckpt.is_dir():
+        raise SacaError(f"{ckpt}: policy checkpoint directory does not exist")
+    rel = os.path.relpath(ckpt.resolve(), out_dir.resolve())
+    write_json(out_dir / AGENT_SPEC, {"checkpoint": rel, "options": asdict(cfg)})
+    return out_dir / AGENT_SPEC
+
+
+def resolve_agent_spec(path) -> tuple[Path, dict]:
+    """``(checkpoint directory, options)`` for an agent directory (``agent.json``) or a plain checkpoint directory."""
+    from saca.io import read_json
+
+    path = Path(path)
+    spec_file = path / AGENT_SPEC
+    if not spec_file.exists():
+        return path, {}
+    spec = read_json(spec_file)
+    if not isinstance(spec, dict) or "checkpoint" not in spec:
+        raise SacaError(f"{spec_file}: expected an object with 'checkpoint' and 'options'")
+    return (path / spec["checkpoint"]).resolve(), dict(spec.get("options") or {})
+
+
 def load_policy_agent(path, **kwargs) -> PolicyAgent:
-    """Agent for a saved policy directory; ``kwargs`` are :class:`PolicyAgentConfig` keys (config ``policy.agent``)."""
+    """Agent for a policy: ``path`` is an agent directory (``agent.json``, see ``saca policy-agent``)
+    or a checkpoint directory. ``kwargs`` (the evaluation runner passes ``seed`` and
+    ``evaluation.agent_options``) override the spec's options; keys are :class:`PolicyAgentConfig`
+    fields, and unknown keys raise SacaError with a did-you-mean hint."""
     from saca.policy.model import load_policy
 
-    cfg = from_dict(PolicyAgentConfig, kwargs, "policy.agent")
-    policy = load_policy(path, dtype=cfg.dtype, device=cfg.device, image_pixels=cfg.image_pixels)
+    ckpt, options = resolve_agent_spec(path)
+    options.update(kwargs)
+    cfg = from_dict(PolicyAgentConfig, options, "policy.agent")
+    policy = load_policy(ckpt, dtype=cfg.dtype, device=cfg.device, image_pixels=cfg.image_pixels)
     return PolicyAgent(policy, cfg)
+
+
+def predict_vln_ego(path, split_dir, samples: int = 64, batch_size: int = 16) -> dict:
+    """Run the policy on VLN-Ego samples (their own history frames): parse statuses and action accuracy."""
+    from saca.policy.data import PolicyData, evenly_spaced
+    from saca.policy.model import load_policy
+
+    ckpt, options = resolve_agent_spec(path)
+    cfg = from_dict(PolicyAgentConfig, options, "policy.agent")
+    policy = load_policy(ckpt, dtype=cfg.dtype, device=cfg.device, image_pixels=cfg.image_pixels)
+    data = PolicyData([split_dir], cfg.n_actions)
+    idx = evenly_spaced(len(data), samples)
+    counter = ParseCounter()
+    exact = first = 0
+    per_pos = [0] * cfg.n_actions
+    examples = []
+    for lo in range(0, len(idx), batch_size):
+        chunk = idx[lo : lo + batch_size]
+        gen = generate_batch(policy, [data.policy_input(i) for i in chunk], cfg.generation, seed=cfg.generation.seed + lo)
+        for i, text in zip(chunk, gen.texts):
+            s = data.sample(i)
+            truth = [int(a) for a in s["actions"]]
+            parsed = counter.add(parse_actions(text, cfg.n_actions, float(s["turn_angle"])))
+            pred = list(parsed.actions) + [-1] * (cfg.n_actions - len(parsed.actions))
+            exact += int(pred == truth)
+            first += int(pred[0] == truth[0])
+            for k in range(cfg.n_actions):
+                per_pos[k] += int(pred[k] == truth[k])
+            if len(examples) < 8:
+                examples.append({"sample_id": s["sample_id"], "answer": s["answer"], "output": text, "status": parsed.status})
+    n = max(len(idx), 1)
+    return {
+        "checkpoint": str(ckpt), "split_dir": str(split_dir), "samples": len(idx),
+        "exact_match": exact / n, "first_action_accuracy": first / n,
+        "per_position_accuracy": [c / n for c in per_pos], **counter.as_dict(), "examples": examples,
+    }

@@ -1,0 +1,50 @@
+"""Shared fixtures: a small embedded world built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from saca.episodes import write_episodes
+from saca.episodes.generate import DatasetConfig, generate_split
+from saca.io import write_json
+from saca.sim import make_simulator
+from saca.sim.base import SimConfig
+from saca.sim.embedded.world import SceneGenConfig, generate_scene, scene_seed
+
+SMALL_SCENES = SceneGenConfig(seed=0, train=2, val_unseen=1, rooms=[2, 3], room_size=[3.0, 4.0], landmarks_per_room=[1, 2])
+SMALL_SIM = SimConfig(width=64, height=64)
+
+
+def build_scenes(out: Path, cfg: SceneGenConfig = SMALL_SCENES) -> dict:
+    index = cfg.scene_ids()
+    for ids in index.values():
+        for sid in ids:
+            write_json(out / f"{sid}.json", generate_scene(sid, scene_seed(cfg.seed, sid), cfg))
+    write_json(out / "index.json", {"format": 1, "seed": cfg.seed, "splits": index})
+    return index
+
+
+@pytest.fixture(scope="session")
+def scene_builder():
+    """``build_scenes(out_dir, cfg=SMALL_SCENES)``: write scene files and index.json."""
+    return build_scenes
+
+
+@pytest.fixture(scope="session")
+def mini_world(tmp_path_factory):
+    """Scenes plus a few mini_r2r and mini_rxr episodes per split, on disk."""
+    root = tmp_path_factory.mktemp("world")
+    index = build_scenes(root / "scenes")
+    datasets = {
+        "mini_r2r": DatasetConfig(turn_angle=15, style="r2r", landmarks=[1, 2], seed=1, episodes={"train": 4, "val_seen": 2, "val_unseen": 3}),
+        "mini_rxr": DatasetConfig(turn_angle=30, style="rxr", landmarks=[2, 3], seed=2, episodes={"train": 3, "val_seen": 2, "val_unseen": 3}),
+    }
+    for name, cfg in datasets.items():
+        sim = make_simulator("embedded", SMALL_SIM, cfg.turn_angle, root / "scenes")
+        for split in ("train", "val_seen", "val_unseen"):
+            scenes = index["val_unseen"] if split == "val_unseen" else index["train"]
+            write_episodes(root / name / "episodes", split, generate_split(name, cfg, split, scenes, sim))
+        sim.close()
+    return {"root": root, "scenes": root / "scenes", "index": index, "datasets": datasets, "sim": SMALL_SIM}

@@ -1,0 +1,103 @@
+"""Episode files: VLN-CE schema, round trip, bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import jsonschema
+import pytest
+
+from saca import SacaError
+from saca.episodes import DATASET_SCHEMA, GT_SCHEMA, episode_paths, load_split, read_episodes, tokenize, write_episodes
+from saca.sim.base import Action
+
+
+@pytest.mark.parametrize("dataset", ["mini_r2r", "mini_rxr"])
+@pytest.mark.parametrize("split", ["train", "val_seen", "val_unseen"])
+def test_episode_files_validate_against_vlnce_schema(mini_world, dataset, split):
+    ep_path, gt_path = episode_paths(mini_world["root"] / dataset / "episodes", split)
+    data = json.loads(gzip.decompress(ep_path.read_bytes()))
+    gt = json.loads(gzip.decompress(gt_path.read_bytes()))
+    jsonschema.validate(data, DATASET_SCHEMA)
+    jsonschema.validate(gt, GT_SCHEMA)
+    assert set(data) == {"episodes", "instruction_vocab"}
+    for e in data["episodes"]:
+        assert e["goals"][0]["radius"] == 3.0
+        assert len(e["start_rotation"]) == 4
+        words = data["instruction_vocab"]["word_list"]
+        assert [words[t] for t in e["instruction"]["instruction_tokens"]] == tokenize(e["instruction"]["instruction_text"])
+        rec = gt[str(e["episode_id"])]
+        assert rec["actions"][-1] == Action.STOP and Action.STOP not in rec["actions"][:-1]
+        assert len(rec["locations"]) == len(rec["actions"])
+
+
+def test_unseen_scenes_are_disjoint_from_train(mini_world):
+    for dataset in ("mini_r2r", "mini_rxr"):
+        d = mini_world["root"] / dataset / "episodes"
+        train = {e.scene_id for e in load_split(d, "train")} | {e.scene_id for e in load_split(d, "val_seen")}
+        unseen = {e.scene_id for e in load_split(d, "val_unseen")}
+        assert unseen and train and not (train & unseen)
+
+
+def test_instructions_name_the_landmarks_in_order(mini_world):
+    for dataset in ("mini_r2r", "mini_rxr"):
+        for e in load_split(mini_world["root"] / dataset / "episodes", "train"):
+            text = e.instruction_text
+            pos = [text.find(name) for name in e.landmarks]
+            assert all(p >= 0 for p in pos), (text, e.landmarks)
+            assert pos == sorted(pos)
+            assert 1 <= len(e.landmarks) <= 4
+
+
+def test_round_trip(mini_world, tmp_path):
+    eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")
+    write_episodes(tmp_path, "train", eps)
+    again = load_split(tmp_path, "train")
+    assert [e.to_json() for e in again] == [e.to_json() for e in eps]
+    assert [e.gt_actions for e in again] == [e.gt_actions for e in eps]
+
+
+def test_truncated_file_names_the_file(mini_world, tmp_path):
+    src, _ = episode_paths(mini_world["root"] / "mini_r2r" / "episodes", "train")
+    bad = tmp_path / "train.json.gz"
+    bad.write_bytes(src.read_bytes()[:200])
+    with pytest.raises(SacaError, match=r"train\.json\.gz: truncated or corrupt"):
+        read_episodes(bad)
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    bad = tmp_path / "val_unseen.json.gz"
+    bad.write_bytes(gzip.compress(b'{"episodes": [}'))
+    with pytest.raises(SacaError, match=r"val_unseen\.json\.gz: malformed JSON"):
+        read_episodes(bad)
+
+
+def test_missing_field_names_the_field(mini_world, tmp_path):
+    src, _ = episode_paths(mini_world["root"] / "mini_r2r" / "episodes", "train")
+    data = json.loads(gzip.decompress(src.read_bytes()))
+    del data["episodes"][1]["goals"]
+    bad = tmp_path / "train.json.gz"
+    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(SacaError, match=r"train\.json\.gz: invalid VLN-CE episode file at 'episodes/1'.*'goals'"):
+        read_episodes(bad)
+
+
+def test_wrong_type_names_the_path(mini_world, tmp_path):
+    src, _ = episode_paths(mini_world["root"] / "mini_r2r" / "episodes", "train")
+    data = json.loads(gzip.decompress(src.read_bytes()))
+    data["episodes"][0]["start_position"] = [1.0, 2.0]
+    bad = tmp_path / "train.json.gz"
+    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(SacaError, match="episodes/0/start_position"):
+        read_episodes(bad)
+
+
+def test_gt_missing_an_episode_names_it(mini_world, tmp_path):
+    src, gt = episode_paths(mini_world["root"] / "mini_r2r" / "episodes", "train")
+    data = json.loads(gzip.decompress(gt.read_bytes()))
+    data.pop("0")
+    bad = tmp_path / "train_gt.json.gz"
+    bad.write_bytes(gzip.compress(json.dumps(data).encode()))
+    with pytest.raises(SacaError, match=r"train_gt\.json\.gz: no ground truth for episode_id 0"):
+        read_episodes(src, bad)
