@@ -11,6 +11,7 @@ from saca.auditor.base import PerceptionBackend
 from saca.auditor.scoring import (
     divergence_point,
     hard_mask,
+    longest_gap,
     prefix_ratio,
     process_score,
     soft_score,
@@ -139,6 +140,17 @@ def test_single_step_trajectory():
     assert divergence_point([0], patience=8) == 0
     assert divergence_point([], patience=8) == 0
     assert prefix_ratio(0, 0) == 0.0
+
+
+def test_initial_gap_option():
+    hard = [0, 0, 0, 1, 1, 0, 0, 0, 1]
+    assert divergence_point(hard, patience=2) == 0  # literal: the initial search is a gap of 3
+    assert divergence_point(hard, patience=2, count_initial_gap=False) == 5
+    assert divergence_point([0, 0, 0, 1, 0, 1], patience=2, count_initial_gap=False) == 5  # failed: T-1
+    assert divergence_point([0, 0, 0], patience=2, count_initial_gap=False) == 0  # never grounds
+    assert longest_gap(hard) == 3 and longest_gap(hard, count_initial_gap=False) == 3
+    assert longest_gap([0, 0, 0, 0, 1, 0, 1]) == 4 and longest_gap([0, 0, 0, 0, 1, 0, 1], False) == 1
+    assert longest_gap([0, 0], False) == 0 and longest_gap([]) == 0
 
 
 def test_patience_zero():

@@ -10,7 +10,7 @@
 EVAL = config["evaluation"]
 REFERENCE_AGENTS = ("random", "forward", "oracle")
 RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
-EVAL_DIR = RESULTS + "/{dataset}/eval/{run}/{split}"
+EVAL_DIR = f"{RESULTS}/{{dataset}}/eval/{{run}}/{{split}}"
 
 
 def run_agent(wildcards):
@@ -72,17 +72,17 @@ if EVAL["shards"] == 1:
         input:
             unpack(eval_inputs),
         output:
-            metrics=EVAL_DIR + "/metrics.json",
-            episodes=EVAL_DIR + "/episodes.jsonl",
+            metrics=f"{EVAL_DIR}/metrics.json",
+            episodes=f"{EVAL_DIR}/episodes.jsonl",
         params:
             **EVAL_PARAMS,
         log:
-            RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.log",
+            f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.log",
         benchmark:
-            RESULTS + "/benchmarks/evaluate/{dataset}/{run}/{split}.tsv"
+            f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.tsv"
         threads: 2
         shell:
-            EVAL_CMD + " > {log} 2>&1"
+            f"{EVAL_CMD} > {{log}} 2>&1"
 
 else:
 
@@ -90,52 +90,52 @@ else:
         input:
             unpack(eval_inputs),
         output:
-            metrics=EVAL_DIR + "/shards/{shard}-of-{nshards}/metrics.json",
-            episodes=EVAL_DIR + "/shards/{shard}-of-{nshards}/episodes.jsonl",
+            metrics=f"{EVAL_DIR}/shards/{{shard}}-of-{{nshards}}/metrics.json",
+            episodes=f"{EVAL_DIR}/shards/{{shard}}-of-{{nshards}}/episodes.jsonl",
         params:
             **EVAL_PARAMS,
         log:
-            RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.{shard}-of-{nshards}.log",
+            f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.{{shard}}-of-{{nshards}}.log",
         benchmark:
-            RESULTS + "/benchmarks/evaluate/{dataset}/{run}/{split}.{shard}-of-{nshards}.tsv"
+            f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.{{shard}}-of-{{nshards}}.tsv"
         threads: 2
         wildcard_constraints:
             shard=r"\d+",
             nshards=r"\d+",
         shell:
-            EVAL_CMD + " --shard {wildcards.shard}/{wildcards.nshards} > {log} 2>&1"
+            f"{EVAL_CMD} --shard {{wildcards.shard}}/{{wildcards.nshards}} > {{log}} 2>&1"
 
     rule evaluate:
         input:
             expand(
-                EVAL_DIR + "/shards/{shard}-of-{nshards}/metrics.json",
+                f"{EVAL_DIR}/shards/{{shard}}-of-{{nshards}}/metrics.json",
                 shard=range(EVAL["shards"]),
                 nshards=EVAL["shards"],
                 allow_missing=True,
             ),
         output:
-            metrics=EVAL_DIR + "/metrics.json",
-            episodes=EVAL_DIR + "/episodes.jsonl",
+            metrics=f"{EVAL_DIR}/metrics.json",
+            episodes=f"{EVAL_DIR}/episodes.jsonl",
         params:
             out=eval_dir,
         log:
-            RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.merge.log",
+            f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.merge.log",
         shell:
             "{SACA} eval-merge --out {params.out} > {log} 2>&1"
 
 
 rule eval_plots:
     input:
-        episodes=EVAL_DIR + "/episodes.jsonl",
-        split=RESULTS + "/{dataset}/episodes/{split}.json.gz",
-        scenes=RESULTS + "/scenes/index.json",
+        episodes=f"{EVAL_DIR}/episodes.jsonl",
+        split=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
+        scenes=f"{RESULTS}/scenes/index.json",
         src=SACA_SRC,
     output:
-        directory(EVAL_DIR + "/plots"),
+        directory(f"{EVAL_DIR}/plots"),
     params:
         **EVAL_PARAMS,
     log:
-        RESULTS + "/logs/evaluate/{dataset}/{run}/{split}.plots.log",
+        f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.plots.log",
     shell:
         "{SACA} plot-episodes --dataset-dir {RESULTS}/{wildcards.dataset} --split {wildcards.split}"
         " --scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"

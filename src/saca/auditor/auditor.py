@@ -35,6 +35,7 @@ from saca.auditor.config import AuditorConfig
 from saca.auditor.scoring import (
     divergence_point,
     hard_mask,
+    longest_gap,
     prefix_ratio,
     process_score,
     soft_score,
@@ -69,6 +70,7 @@ class AuditResult:
     rho: float  # prefix ratio t*/T (Eq. 4)
     P: float  # process score (Eq. 2)
     reached: int  # landmarks grounded k_consec times in a row
+    max_gap: int  # longest run without a hard match (as Eq. 3 counts gaps)
     transitions: list[int]  # steps after which the active landmark advanced
     success: bool
     components: list[dict] = field(default_factory=list)  # per step: S_g, c, S_b, u, S_m, box
@@ -79,7 +81,7 @@ class AuditResult:
         d = {
             "T": self.T, "landmarks": self.landmarks, "s": [round(x, 6) for x in self.s],
             "active": self.active, "hard": [int(h) for h in self.hard], "mask": self.mask,
-            "t_star": self.t_star, "rho": self.rho, "P": self.P, "reached": self.reached,
+            "t_star": self.t_star, "rho": self.rho, "P": self.P, "reached": self.reached, "max_gap": self.max_gap,
             "transitions": self.transitions, "success": self.success, "reason": self.reason,
         }
         if with_components:
@@ -192,7 +194,7 @@ class Auditor:
     def _result(self, frames, lms, success, track, cache) -> AuditResult:
         cfg = self.config
         T = len(frames)
-        t_star = divergence_point(track.hard, cfg.patience, success)
+        t_star = divergence_point(track.hard, cfg.patience, success, cfg.count_initial_gap)
         comps, masks = [], []
         for t, j in enumerate(track.active):
             ps = cache.get((frames[t].key, lms[j])) if lms else None
@@ -206,7 +208,8 @@ class Auditor:
         return AuditResult(
             T=T, landmarks=list(lms), s=track.s, active=track.active, hard=track.hard,
             mask=hard_mask(T, t_star), t_star=t_star, rho=prefix_ratio(t_star, T),
-            P=process_score(track.s, cfg.tau_soft), reached=track.reached, transitions=track.transitions,
+            P=process_score(track.s, cfg.tau_soft), reached=track.reached,
+            max_gap=longest_gap(track.hard, cfg.count_initial_gap), transitions=track.transitions,
             success=bool(success), components=comps, masks=masks if cfg.keep_masks else [], reason=reason,
         )
 

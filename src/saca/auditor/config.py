@@ -74,6 +74,7 @@ class AuditorConfig:
     modules: list = field(default_factory=lambda: ["global", "box", "mask"])
     k_consec: int = 2  # reconstruction
     patience: int = 8  # reconstruction
+    count_initial_gap: bool = True  # reconstruction: the search for the first landmark counts as a gap
     rho: float = 0.5  # near-miss prefix-ratio threshold (Eq. 4); the Appendix-A statistic uses it
     prompt: str = "A photo of a {l}."
     schedule: str = "lazy"  # lazy | all: which (frame, landmark) pairs are scored

@@ -147,7 +147,8 @@ def track_landmarks(
     return tr
 
 
-def divergence_point(hard: Sequence[bool], patience: int = 8, success: bool = False) -> int:
+def divergence_point(hard: Sequence[bool], patience: int = 8, success: bool = False,
+                     count_initial_gap: bool = True) -> int:
     """Divergence point ``t*`` (SACA Eq. 3, method-notes §3.2; reconstruction).
 
     A *gap* is a maximal run of steps without a hard match. The first gap
@@ -159,6 +160,13 @@ def divergence_point(hard: Sequence[bool], patience: int = 8, success: bool = Fa
     * no gap exceeds ``patience`` ("never loses grounding"): ``t* = T - 1`` for
       a failed trajectory (its final STOP decision diverged), ``t* = T`` for a
       successful one (the whole trajectory is valid).
+
+    The gap before the first hard match counts like any other
+    (``count_initial_gap=True``, the literal reading of method-notes §3.2: a
+    long search for the first landmark gives ``t* = 0``). With
+    ``count_initial_gap=False`` (a config option, reconstruction) the agent has
+    to ground something before it can lose grounding: gaps are counted from
+    the first hard match on.
     """
     if patience < 0:
         raise SacaError(f"auditor.patience must be >= 0, got {patience}")
@@ -166,7 +174,9 @@ def divergence_point(hard: Sequence[bool], patience: int = 8, success: bool = Fa
     if not any(hard):
         return 0
     gap_start, gap = 0, 0
-    for t, h in enumerate(hard):
+    first = 0 if count_initial_gap else next(t for t, h in enumerate(hard) if h)
+    for t in range(first, T):
+        h = hard[t]
         if h:
             gap = 0
             continue
@@ -190,3 +200,21 @@ def prefix_ratio(t_star: int, T: int) -> float:
     if T <= 0:
         return 0.0
     return t_star / T
+
+
+def longest_gap(hard: Sequence[bool], count_initial_gap: bool = True) -> int:
+    """Length of the longest run without a hard match (from the first hard match on when
+    ``count_initial_gap`` is False; 0 for a trajectory that never grounds then).
+
+    A trajectory never loses grounding under Eq. 3 iff ``longest_gap <= patience``,
+    so the quantiles of this length over expert trajectories calibrate ``patience``.
+    """
+    if not count_initial_gap:
+        if not any(hard):
+            return 0
+        hard = hard[next(t for t, h in enumerate(hard) if h):]
+    best = gap = 0
+    for h in hard:
+        gap = 0 if h else gap + 1
+        best = max(best, gap)
+    return best

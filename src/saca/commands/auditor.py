@@ -1,5 +1,194 @@
-"""CLI commands: auditor."""
+"""CLI commands: landmarks, audit, audit-figure (the PGSA auditor; docs/auditor.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from saca import SacaError
+
+log = logging.getLogger(__name__)
+
+
+def _section(args, cls, name: str, attr: str = "params"):
+    from saca.config import from_dict, load_yaml, section
+
+    text = getattr(args, attr, None)
+    if text:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SacaError(f"--{attr.replace('_', '-')}: malformed JSON ({err})") from err
+    elif getattr(args, "config", None):
+        data = section(load_yaml(args.config), name, args.config)
+    else:
+        data = {}
+    if not isinstance(data, dict):
+        raise SacaError(f"--{attr.replace('_', '-')}: expected a JSON object for the '{name}' section")
+    return from_dict(cls, data, name)
+
+
+def cmd_landmarks(args) -> int:
+    from saca.episodes import read_episodes
+    from saca.io import write_jsonl
+    from saca.landmarks import LandmarkConfig, extract_split
+
+    cfg = _section(args, LandmarkConfig, "landmarks")
+    path = Path(args.episodes) / f"{args.split}.json.gz"
+    episodes = read_episodes(path)
+    rows = extract_split(episodes, cfg)
+    if len(rows) != len(episodes):  # never silently drop an episode
+        raise SacaError(f"{path}: {len(episodes)} episodes but {len(rows)} landmark rows")
+    n = write_jsonl(args.out, rows)
+    by_source = Counter(r["source"] for r in rows)
+    empty = sum(1 for r in rows if not r["landmarks"])
+    with_gt = [r for r in rows if "gt_landmarks" in r]
+    exact = sum(1 for r in with_gt if r["landmarks"] == r["gt_landmarks"])
+    msg = f"wrote {n} rows to {args.out}; sources {dict(sorted(by_source.items()))}; {empty} empty"
+    if with_gt:
+        msg += f"; {exact}/{len(with_gt)} equal to the ground-truth landmark lists"
+    print(msg)
+    return 0
+
+
+def _load_inputs(args):
+    from saca.episodes import read_episodes
+    from saca.io import read_jsonl
+    from saca.landmarks import read_landmarks
+
+    eval_path = Path(args.eval_dir) / "episodes.jsonl"
+    records = read_jsonl(eval_path)
+    episodes = {e.episode_id: e for e in read_episodes(Path(args.episodes) / f"{args.split}.json.gz")}
+    landmarks = read_landmarks(args.landmarks)
+    return eval_path, records, episodes, landmarks
+
+
+def cmd_audit(args) -> int:
+    from saca.auditor import Auditor, AuditorConfig
+    from saca.auditor.run import Timer, audit_records, audit_row, summarize
+    from saca.commands.data import sim_from_args
+    from saca.config import to_dict
+    from saca.io import atomic_path, write_json
+
+    cfg = _section(args, AuditorConfig, "auditor")
+    eval_path, records, episodes, landmarks = _load_inputs(args)
+    if args.limit:
+        records = records[: args.limit]
+    out = Path(args.out)
+    timer = Timer()
+    auditor = Auditor(cfg)
+    sim, _ = sim_from_args(args)
+    rows = []
+    with sim, atomic_path(out / "audit.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for n, (rec, res) in enumerate(audit_records(records, episodes, landmarks, sim, auditor,
+                                                     args.group_size, str(eval_path)), 1):
+            row = audit_row(rec, res, with_components=args.components)
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            rows.append(row)
+            if n % 50 == 0:
+                log.info("audited %d of %d episodes", n, len(records))
+    if len(rows) != len(records):
+        raise SacaError(f"{eval_path}: {len(records)} records but {len(rows)} audits")
+    summary = summarize(rows, cfg.rho)
+    st = auditor.stats
+    summary["cost"] = {
+        "backend": cfg.backend, "frames": st["frames"], "pairs_scored": st["pairs"], "backend_calls": st["calls"],
+        "audit_seconds": round(st["seconds"], 3), "total_seconds": round(timer.seconds, 3),
+        "frames_per_second": round(st["frames"] / st["seconds"], 1) if st["seconds"] > 0 else None,
+    }
+    summary["run"] = {"eval": str(eval_path), "split": args.split, "landmarks": str(args.landmarks)}
+    summary["auditor"] = to_dict(cfg)
+    write_json(out / "summary.json", summary)
+    a = summary["appendix_a"]
+    share = "n/a" if a["share"] is None else f"{a['share']:.3f}"
+    print(f"audited {len(rows)} episodes ({summary['failed']} failed) -> {out}; "
+          f"failed episodes with rho > {a['rho_threshold']}: {a['near_miss']}/{a['failed']} = {share} (paper 0.73)")
+    return 0
+
+
+def cmd_audit_figure(args) -> int:
+    from dataclasses import replace
+
+    from saca.auditor import Auditor, AuditorConfig, Trajectory
+    from saca.auditor.figure import audit_figure
+    from saca.auditor.run import record_success, replay
+    from saca.commands.data import sim_from_args
+    from saca.io import read_jsonl
+
+    cfg = replace(_section(args, AuditorConfig, "auditor"), keep_masks=True)
+    eval_path, records, episodes, landmarks = _load_inputs(args)
+    if not records:
+        raise SacaError(f"{eval_path}: no episodes")
+    rec = None
+    if args.episode_id is not None:
+        rec = next((r for r in records if str(r["episode_id"]) == str(args.episode_id)), None)
+        if rec is None:
+            raise SacaError(f"{eval_path}: no episode {args.episode_id!r}")
+    elif args.audit:
+        # the most telling failure: grounded something, diverged mid-way (largest rho below 1)
+        audits = {str(r["episode_id"]): r for r in read_jsonl(args.audit)}
+        cands = [a for a in audits.values() if not a["success"] and a["reached"] > 0 and 0 < a["rho"] < 1]
+        cands = cands or [a for a in audits.values() if a["reached"] > 0] or list(audits.values())
+        best = max(cands, key=lambda a: (a["rho"], a["reached"], -a["T"]))
+        rec = next(r for r in records if str(r["episode_id"]) == str(best["episode_id"]))
+    else:
+        rec = records[0]
+    ep = episodes.get(rec["episode_id"], episodes.get(str(rec["episode_id"])))
+    if ep is None:
+        raise SacaError(f"{eval_path}: episode {rec['episode_id']!r} is not in the split's episode file")
+    lms = landmarks.get(rec["episode_id"], landmarks.get(str(rec["episode_id"])))
+    if lms is None:
+        raise SacaError(f"{args.landmarks}: no row for episode {rec['episode_id']!r}")
+    sim, _ = sim_from_args(args)
+    auditor = Auditor(cfg)
+    with sim:
+        frames, positions = replay(sim, ep, rec["actions"], rec.get("positions"), str(eval_path))
+        res = auditor.audit_group([Trajectory(frames, lms, record_success(rec, str(eval_path)))])[0]
+        scene = getattr(sim, "scene", None)
+    steps = audit_figure(
+        [f.rgb for f in frames], res, cfg, args.out,
+        title=f"episode {ep.episode_id} ({ep.scene_id}), backend {cfg.backend}, modules {'+'.join(cfg.modules)}",
+        instruction=ep.instruction_text, scene=scene, positions=positions, goal=ep.goal_position,
+    )
+    print(f"wrote {args.out} (episode {ep.episode_id}, steps {steps}, t* = {res.t_star}, rho = {res.rho:.2f})")
+    return 0
 
 
 def register(sub) -> None:
-    pass
+    from saca.commands.data import add_sim_args
+
+    p = sub.add_parser("landmarks", help="extract the landmarks of every episode of a split (JSONL)")
+    p.add_argument("--episodes", required=True, help="episodes directory with {split}.json.gz")
+    p.add_argument("--split", required=True, choices=["train", "val_seen", "val_unseen"])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--params", default=None, help="JSON of the 'landmarks' config section")
+    g.add_argument("--config", default=None, help="YAML config file; its 'landmarks' section is used")
+    p.add_argument("--out", required=True, help="output file, results/{dataset}/landmarks/{split}.jsonl")
+    p.set_defaults(func=cmd_landmarks)
+
+    def audit_args(p):
+        p.add_argument("--episodes", required=True, help="episodes directory with {split}.json.gz")
+        p.add_argument("--split", required=True, choices=["train", "val_seen", "val_unseen"])
+        p.add_argument("--eval-dir", required=True, help="evaluation run directory with episodes.jsonl")
+        p.add_argument("--landmarks", required=True, help="landmarks/{split}.jsonl")
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--params", default=None, help="JSON of the 'auditor' config section")
+        g.add_argument("--config", default=None, help="YAML config file; its 'auditor' section is used")
+        add_sim_args(p)
+
+    p = sub.add_parser("audit", help="audit the trajectories of an evaluation run (PGSA auditor)")
+    audit_args(p)
+    p.add_argument("--group-size", type=int, default=8, help="episodes audited together (one batched audit)")
+    p.add_argument("--limit", type=int, default=0, help="audit only the first N episodes (0: all)")
+    p.add_argument("--components", action="store_true", help="store S_g, c, S_b, u, S_m and boxes per step")
+    p.add_argument("--out", required=True, help="output directory (audit.jsonl, summary.json)")
+    p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("audit-figure", help="Fig. 6-style figure of one audited episode (PNG)")
+    audit_args(p)
+    p.add_argument("--audit", default=None, help="audit.jsonl, to pick a telling failed episode")
+    p.add_argument("--episode-id", default=None, help="episode to show (default: picked from --audit)")
+    p.add_argument("--out", required=True, help="output PNG")
+    p.set_defaults(func=cmd_audit_figure)

@@ -78,11 +78,11 @@ def cmd_evaluate(args) -> int:
         cfg.batch_size = args.batch_size
         cfg.validate("--batch-size")
     shard = parse_shard(args.shard)
-    agent = make_agent(args.agent, seed=cfg.seed, options=cfg.agent_options)
     run = args.run or Path(args.agent).name
     out = args.out or args.dataset_dir / "eval" / run / args.split
     episodes, source = _load(args)
     make_sim = _make_sim_factory(args)
+    agent = make_agent(args.agent, seed=cfg.seed, options=cfg.agent_options)  # last: a policy is the slow part
     res = evaluate_split(episodes, make_sim, agent, out, cfg, args.split, args.agent, shard, source)
     m = res["metrics"]
     log.info(
@@ -109,7 +109,7 @@ def cmd_plot(args) -> int:
 
     cfg = params_from_args(args, EvalConfig, "evaluation")
     n = cfg.plots if args.n is None else args.n
-    episodes, source = _load(args)
+    episodes, _ = _load(args)
     written = plot_sampled_episodes(args.eval_dir, episodes, _make_sim_factory(args), args.out, n, cfg.seed)
     log.info("wrote %d plots to %s", len(written), args.out)
     return 0

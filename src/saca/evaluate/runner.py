@@ -267,6 +267,7 @@ def evaluate_split(
             _check_identity(run_path, read_json(run_path), identity)
         journal = out / JOURNAL
         done: dict = {}
+        # a finished run's records are in episodes.jsonl; an unfinished one's in the journal
         previous = read_jsonl(out / EPISODES) if (out / EPISODES).exists() else []
         for rec in previous + read_journal(journal):
             if rec.get("episode_id") not in by_id:
@@ -281,11 +282,6 @@ def evaluate_split(
         steps = 0
         if pending:
             write_json(run_path, identity)
-            # stale final outputs from an earlier, different run must not survive next to a new journal
-            if previous:
-                write_jsonl(journal, list(done.values()))
-            (out / METRICS).unlink(missing_ok=True)
-            (out / EPISODES).unlink(missing_ok=True)
             with open(journal, "a", encoding="utf-8") as fh:
                 steps = _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress_every)
         records = sorted(done.values(), key=lambda r: r["index"])

@@ -11,6 +11,7 @@ unreadable fails with an error naming the sample (VlnEgoDataset), never skipped.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -24,12 +25,21 @@ from saca.vln_ego.store import VlnEgoDataset
 class PolicyData:
     """Concatenation of VLN-Ego split directories, indexed ``0 .. len-1``."""
 
-    def __init__(self, split_dirs: Sequence[str | os.PathLike], n_actions: int = 6, check_answers: bool = True):
+    def __init__(
+        self,
+        split_dirs: Sequence[str | os.PathLike],
+        n_actions: int = 6,
+        check_answers: bool = True,
+        frame_cache: int = 0,
+        trajectory_cache: int = 64,
+    ):
         if not split_dirs:
             raise SacaError("no VLN-Ego split directory given")
         self.split_dirs = [Path(d) for d in split_dirs]
         self.n_actions = int(n_actions)
-        self.parts = [VlnEgoDataset(d) for d in self.split_dirs]
+        self.parts = [VlnEgoDataset(d, cache_trajectories=trajectory_cache) for d in self.split_dirs]
+        self.frame_cache = int(frame_cache)
+        self._frames: OrderedDict = OrderedDict()
         self._index: list[tuple[int, int]] = [(p, i) for p, ds in enumerate(self.parts) for i in range(len(ds))]
         if not self._index:
             raise SacaError(f"{', '.join(map(str, self.split_dirs))}: no VLN-Ego samples")
@@ -70,9 +80,29 @@ class PolicyData:
         return self.sample(i)["answer"]
 
     def encode(self, processor, i: int):
-        """Tokens, labels and pixels of sample ``i`` for ``processor`` (a PolicyProcessor)."""
-        x = self.policy_input(i)
-        return processor.encode(x.prompt, x.images, answer=self.answer(i))
+        """Tokens, labels and pixels of sample ``i`` for ``processor`` (a PolicyProcessor).
+
+        With ``frame_cache > 0`` and a family whose images are processed one by one
+        (Qwen2-VL), each frame's processed pixels are kept in an LRU cache of that many
+        frames: a frame is decoded and resized once although ~M samples show it.
+        """
+        p, j = self._index[i]
+        s = self.parts[p][j]
+        if self.frame_cache <= 0 or not processor.per_image:
+            return processor.encode(self.prompt(s), self.parts[p].images(s), answer=s["answer"])
+        idx = [int(h) for h in s["history"]] + [int(s["step"])]
+        keys = [(p, s["shard"], int(s["row_group"]), k) for k in idx]
+        missing = [k for k, key in zip(idx, keys) if key not in self._frames]
+        if missing:
+            for k, img in zip(missing, self.parts[p].frames(s, missing)):
+                self._frames[(p, s["shard"], int(s["row_group"]), k)] = processor.process_images([img])
+        parts = []
+        for key in keys:
+            self._frames.move_to_end(key)
+            parts.append(self._frames[key])
+        while len(self._frames) > self.frame_cache:
+            self._frames.popitem(last=False)
+        return processor.encode(self.prompt(s), None, answer=s["answer"], processed=processor.join_images(parts))
 
 
 def evenly_spaced(n: int, k: int) -> list[int]:

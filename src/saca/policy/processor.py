@@ -199,16 +199,43 @@ class PolicyProcessor:
         return counts
 
     # --- encoding ---------------------------------------------------------------------------
-    def encode(self, user_text: str, images: Sequence[np.ndarray], answer: str | None = None) -> Encoded:
+    @property
+    def per_image(self) -> bool:
+        """True when images are processed independently (Qwen families), so per-frame results can be cached."""
+        return self.family in QWEN_FAMILIES
+
+    def join_images(self, parts: Sequence[tuple[dict, list[int]]]) -> tuple[dict, list[int]]:
+        """Concatenate per-image ``process_images`` results (Qwen families only)."""
+        import torch
+
+        if not self.per_image:
+            raise SacaError(f"{self.family}: images of one sample are processed together, not one by one")
+        if not parts:
+            return {}, []
+        vision = {
+            "pixel_values": torch.cat([v["pixel_values"] for v, _ in parts]),
+            "image_grid_thw": torch.cat([v["image_grid_thw"] for v, _ in parts]),
+        }
+        return vision, [c for _, cs in parts for c in cs]
+
+    def encode(
+        self,
+        user_text: str,
+        images: Sequence[np.ndarray] | None,
+        answer: str | None = None,
+        processed: tuple[dict, list[int]] | None = None,
+    ) -> Encoded:
         """Tokens (and labels when ``answer`` is given) for one decision.
 
         Labels are ``-100`` on every prompt token and equal the token ids on the answer
         tokens and the closing ``<|im_end|>`` (VLN-R1 Eq. 8 supervises the answer only).
+        ``processed``: the output of :meth:`process_images` for these images, when the
+        caller already has it (the SFT data cache); ``images`` is then ignored.
         """
         parts = user_text.split(IMAGE_TOKEN)
-        if len(parts) - 1 != len(images):
-            raise SacaError(f"prompt has {len(parts) - 1} {IMAGE_TOKEN} placeholders but {len(images)} images were given")
-        vision, counts = self.process_images(images)
+        vision, counts = processed if processed is not None else self.process_images(images or [])
+        if len(parts) - 1 != len(counts):
+            raise SacaError(f"prompt has {len(parts) - 1} {IMAGE_TOKEN} placeholders but {len(counts)} images were given")
         text = parts[0]
         for n, part in zip(counts, parts[1:]):
             text += self._image_string(n) + part
@@ -225,7 +252,7 @@ class PolicyProcessor:
             answer_ids = list(self.tokenizer(answer, add_special_tokens=False)["input_ids"]) + [self.im_end_id]
             ids = prompt_ids + answer_ids
             labels = [IGNORE_INDEX] * len(prompt_ids) + answer_ids
-        return Encoded(ids, labels, vision, len(images), len(prompt_ids))
+        return Encoded(ids, labels, vision, len(counts), len(prompt_ids))
 
     def collate(self, items: Sequence[Encoded], padding_side: str = "right") -> dict:
         """Pad a batch into model inputs (``padding_side='left'`` for generation)."""

@@ -497,7 +497,7 @@ class SftTrainer:
                     nll, _ = sft_loss(model, batch)
                 # token mean over the whole global batch; DDP/ZeRO average over ranks, hence * world
                 loss = nll * (self.world / max(n_global, 1))
-                step_nll += float(nll)
+                step_nll += float(nll.detach())
                 if self.engine is not None:
                     self.engine.backward(loss, scale_wrt_gas=False)
                     self.engine.step()

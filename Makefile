@@ -1,0 +1,28 @@
+# Quick start: `make workflow` runs the whole DAG on the embedded mini world; `make test` runs the tests.
+# Both install the package first (into the active Python environment) when pyproject.toml changed.
+PYTHON ?= python3
+CORES ?= 2
+
+.PHONY: install workflow smoke test bench clean
+
+install: .installed
+
+.installed: pyproject.toml
+	$(PYTHON) -m pip install --quiet torch==2.13.0
+	DS_BUILD_OPS=0 $(PYTHON) -m pip install --quiet -e '.[dev,train]'
+	@touch .installed
+
+workflow: .installed
+	$(PYTHON) -m snakemake --cores $(CORES) all
+
+smoke: .installed
+	$(PYTHON) -m snakemake --cores $(CORES) --configfile config/smoke.yaml all
+
+test: .installed
+	$(PYTHON) -m pytest
+
+bench: .installed
+	$(PYTHON) benchmarks/sim_fps.py
+
+clean:
+	rm -rf results .snakemake .installed

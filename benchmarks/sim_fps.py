@@ -1,0 +1,91 @@
+"""Embedded simulator throughput: renderer frames/s and VLN-Ego samples/s.
+
+Renders along the expert trajectories of generated episodes (what VLN-Ego and
+evaluation actually see), on one core, at each requested resolution. Prints a
+table and, with --json, writes the numbers to a file.
+
+    python benchmarks/sim_fps.py                 # 128x128 and 224x224
+    python benchmarks/sim_fps.py --sizes 128 --episodes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from saca.episodes import load_split, write_episodes  # noqa: E402
+from saca.episodes.generate import DatasetConfig, generate_split  # noqa: E402
+from saca.io import write_json  # noqa: E402
+from saca.sim import make_simulator  # noqa: E402
+from saca.sim.base import Action, SimConfig  # noqa: E402
+from saca.sim.embedded.world import SceneGenConfig, generate_scene, scene_seed  # noqa: E402
+from saca.vln_ego.generate import VlnEgoConfig, generate_vln_ego  # noqa: E402
+
+
+def build(root: Path, n_episodes: int):
+    cfg = SceneGenConfig(seed=0, train=4, val_unseen=1)
+    ids = cfg.scene_ids()["train"]
+    for sid in ids:
+        write_json(root / "scenes" / f"{sid}.json", generate_scene(sid, scene_seed(0, sid), cfg))
+    ds = DatasetConfig(turn_angle=15, style="r2r", landmarks=[1, 2], seed=3, episodes={"train": n_episodes})
+    sim = make_simulator("embedded", SimConfig(), 15, root / "scenes")
+    write_episodes(root / "episodes", "train", generate_split("bench", ds, "train", ids, sim))
+    sim.close()
+    return load_split(root / "episodes", "train")
+
+
+def render_fps(episodes, scenes, size: int, instance: bool) -> tuple[float, int]:
+    cfg = SimConfig(width=size, height=size, instance=instance, depth=instance)
+    sim = make_simulator("embedded", cfg, 15, scenes)
+    for ep in episodes:  # load every scene once before timing
+        sim.reset(ep)
+    n, elapsed = 0, 0.0
+    for ep in episodes:
+        sim.reset(ep)
+        for a in ep.gt_actions:
+            s = sim.state
+            t0 = time.perf_counter()
+            sim.render(s.position, s.heading)
+            elapsed += time.perf_counter() - t0
+            n += 1
+            if a != Action.STOP:
+                sim.step(a)
+    sim.close()
+    return n / elapsed, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[128, 224])
+    ap.add_argument("--episodes", type=int, default=30)
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        episodes = build(root, args.episodes)
+        for size in args.sizes:
+            for inst in (True, False):
+                fps, n = render_fps(episodes, root / "scenes", size, inst)
+                key = f"render_{size}x{size}_{'rgb_depth_instance' if inst else 'rgb_only'}"
+                out[key] = round(fps, 1)
+                print(f"{key:42s} {fps:8.1f} frames/s  ({n} frames, 1 process)")
+        sim = make_simulator("embedded", SimConfig(), 15, root / "scenes")
+        t0 = time.perf_counter()
+        m = generate_vln_ego(episodes, sim, VlnEgoConfig(), 15, root / "ego")
+        dt = time.perf_counter() - t0
+        sim.close()
+        out["vln_ego_samples_per_s_128"] = round(m["samples"] / dt, 1)
+        print(f"{'vln_ego samples (render+encode+write), 128':42s} {m['samples'] / dt:8.1f} samples/s ({m['samples']} samples)")
+    if args.json:
+        write_json(args.json, out)
+
+
+if __name__ == "__main__":
+    main()
