@@ -48,3 +48,46 @@ def mini_world(tmp_path_factory):
             write_episodes(root / name / "episodes", split, generate_split(name, cfg, split, scenes, sim))
         sim.close()
     return {"root": root, "scenes": root / "scenes", "index": index, "datasets": datasets, "sim": SMALL_SIM}
+
+
+@pytest.fixture(scope="session")
+def habitat_world(tmp_path_factory):
+    """Random point-goal episodes on the scene named by ``SACA_HABITAT_TEST_SCENE`` (a .glb).
+
+    Only used where ``habitat_sim`` imports; skipped with the reason otherwise.
+    """
+    import math
+    import os
+
+    import numpy as np
+
+    from saca.episodes import Episode
+    from saca.episodes.generate import expert_actions
+    from saca.sim.base import heading_to_quaternion
+
+    scene = os.environ.get("SACA_HABITAT_TEST_SCENE")
+    if not scene or not Path(scene).exists():
+        pytest.skip("set SACA_HABITAT_TEST_SCENE to a habitat test scene (.glb) to run the contract on Habitat")
+    root = tmp_path_factory.mktemp("habitat")
+    sim_cfg = SimConfig(width=64, height=64)
+    rng = np.random.default_rng(0)
+    for name, angle in (("mini_r2r", 15), ("mini_rxr", 30)):
+        sim = make_simulator("habitat", sim_cfg, angle, Path(scene).parent)
+        sim.load_scene(Path(scene).name)
+        for split in ("train", "val_seen", "val_unseen"):
+            eps = []
+            while len(eps) < 3:
+                a, b = sim.sample_navigable_point(), sim.sample_navigable_point()
+                if not 3.0 < sim.geodesic_distance(a, b) < 10.0:
+                    continue
+                ep = Episode(len(eps), len(eps), Path(scene).name, list(a), heading_to_quaternion(float(rng.uniform(-math.pi, math.pi))),
+                             [{"position": list(b), "radius": 3.0}], [list(a), list(b)], f"Go to the goal {len(eps)}.")
+                sim.reset(ep)
+                res = expert_actions(sim, [b], sim_cfg.max_steps - 1)
+                if res is None:
+                    continue
+                ep.gt_actions, ep.gt_locations = res
+                eps.append(ep)
+            write_episodes(root / name / "episodes", split, eps)
+        sim.close()
+    return {"root": root, "scenes": Path(scene).parent, "index": {}, "datasets": {}, "sim": sim_cfg}

@@ -13,6 +13,11 @@ RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
 EVAL_DIR = f"{RESULTS}/{{dataset}}/eval/{{run}}/{{split}}"
 
 
+wildcard_constraints:
+    run=r"[A-Za-z0-9_.-]+",
+
+
+
 def run_agent(wildcards):
     if wildcards.run not in RUN_AGENTS:
         raise ValueError(

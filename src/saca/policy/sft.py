@@ -88,6 +88,7 @@ class SftConfig:
     eval_steps: int = 0  # 0: validate before and after training only
     val_samples: int = 256  # per validation split (evenly spaced); 0: all
     per_device_eval_batch_size: int = 8
+    frame_cache: int = 0  # processed frames kept in memory (Qwen families); 0: off
     deepspeed: str | None = None  # ZeRO config file, e.g. config/deepspeed/zero2.json
     # workflow keys: which datasets each training mix holds, and which mix is evaluated as run "sft"
     mixes: dict = field(default_factory=dict)
@@ -119,7 +120,7 @@ class SftConfig:
         """The settings that change the trained weights (not logging, saving, validation or workflow keys)."""
         d = asdict(self)
         for k in ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "eval_steps", "val_samples",
-                  "per_device_eval_batch_size", "mixes", "eval_mix", "val_splits", "device"):
+                  "per_device_eval_batch_size", "frame_cache", "mixes", "eval_mix", "val_splits", "device"):
             d.pop(k)
         return d
 
@@ -239,8 +240,8 @@ class SftTrainer:
         self.model.config.use_cache = False
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.train = PolicyData(self.train_dirs, cfg.n_actions)
-        self.val = {name: PolicyData([d], cfg.n_actions) for name, d in self.val_dirs.items()}
+        self.train = PolicyData(self.train_dirs, cfg.n_actions, frame_cache=cfg.frame_cache)
+        self.val = {name: PolicyData([d], cfg.n_actions, frame_cache=cfg.frame_cache) for name, d in self.val_dirs.items()}
         self.global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * self.world
         self.steps_per_epoch = len(self.train) // self.global_batch
         if self.steps_per_epoch == 0:
