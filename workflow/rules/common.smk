@@ -6,8 +6,23 @@ RESULTS = config.get("results", "results")
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val_seen", "val_unseen"]
 SACA = "python -m saca"
-# The package source is an input of every rule, so that editing the code reruns what it affects.
+# The package source is an input of the rules: editing code reruns what it affects, and only that.
 SACA_SRC = sorted(str(p) for p in Path("src/saca").rglob("*.py"))
+CORE_SRC = ["src/saca/__init__.py", "src/saca/cli.py", "src/saca/config.py", "src/saca/io.py"]
+
+
+def code(*parts):
+    """Source files of the named package parts (directories or modules under src/saca) plus the core."""
+    files = set(CORE_SRC)
+    for part in parts:
+        p = Path("src/saca") / part
+        if not p.exists():
+            raise ValueError(f"code(): src/saca/{part} does not exist")
+        files |= {str(f) for f in p.rglob("*.py")} if p.is_dir() else {str(p)}
+    return sorted(files)
+
+
+SIM_SRC = code("sim", "episodes", "commands/data.py")
 
 TARGETS = []
 

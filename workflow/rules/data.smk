@@ -6,7 +6,7 @@ rule scenes:
         index=f"{RESULTS}/scenes/index.json",
         scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
     input:
-        SACA_SRC,
+        code("sim", "commands/data.py"),
     params:
         cfg=as_json(config["scenes"]),
     log:
@@ -24,7 +24,7 @@ rule episodes:
         gt=f"{RESULTS}/{{dataset}}/episodes/{{split}}_gt.json.gz",
     input:
         rules.scenes.output.index,
-        SACA_SRC,
+        SIM_SRC,
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
@@ -45,7 +45,7 @@ rule vln_ego:
     input:
         rules.episodes.output,
         rules.scenes.output.index,
-        SACA_SRC,
+        SIM_SRC + code("vln_ego", "action_text.py"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
@@ -67,7 +67,7 @@ rule preview:
     input:
         expand(f"{RESULTS}/{{{{dataset}}}}/episodes/{{split}}.json.gz", split=["val_unseen"]),
         rules.scenes.output.index,
-        SACA_SRC,
+        SIM_SRC + code("vln_ego", "viz.py"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),

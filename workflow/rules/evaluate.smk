@@ -8,6 +8,8 @@
 # and add their metrics paths to TARGETS (eval_targets(run) gives them).
 
 EVAL = config["evaluation"]
+# code a policy checkpoint's evaluation depends on (beyond the simulator and the runner)
+POLICY_SRC = code("policy", "prompt.py", "action_text.py", "vln_ego")
 REFERENCE_AGENTS = ("random", "forward", "oracle")
 RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
 EVAL_DIR = f"{RESULTS}/{{dataset}}/eval/{{run}}/{{split}}"
@@ -38,7 +40,7 @@ def eval_inputs(wildcards):
         "gt": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}_gt.json.gz",
         "scenes": f"{RESULTS}/scenes/index.json",
         "checkpoint": run_checkpoint(wildcards),
-        "src": SACA_SRC,
+        "src": SIM_SRC + code("evaluate", "commands/evaluate.py") + ([] if wildcards.run in REFERENCE_AGENTS else POLICY_SRC),
     }
 
 
@@ -134,7 +136,7 @@ rule eval_plots:
         episodes=f"{EVAL_DIR}/episodes.jsonl",
         split=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
         scenes=f"{RESULTS}/scenes/index.json",
-        src=SACA_SRC,
+        src=SIM_SRC + code("evaluate", "viz.py", "commands/evaluate.py"),
     output:
         directory(f"{EVAL_DIR}/plots"),
     params:

@@ -22,7 +22,8 @@ from saca.auditor.config import AuditorConfig
 
 
 def select_steps(result: AuditResult, n: int = 6) -> list[int]:
-    """Up to ``n`` steps to show: the divergence point, the transitions, evenly spaced others."""
+    """Up to ``n`` steps to show: the divergence point and the step before it, the best-scoring
+    step of each landmark that was active, then evenly spaced others."""
     T = result.T
     if T == 0:
         return []
@@ -31,7 +32,11 @@ def select_steps(result: AuditResult, n: int = 6) -> list[int]:
         keep.append(result.t_star)
         if result.t_star > 0:
             keep.append(result.t_star - 1)
-    keep += [t + 1 for t in result.transitions if t + 1 < T]
+    for j in sorted(set(result.active)):
+        steps = [t for t in range(T) if result.active[t] == j]
+        best = max(steps, key=lambda t: (result.s[t], -t))
+        if result.s[best] > 0:
+            keep.append(best)
     keep += [int(round(x)) for x in np.linspace(0, T - 1, num=min(n, T))]
     out = []
     for t in keep:
@@ -68,8 +73,8 @@ def audit_figure(
     k = max(len(steps), 1)
     has_map = scene is not None and positions is not None
     ncols = k + (2 if has_map else 0)
-    fig = plt.figure(figsize=(1.9 * ncols, 8.2))
-    gs = fig.add_gridspec(4, ncols, height_ratios=[1, 1, 1, 1.5], hspace=0.35, wspace=0.08)
+    fig = plt.figure(figsize=(1.9 * ncols, 8.6))
+    gs = fig.add_gridspec(4, ncols, height_ratios=[1, 1, 1, 1.6], hspace=0.38, wspace=0.08)
     cmap = plt.get_cmap("tab10")
 
     for col, t in enumerate(steps):
@@ -109,7 +114,7 @@ def audit_figure(
                 ax.set_ylabel(["(a) frames", "(b) detection", "(c) mask"][row], fontsize=8)
 
     # (d) soft-score curve
-    ax = fig.add_subplot(gs[3, :k])
+    ax = fig.add_subplot(gs[3, :])
     T = result.T
     ts = np.arange(T)
     if T:
@@ -137,13 +142,13 @@ def audit_figure(
     ax.set_ylim(lo - 0.05, max([1.0] + list(result.s)) + 0.05)
     ax.set_xlabel("step t")
     ax.set_ylabel("(d) soft score")
-    ax.legend(fontsize=6, loc="upper right", ncol=3)
+    ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=7, frameon=False)
     ax.set_title(f"P = {result.P:.3f}   rho = t*/T = {result.t_star}/{T} = {result.rho:.2f}   "
                  f"landmarks reached {result.reached}/{len(result.landmarks)}   "
                  f"{'success' if result.success else 'failure'}", fontsize=8)
 
     if has_map:
-        mx = fig.add_subplot(gs[:, k:])
+        mx = fig.add_subplot(gs[:3, k:])
         draw_top_down(mx, scene, label_objects=True)
         pts = np.asarray(positions, dtype=float)
         ts_ = min(result.t_star, len(pts) - 1)

@@ -24,6 +24,7 @@ from saca.episodes import SPLITS, Episode
 from saca.sim.base import Action, SimConfig, heading_to_quaternion
 
 APPROACH_DISTANCE = 0.7
+MIN_START_GOAL = 4.0  # geodesic; episodes that start within the 3 m success radius would reward doing nothing
 SPLIT_CODE = {"train": 0, "val_seen": 1, "val_unseen": 2}
 PATH_LIMITS = {"r2r": (3.0, 16.0), "rxr": (6.0, 40.0)}
 
@@ -145,6 +146,8 @@ def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[st
         dists = [nav.geodesic_distance(a, b) for a, b in zip(legs, legs[1:])]
         total = sum(dists)
         if not all(math.isfinite(d) and d > 1.0 for d in dists) or not lo_len <= total <= hi_len:
+            continue
+        if nav.geodesic_distance(start, waypoints[-1]) < MIN_START_GOAL:
             continue
         steps_per_turn = 360 / cfg.turn_angle
         heading = 2 * math.pi * int(rng.integers(int(steps_per_turn))) / steps_per_turn
