@@ -59,6 +59,7 @@ _FUNCTION_WORDS = {
     "can", "must", "you", "your", "it", "i", "we", "they", "there", "here", "which", "that", "where",
     "turn", "walk", "go", "stop", "enter", "exit", "pass", "reach", "see", "move", "head", "continue",
     "wait", "keep", "take", "find", "follow", "facing", "look", "answer", "landmarks", "landmark",
+    "no", "not", "none", "nothing", "sorry", "idea", "unknown", "unsure", "sure", "yes", "ok", "okay", "am",
 }
 
 
