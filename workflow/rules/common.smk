@@ -48,3 +48,46 @@ def scene_ids():
 wildcard_constraints:
     dataset="|".join(DATASETS),
     split="|".join(SPLITS),
+
+
+# --- evaluation runs (RUN_AGENTS, REFERENCE_AGENTS and EVAL_DIR are defined in evaluate.smk) ---
+
+
+def run_agent(wildcards):
+    if wildcards.run not in RUN_AGENTS:
+        raise ValueError(
+            f"evaluation run '{wildcards.run}' has no agent; known runs: {', '.join(RUN_AGENTS)} (see RUN_AGENTS)"
+        )
+    spec = RUN_AGENTS[wildcards.run]
+    return str(spec(wildcards)) if callable(spec) else spec
+
+
+def run_checkpoint(wildcards):
+    spec = run_agent(wildcards)
+    return [] if spec in REFERENCE_AGENTS else [spec]
+
+
+def eval_inputs(wildcards):
+    return {
+        "episodes": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}.json.gz",
+        "gt": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}_gt.json.gz",
+        "scenes": f"{RESULTS}/scenes/index.json",
+        "checkpoint": run_checkpoint(wildcards),
+        "src": SIM_SRC + code("evaluate", "commands/evaluate.py") + ([] if wildcards.run in REFERENCE_AGENTS else POLICY_SRC),
+    }
+
+
+def eval_targets(run, with_plots=True):
+    """The metrics.json (and plots) of one run, for every dataset and configured split."""
+    out = []
+    for dataset in DATASETS:
+        for split in EVAL["splits"]:
+            d = EVAL_DIR.format(dataset=dataset, run=run, split=split)
+            out.append(f"{d}/metrics.json")
+            if with_plots and EVAL["plots"] > 0:
+                out.append(f"{d}/plots")
+    return out
+
+
+def eval_dir(wildcards):
+    return EVAL_DIR.format(dataset=wildcards.dataset, run=wildcards.run, split=wildcards.split)

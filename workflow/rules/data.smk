@@ -6,16 +6,19 @@ rule scenes:
         index=f"{RESULTS}/scenes/index.json",
         scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
     input:
-        code("sim", "commands/data.py"),
+        code=code("sim", "commands/data.py"),
     params:
         cfg=as_json(config["scenes"]),
+        out=lambda wc, output: Path(output.index).parent,
     log:
         f"{RESULTS}/logs/scenes.log",
     benchmark:
         f"{RESULTS}/benchmarks/scenes.tsv"
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} scenes --params {params.cfg} --out {RESULTS}/scenes > {log} 2>&1"
+        "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule episodes:
@@ -23,41 +26,50 @@ rule episodes:
         episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
         gt=f"{RESULTS}/{{dataset}}/episodes/{{split}}_gt.json.gz",
     input:
-        rules.scenes.output.index,
-        SIM_SRC,
+        scenes=rules.scenes.output.index,
+        code=SIM_SRC,
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
+        scenes=lambda wc, input: Path(input.scenes).parent,
+        out=lambda wc, output: Path(output.episodes).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/episodes_{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/episodes_{{split}}.tsv"
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} episodes --dataset {wildcards.dataset} --split {wildcards.split} "
-        "--scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds} "
-        "--out {RESULTS}/{wildcards.dataset}/episodes > {log} 2>&1"
+        "python -m saca episodes --dataset {wildcards.dataset} --split {wildcards.split} "
+        "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
+        "--out {params.out} > {log} 2>&1"
 
 
 rule vln_ego:
     output:
         directory(f"{RESULTS}/{{dataset}}/vln_ego/{{split}}"),
     input:
-        rules.episodes.output,
-        rules.scenes.output.index,
-        SIM_SRC + code("vln_ego", "action_text.py"),
+        episodes=rules.episodes.output.episodes,
+        gt=rules.episodes.output.gt,
+        scenes=rules.scenes.output.index,
+        code=SIM_SRC + code("vln_ego", "action_text.py"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
         cfg=as_json(config["vln_ego"]),
+        scenes=lambda wc, input: Path(input.scenes).parent,
+        episodes=lambda wc, input: Path(input.episodes).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/vln_ego_{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/vln_ego_{{split}}.tsv"
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} vln-ego --episodes {RESULTS}/{wildcards.dataset}/episodes --split {wildcards.split} "
-        "--scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds} "
+        "python -m saca vln-ego --episodes {params.episodes} --split {wildcards.split} "
+        "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
         "--params {params.cfg} --out {output} > {log} 2>&1"
 
 
@@ -65,18 +77,23 @@ rule preview:
     output:
         f"{RESULTS}/{{dataset}}/preview.png",
     input:
-        expand(f"{RESULTS}/{{{{dataset}}}}/episodes/{{split}}.json.gz", split=["val_unseen"]),
-        rules.scenes.output.index,
-        SIM_SRC + code("vln_ego", "viz.py"),
+        episodes=f"{RESULTS}/{{dataset}}/episodes/val_unseen.json.gz",
+        gt=f"{RESULTS}/{{dataset}}/episodes/val_unseen_gt.json.gz",
+        scenes=rules.scenes.output.index,
+        code=SIM_SRC + code("vln_ego", "viz.py"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
+        scenes=lambda wc, input: Path(input.scenes).parent,
+        episodes=lambda wc, input: Path(input.episodes).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/preview.log",
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} preview --episodes {RESULTS}/{wildcards.dataset}/episodes --split val_unseen "
-        "--scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds} --out {output} > {log} 2>&1"
+        "python -m saca preview --episodes {params.episodes} --split val_unseen "
+        "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --out {output} > {log} 2>&1"
 
 
 rule vln_ego_all:

@@ -20,53 +20,15 @@ wildcard_constraints:
 
 
 
-def run_agent(wildcards):
-    if wildcards.run not in RUN_AGENTS:
-        raise ValueError(
-            f"evaluation run '{wildcards.run}' has no agent; known runs: {', '.join(RUN_AGENTS)} (see RUN_AGENTS)"
-        )
-    spec = RUN_AGENTS[wildcards.run]
-    return str(spec(wildcards)) if callable(spec) else spec
-
-
-def run_checkpoint(wildcards):
-    spec = run_agent(wildcards)
-    return [] if spec in REFERENCE_AGENTS else [spec]
-
-
-def eval_inputs(wildcards):
-    return {
-        "episodes": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}.json.gz",
-        "gt": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}_gt.json.gz",
-        "scenes": f"{RESULTS}/scenes/index.json",
-        "checkpoint": run_checkpoint(wildcards),
-        "src": SIM_SRC + code("evaluate", "commands/evaluate.py") + ([] if wildcards.run in REFERENCE_AGENTS else POLICY_SRC),
-    }
-
-
-def eval_targets(run, with_plots=True):
-    """The metrics.json (and plots) of one run, for every dataset and configured split."""
-    out = []
-    for dataset in DATASETS:
-        for split in EVAL["splits"]:
-            d = EVAL_DIR.format(dataset=dataset, run=run, split=split)
-            out.append(f"{d}/metrics.json")
-            if with_plots and EVAL["plots"] > 0:
-                out.append(f"{d}/plots")
-    return out
-
-
-def eval_dir(wildcards):
-    return EVAL_DIR.format(dataset=wildcards.dataset, run=wildcards.run, split=wildcards.split)
-
-
 EVAL_CMD = (
-    "OMP_NUM_THREADS={threads} {SACA} evaluate --dataset-dir {RESULTS}/{wildcards.dataset}"
-    " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {RESULTS}/scenes"
+    "OMP_NUM_THREADS={threads} python -m saca evaluate --dataset-dir {params.dataset_dir}"
+    " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {params.scenes}"
     " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out}"
 )
 EVAL_PARAMS = dict(
     out=eval_dir,
+    dataset_dir=lambda w, input: Path(input.episodes).parent.parent,
+    scenes=lambda w, input: Path(input.scenes).parent,
     agent=run_agent,
     sim=as_json(config["sim"]),
     ds=lambda w: as_json(dataset_cfg(w)),
@@ -88,6 +50,8 @@ if EVAL["shards"] == 1:
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.tsv"
         threads: 2
+        conda:
+            "../../envs/saca.yaml"
         shell:
             f"{EVAL_CMD} > {{log}} 2>&1"
 
@@ -127,14 +91,16 @@ else:
             out=eval_dir,
         log:
             f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.merge.log",
+        conda:
+            "../../envs/saca.yaml"
         shell:
-            "{SACA} eval-merge --out {params.out} > {log} 2>&1"
+            "python -m saca eval-merge --out {params.out} > {log} 2>&1"
 
 
 rule eval_plots:
     input:
-        episodes=f"{EVAL_DIR}/episodes.jsonl",
-        split=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
+        eval_episodes=f"{EVAL_DIR}/episodes.jsonl",
+        episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
         scenes=f"{RESULTS}/scenes/index.json",
         src=SIM_SRC + code("evaluate", "viz.py", "commands/evaluate.py"),
     output:
@@ -143,9 +109,11 @@ rule eval_plots:
         **EVAL_PARAMS,
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.plots.log",
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} plot-episodes --dataset-dir {RESULTS}/{wildcards.dataset} --split {wildcards.split}"
-        " --scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"
+        "python -m saca plot-episodes --dataset-dir {params.dataset_dir} --split {wildcards.split}"
+        " --scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"
         " --eval-dir {params.out} --out {output} > {log} 2>&1"
 
 

@@ -1,1 +1,135 @@
-# Rules: policy (see src/saca/commands/policy.py).
+# Rules: policy (see src/saca/commands/policy.py and docs/policy.md).
+#
+# policy_init   results/policy/init/                the embedded tiny VLM (random weights, offline tokenizer)
+# sft           results/sft/{mix}/final/            SFT on the VLN-Ego train split of every dataset of the mix
+# policy_agent  results/sft/{mix}/agent.json        agent spec (checkpoint + agent settings) for evaluation
+# and the evaluation run "sft": results/{dataset}/eval/sft/{split}/metrics.json, through the
+# evaluation rule of evaluate.smk (RUN_AGENTS["sft"] -> the agent spec of sft.eval_mix[dataset]).
+# Include after evaluate.smk.
+
+POLICY = config["policy"]
+SFT = config["sft"]
+VLN_EGO = config["vln_ego"]
+POLICY_INIT = f"{RESULTS}/policy/init"
+POLICY_SRC = code(
+    "policy",
+    "action_text.py",
+    "prompt.py",
+    "vln_ego",
+    "commands/policy.py",
+    "sim/base.py",
+    "sim/embedded/catalogue.py",
+)
+SFT_MIXES = list(SFT["mixes"])
+
+
+def policy_base():
+    """The checkpoint SFT starts from: the embedded tiny model, or a local path / hub id from policy.model."""
+    return POLICY_INIT if POLICY["model"] == "embedded" else POLICY["model"]
+
+
+def sft_mix(name):
+    if name not in SFT["mixes"]:
+        raise ValueError(f"unknown SFT mix '{name}'; sft.mixes defines {', '.join(SFT['mixes'])}")
+    unknown = [d for d in SFT["mixes"][name] if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"sft.mixes.{name}: datasets {unknown} are not in 'datasets'")
+    return SFT["mixes"][name]
+
+
+def eval_mix(dataset):
+    mix = SFT["eval_mix"].get(dataset, dataset)
+    if mix not in SFT["mixes"]:
+        raise ValueError(f"sft.eval_mix: no SFT mix for dataset '{dataset}' (set sft.eval_mix.{dataset})")
+    return mix
+
+
+def sft_inputs(wildcards):
+    mix = sft_mix(wildcards.mix)
+    inputs = {
+        "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix],
+        "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
+        "src": POLICY_SRC,
+    }
+    if POLICY["model"] == "embedded":
+        inputs["init"] = POLICY_INIT
+    return inputs
+
+
+def sft_val_args(wildcards):
+    return " ".join(f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"])
+
+
+# the sft section without the workflow keys (changing eval_mix must not retrain), plus the VLN-Ego answer length
+SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits")}
+SFT_PARAMS["n_actions"] = VLN_EGO["n_actions"]
+# the agent settings plus what must match the VLN-Ego data the policy was trained on
+AGENT_PARAMS = {
+    **POLICY["agent"],
+    "n_actions": VLN_EGO["n_actions"],
+    "memory": VLN_EGO["memory"],
+    "image_format": VLN_EGO["image_format"],
+    "jpeg_quality": VLN_EGO["jpeg_quality"],
+}
+
+
+rule policy_init:
+    output:
+        directory(POLICY_INIT),
+    input:
+        POLICY_SRC,
+    params:
+        cfg=as_json(POLICY["init"]),
+    log:
+        f"{RESULTS}/logs/policy/init.log",
+    threads: 1
+    shell:
+        "OMP_NUM_THREADS={threads} {SACA} policy-init --params {params.cfg} --out {output} > {log} 2>&1"
+
+
+rule sft:
+    input:
+        unpack(sft_inputs),
+    output:
+        directory(f"{RESULTS}/sft/{{mix}}/final"),
+    params:
+        init=policy_base(),
+        val=sft_val_args,
+        cfg=as_json(SFT_PARAMS),
+        run=f"{RESULTS}/sft/{{mix}}",
+    log:
+        f"{RESULTS}/logs/sft/{{mix}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sft/{{mix}}.tsv"
+    threads: 2
+    wildcard_constraints:
+        mix="|".join(SFT_MIXES),
+    shell:
+        # resumes from {params.run}/checkpoints when a previous attempt was killed
+        "OMP_NUM_THREADS={threads} {SACA} sft --init {params.init} --train {input.train} --val {params.val}"
+        " --out {params.run} --params {params.cfg} > {log} 2>&1"
+
+
+rule policy_agent:
+    input:
+        ckpt=f"{RESULTS}/sft/{{mix}}/final",
+        src=POLICY_SRC,
+    output:
+        f"{RESULTS}/sft/{{mix}}/agent.json",
+    params:
+        cfg=as_json(AGENT_PARAMS),
+    log:
+        f"{RESULTS}/logs/sft/{{mix}}.agent.log",
+    wildcard_constraints:
+        mix="|".join(SFT_MIXES),
+    shell:
+        "{SACA} policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
+
+
+# Evaluation of the SFT policy as run "sft" (rule evaluate, workflow/rules/evaluate.smk).
+if "RUN_AGENTS" in globals():
+    RUN_AGENTS["sft"] = lambda w: f"{RESULTS}/sft/{eval_mix(w.dataset)}/agent.json"
+    if "sft" not in EVAL["runs"]:
+        TARGETS += eval_targets("sft")
+
+TARGETS += [f"{RESULTS}/sft/{m}/final" for m in sorted({eval_mix(d) for d in DATASETS} | set(SFT_MIXES))]

@@ -46,11 +46,12 @@ def register(sub) -> None:
     p = sub.add_parser(
         "policy-agent",
         help="write the agent spec (agent.json) that evaluation loads for a policy checkpoint",
-        description="Write OUT/agent.json: the checkpoint (relative to OUT) and the agent settings "
+        description="Write the agent spec OUT (a .json file, or OUT/agent.json for a directory): the checkpoint "
+        "(relative to the spec) and the agent settings "
         "(policy.agent plus the VLN-Ego n_actions, memory sampler and image codec). saca.policy.agent.load_policy_agent(OUT) reads it.",
     )
     p.add_argument("--checkpoint", required=True, help="policy checkpoint directory")
-    p.add_argument("--out", required=True, help="agent directory")
+    p.add_argument("--out", required=True, help="agent spec file (.json) or directory")
     add_params_args(p, "policy.agent")
     p.set_defaults(func=cmd_policy_agent)
 
@@ -58,7 +59,7 @@ def register(sub) -> None:
         "policy-predict",
         help="run a policy (or agent spec) on VLN-Ego samples; report parse statuses and action accuracy",
     )
-    p.add_argument("--policy", required=True, help="checkpoint directory or agent directory (agent.json)")
+    p.add_argument("--policy", required=True, help="checkpoint directory or agent spec (agent.json)")
     p.add_argument("--vln-ego", required=True, help="VLN-Ego split directory")
     p.add_argument("--samples", type=int, default=64, help="evenly spaced samples to run (0: all)")
     p.add_argument("--batch-size", type=int, default=16)

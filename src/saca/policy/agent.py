@@ -165,37 +165,49 @@ class PolicyAgent:
 AGENT_SPEC = "agent.json"
 
 
-def write_agent_spec(out_dir, checkpoint, cfg: PolicyAgentConfig) -> Path:
-    """Write ``out_dir/agent.json``: the checkpoint (as a path relative to ``out_dir``) and the agent settings."""
+def write_agent_spec(out, checkpoint, cfg: PolicyAgentConfig) -> Path:
+    """Write an agent spec: ``out`` is the JSON file, or a directory that gets ``agent.json``.
+
+    The spec holds the checkpoint as a path relative to the spec's directory and the
+    agent settings; :func:`load_policy_agent` reads it.
+    """
     from saca.io import write_json
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    spec_file = out if out.suffix == ".json" else out / AGENT_SPEC
     ckpt = Path(checkpoint)
     if not ckpt.is_dir():
         raise SacaError(f"{ckpt}: policy checkpoint directory does not exist")
-    rel = os.path.relpath(ckpt.resolve(), out_dir.resolve())
-    write_json(out_dir / AGENT_SPEC, {"checkpoint": rel, "options": asdict(cfg)})
-    return out_dir / AGENT_SPEC
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    rel = os.path.relpath(ckpt.resolve(), spec_file.parent.resolve())
+    write_json(spec_file, {"checkpoint": rel, "options": asdict(cfg)})
+    return spec_file
 
 
 def resolve_agent_spec(path) -> tuple[Path, dict]:
-    """``(checkpoint directory, options)`` for an agent directory (``agent.json``) or a plain checkpoint directory."""
+    """``(checkpoint directory, options)`` for an agent spec (a ``.json`` file, or a directory holding
+    ``agent.json``) or a plain checkpoint directory (no options)."""
     from saca.io import read_json
 
     path = Path(path)
-    spec_file = path / AGENT_SPEC
-    if not spec_file.exists():
+    if path.is_file() and path.suffix == ".json":
+        spec_file = path
+    elif (path / AGENT_SPEC).is_file():
+        spec_file = path / AGENT_SPEC
+    else:
         return path, {}
     spec = read_json(spec_file)
     if not isinstance(spec, dict) or "checkpoint" not in spec:
         raise SacaError(f"{spec_file}: expected an object with 'checkpoint' and 'options'")
-    return (path / spec["checkpoint"]).resolve(), dict(spec.get("options") or {})
+    options = spec.get("options") or {}
+    if not isinstance(options, dict):
+        raise SacaError(f"{spec_file}: 'options' must be an object")
+    return (spec_file.parent / spec["checkpoint"]).resolve(), dict(options)
 
 
 def load_policy_agent(path, **kwargs) -> PolicyAgent:
-    """Agent for a policy: ``path`` is an agent directory (``agent.json``, see ``saca policy-agent``)
-    or a checkpoint directory. ``kwargs`` (the evaluation runner passes ``seed`` and
+    """Agent for a policy: ``path`` is an agent spec (``agent.json`` or a directory holding one,
+    see ``saca policy-agent``) or a checkpoint directory. ``kwargs`` (the evaluation runner passes ``seed`` and
     ``evaluation.agent_options``) override the spec's options; keys are :class:`PolicyAgentConfig`
     fields, and unknown keys raise SacaError with a did-you-mean hint."""
     from saca.policy.model import load_policy

@@ -572,6 +572,8 @@ class SftTrainer:
                 else:
                     model.save_pretrained(str(tmp))
                 self.proc.save_pretrained(tmp)
+                if self.log_path.exists():
+                    shutil.copyfile(self.log_path, tmp / "train_log.jsonl")
                 (tmp / "sft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
         self._barrier()
         return final
