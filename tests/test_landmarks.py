@@ -40,6 +40,7 @@ from saca.landmarks import (
         ("- Walk to the sofa\n- Stop at the fridge", ["sofa", "fridge"], "fallback"),
         ("Sure! The landmarks are: sofa, kitchen, red chair.", ["sofa", "kitchen", "red chair"], "fallback"),
         ("red chair", ["red chair"], "fallback"),
+        ("sofa, kitchen and then the red chair", ["sofa", "kitchen", "red chair"], "fallback"),
     ],
 )
 def test_parse_landmarks(answer, landmarks, source):

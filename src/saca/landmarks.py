@@ -191,7 +191,9 @@ def parse_landmarks(answer: str, max_landmarks: int = 8) -> tuple[list[str], str
     # a comma list ("sofa, kitchen, red chair"), possibly after a "Landmarks:" label; prose is not a list
     for ln in lines:
         ln = re.sub(r"^[^:]{0,40}:\s*", "", ln).strip().rstrip(".")
-        parts = [p for p in re.split(r",|;", ln) if p.strip()]
+        if "," not in ln and ";" not in ln:
+            continue
+        parts = [p for p in re.split(r",|;|\s+(?:and\s+then|and|then)\s+", ln) if p.strip() and p.strip() not in ("and", "then")]
         if len(parts) >= 2 and all(_looks_like_phrase(p) for p in parts):
             items = _clean_items(parts, max_landmarks)
             if items:

@@ -4,51 +4,53 @@
 # audit:        an evaluation run's trajectories, replayed and audited:
 #               results/{dataset}/audit/{run}/{split}/audit.jsonl + summary.json (Appendix-A statistic).
 # audit_figure: a Fig. 6-style figure of the most telling failed episode of that run.
+# The runs audited are auditor.runs (run names of evaluate.smk's RUN_AGENTS), on auditor.splits.
 
 AUDITOR = config["auditor"]
-# keys of the auditor section that steer the workflow, not the auditor itself
-AUDITOR_WORKFLOW_KEYS = ("runs", "splits", "group_size")
-AUDIT_DIR = RESULTS + "/{dataset}/audit/{run}/{split}"
-
-
-def auditor_params():
-    return as_json({k: v for k, v in AUDITOR.items() if k not in AUDITOR_WORKFLOW_KEYS})
+AUDIT_DIR = f"{RESULTS}/{{dataset}}/audit/{{run}}/{{split}}"
+LANDMARKS_SRC = code("landmarks.py", "episodes", "sim/embedded/catalogue.py", "commands/auditor.py")
+AUDIT_SRC = sorted(set(SIM_SRC + code("auditor", "landmarks.py", "viz.py", "commands/auditor.py")))
 
 
 rule landmarks:
     input:
-        episodes=RESULTS + "/{dataset}/episodes/{split}.json.gz",
-        src=SACA_SRC,
+        episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
+        code=LANDMARKS_SRC,
     output:
-        RESULTS + "/{dataset}/landmarks/{split}.jsonl",
+        f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl",
     params:
         cfg=as_json(config["landmarks"]),
+        episodes=lambda wc, input: Path(input.episodes).parent,
     log:
-        RESULTS + "/logs/{dataset}/landmarks_{split}.log",
+        f"{RESULTS}/logs/{{dataset}}/landmarks_{{split}}.log",
     benchmark:
-        RESULTS + "/benchmarks/{dataset}/landmarks_{split}.tsv"
+        f"{RESULTS}/benchmarks/{{dataset}}/landmarks_{{split}}.tsv"
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} landmarks --episodes {RESULTS}/{wildcards.dataset}/episodes --split {wildcards.split}"
+        "python -m saca landmarks --episodes {params.episodes} --split {wildcards.split}"
         " --params {params.cfg} --out {output} > {log} 2>&1"
 
 
 AUDIT_INPUTS = dict(
-    eval=RESULTS + "/{dataset}/eval/{run}/{split}/episodes.jsonl",
-    landmarks=RESULTS + "/{dataset}/landmarks/{split}.jsonl",
-    episodes=RESULTS + "/{dataset}/episodes/{split}.json.gz",
-    scenes=RESULTS + "/scenes/index.json",
-    src=SACA_SRC,
+    eval=f"{RESULTS}/{{dataset}}/eval/{{run}}/{{split}}/episodes.jsonl",
+    landmarks=f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl",
+    episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
+    scenes=f"{RESULTS}/scenes/index.json",
+    code=AUDIT_SRC,
 )
 AUDIT_PARAMS = dict(
-    eval_dir=RESULTS + "/{dataset}/eval/{run}/{split}",
+    eval_dir=lambda wc, input: Path(input.eval).parent,
+    episodes=lambda wc, input: Path(input.episodes).parent,
+    scenes=lambda wc, input: Path(input.scenes).parent,
     sim=as_json(config["sim"]),
     ds=lambda wc: as_json(dataset_cfg(wc)),
-    cfg=lambda wc: auditor_params(),  # a function: the prompt's {l} is no wildcard
+    cfg=lambda wc: as_json(AUDITOR),  # a function: the prompt's {l} is no wildcard
 )
 AUDIT_ARGS = (
-    " --episodes {RESULTS}/{wildcards.dataset}/episodes --split {wildcards.split} --eval-dir {params.eval_dir}"
-    " --landmarks {input.landmarks} --scenes {RESULTS}/scenes --sim {params.sim} --dataset-config {params.ds}"
+    " --episodes {params.episodes} --split {wildcards.split} --eval-dir {params.eval_dir}"
+    " --landmarks {input.landmarks} --scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds}"
     " --params {params.cfg}"
 )
 
@@ -57,40 +59,44 @@ rule audit:
     input:
         **AUDIT_INPUTS,
     output:
-        audit=AUDIT_DIR + "/audit.jsonl",
-        summary=AUDIT_DIR + "/summary.json",
+        audit=f"{AUDIT_DIR}/audit.jsonl",
+        summary=f"{AUDIT_DIR}/summary.json",
     params:
         **AUDIT_PARAMS,
-        out=AUDIT_DIR,
+        out=lambda wc, output: Path(output.summary).parent,
         group=AUDITOR["group_size"],
     log:
-        RESULTS + "/logs/audit/{dataset}/{run}/{split}.log",
+        f"{RESULTS}/logs/audit/{{dataset}}/{{run}}/{{split}}.log",
     benchmark:
-        RESULTS + "/benchmarks/audit/{dataset}/{run}/{split}.tsv"
+        f"{RESULTS}/benchmarks/audit/{{dataset}}/{{run}}/{{split}}.tsv"
     threads: 2
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {SACA} audit" + AUDIT_ARGS + " --group-size {params.group} --out {params.out}"
-        " > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} python -m saca audit{AUDIT_ARGS} --group-size {{params.group}}"
+        " --out {params.out} > {log} 2>&1"
 
 
 rule audit_figure:
     input:
         **AUDIT_INPUTS,
-        audit=AUDIT_DIR + "/audit.jsonl",
+        audit=f"{AUDIT_DIR}/audit.jsonl",
     output:
-        AUDIT_DIR + "/figure.png",
+        f"{AUDIT_DIR}/figure.png",
     params:
         **AUDIT_PARAMS,
     log:
-        RESULTS + "/logs/audit/{dataset}/{run}/{split}.figure.log",
+        f"{RESULTS}/logs/audit/{{dataset}}/{{run}}/{{split}}.figure.log",
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} audit-figure" + AUDIT_ARGS + " --audit {input.audit} --out {output} > {log} 2>&1"
+        f"python -m saca audit-figure{AUDIT_ARGS} --audit {{input.audit}} --out {{output}} > {{log}} 2>&1"
 
 
-TARGETS += expand(RESULTS + "/{dataset}/landmarks/{split}.jsonl", dataset=DATASETS, split=SPLITS)
+TARGETS += expand(f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl", dataset=DATASETS, split=SPLITS)
 TARGETS += expand(
-    AUDIT_DIR + "/{file}",
+    f"{AUDIT_DIR}/{{file}}",
     dataset=DATASETS,
     run=AUDITOR["runs"],
     split=AUDITOR["splits"],

@@ -81,6 +81,10 @@ class AuditorConfig:
     keep_masks: bool = False  # keep boxes' masks in results (for figures)
     oracle: OracleConfig = field(default_factory=OracleConfig)
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    # workflow keys (which evaluation runs the `audit` rule audits, in what groups); the Auditor ignores them
+    runs: list = field(default_factory=lambda: ["sft", "random", "oracle"])
+    splits: list = field(default_factory=lambda: ["val_unseen"])
+    group_size: int = 8
 
     def validate(self, where: str) -> None:
         if self.backend not in BACKENDS:
@@ -104,6 +108,8 @@ class AuditorConfig:
             raise SacaError(f"{where}.prompt: must contain the landmark placeholder '{{l}}', got {self.prompt!r}")
         if self.schedule not in ("lazy", "all"):
             raise SacaError(f"{where}.schedule: choose 'lazy' or 'all', got '{self.schedule}'")
+        if not isinstance(self.group_size, int) or self.group_size < 1:
+            raise SacaError(f"{where}.group_size: must be an integer >= 1, got {self.group_size!r}")
         if isinstance(self.oracle, dict) or isinstance(self.foundation, dict):
             raise SacaError(f"{where}: build with saca.config.from_dict")
 

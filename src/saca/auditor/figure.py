@@ -99,7 +99,7 @@ def audit_figure(
                     x0, y0, x1, y1 = box
                     ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1.6,
                                            ec=colour if ok else "0.6", ls="-" if ok else "--"))
-                ax.set_title(textwrap.shorten(f"{lm}: c={c:.2f}", 26), fontsize=7)
+                ax.set_title(f"c={c:.2f} " + textwrap.shorten(lm, 18, placeholder="…"), fontsize=7)
             else:
                 mask = result.masks[t] if result.masks and t < len(result.masks) else None
                 if mask is not None:
@@ -159,7 +159,7 @@ def audit_figure(
             mx.plot([pts[ts_, 0]], [pts[ts_, 2]], "rx", ms=10, mew=2, label="t*")
         if goal is not None:
             mx.plot([goal[0]], [goal[2]], "r*", ms=11, label="goal")
-        mx.legend(fontsize=6, loc="lower right")
+        mx.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=3, frameon=False)
         mx.set_title("top-down trajectory", fontsize=8)
 
     head = title

@@ -65,10 +65,24 @@ def _load_inputs(args):
     return eval_path, records, episodes, landmarks
 
 
+def _audit_sim(args, cfg):
+    """The simulator for a replay; the oracle backend needs the instance channel whatever ``sim.instance`` says."""
+    from saca.commands.data import sim_from_args
+
+    if cfg.backend == "oracle":
+        sim_cfg = json.loads(args.sim) if args.sim else {}
+        if not isinstance(sim_cfg, dict):
+            raise SacaError("--sim: expected a JSON object")
+        if not sim_cfg.get("instance", True):
+            log.info("the oracle backend renders the instance channel (sim.instance overridden to true)")
+        args.sim = json.dumps({**sim_cfg, "instance": True})
+    sim, _ = sim_from_args(args)
+    return sim
+
+
 def cmd_audit(args) -> int:
     from saca.auditor import Auditor, AuditorConfig
     from saca.auditor.run import Timer, audit_records, audit_row, summarize
-    from saca.commands.data import sim_from_args
     from saca.config import to_dict
     from saca.io import atomic_path, write_json
 
@@ -79,7 +93,7 @@ def cmd_audit(args) -> int:
     out = Path(args.out)
     timer = Timer()
     auditor = Auditor(cfg)
-    sim, _ = sim_from_args(args)
+    sim = _audit_sim(args, cfg)
     rows = []
     with sim, atomic_path(out / "audit.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for n, (rec, res) in enumerate(audit_records(records, episodes, landmarks, sim, auditor,
@@ -114,7 +128,6 @@ def cmd_audit_figure(args) -> int:
     from saca.auditor import Auditor, AuditorConfig, Trajectory
     from saca.auditor.figure import audit_figure
     from saca.auditor.run import record_success, replay
-    from saca.commands.data import sim_from_args
     from saca.io import read_jsonl
 
     cfg = replace(_section(args, AuditorConfig, "auditor"), keep_masks=True)
@@ -141,7 +154,7 @@ def cmd_audit_figure(args) -> int:
     lms = landmarks.get(rec["episode_id"], landmarks.get(str(rec["episode_id"])))
     if lms is None:
         raise SacaError(f"{args.landmarks}: no row for episode {rec['episode_id']!r}")
-    sim, _ = sim_from_args(args)
+    sim = _audit_sim(args, cfg)
     auditor = Auditor(cfg)
     with sim:
         frames, positions = replay(sim, ep, rec["actions"], rec.get("positions"), str(eval_path))

@@ -56,6 +56,7 @@ class PolicyAgentConfig:
     image_pixels: int | None = None
     max_batch: int = 0  # largest generate() batch; 0: all decisions of a step at once
     record_decisions: bool = True  # keep text / status / actions of every decision in ctx.memory
+    record_tokens: bool = False  # also keep each decision's generated token ids and log-probs (RL rollouts)
     seed: int | None = None  # overrides generation.seed
     name: str = "policy"
 
@@ -125,10 +126,14 @@ class PolicyAgent:
 
         return decode_image(encode_image(rgb, self.cfg.image_format, self.cfg.jpeg_quality))
 
+    def history(self, ctx) -> list[int]:
+        return history_indices(ctx.step, self.cfg.memory)
+
     def build_input(self, ctx) -> PolicyInput:
+        """The decision input at ``ctx.step``: prompt and frames (history, then the current one)."""
         frames = ctx.memory["policy"]["frames"]
         t = ctx.step
-        hist = history_indices(t, self.cfg.memory)
+        hist = self.history(ctx)
         prompt = build_prompt(ctx.episode.instruction_text, len(hist), ctx.sim.turn_angle, self.cfg.n_actions)
         return PolicyInput(prompt, [frames[i] for i in hist] + [frames[t]])
 
@@ -139,10 +144,11 @@ class PolicyAgent:
             inputs,
             self.cfg.generation,
             seed=self._seed + self._calls,
+            return_logprobs=self.cfg.record_tokens,
             max_batch=self.cfg.max_batch or None,
         )
         self._calls += 1
-        for ctx, text in zip(contexts, gen.texts):
+        for k, (ctx, text) in enumerate(zip(contexts, gen.texts)):
             mem = ctx.memory["policy"]
             parsed = self.counter.add(parse_actions(text, self.cfg.n_actions, ctx.sim.turn_angle))
             if parsed.ok:
@@ -152,9 +158,12 @@ class PolicyAgent:
                 mem["n_invalid"] += 1
             mem["queue"] = list(chunk)
             if self.cfg.record_decisions:
-                mem["decisions"].append(
-                    {"step": ctx.step, "text": text, "status": parsed.status, "actions": list(parsed.actions), "executed": chunk}
-                )
+                rec = {"step": ctx.step, "history": self.history(ctx), "text": text, "status": parsed.status,
+                       "actions": list(parsed.actions), "executed": chunk}
+                if self.cfg.record_tokens:
+                    rec["token_ids"] = gen.token_ids[k]
+                    rec["logprobs"] = gen.logprobs[k]
+                mem["decisions"].append(rec)
 
     @property
     def stats(self) -> dict:
