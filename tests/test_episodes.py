@@ -101,3 +101,26 @@ def test_gt_missing_an_episode_names_it(mini_world, tmp_path):
     bad.write_bytes(gzip.compress(json.dumps(data).encode()))
     with pytest.raises(SacaError, match=r"train_gt\.json\.gz: no ground truth for episode_id 0"):
         read_episodes(src, bad)
+
+
+@pytest.mark.parametrize("dataset,turn_angle", [("mini_r2r", 15), ("mini_rxr", 30)])
+def test_expert_sees_every_landmark_it_is_told_about(mini_world, dataset, turn_angle):
+    """The expert turns to each landmark at its approach point, and ends facing the last one."""
+    import numpy as np
+
+    from saca.sim import make_simulator
+
+    sim = make_simulator("embedded", mini_world["sim"], turn_angle, mini_world["scenes"])
+    for e in load_split(mini_world["root"] / dataset / "episodes", "val_unseen"):
+        sim.reset(e)
+        seen = {i: 0 for i in e.info["landmark_instances"]}
+        for a in e.gt_actions:
+            inst = sim.observe().instance
+            for i in seen:
+                seen[i] = max(seen[i], int(np.count_nonzero(inst == i)))
+            if a != Action.STOP:
+                sim.step(a)
+        last = sim.observe().instance
+        assert all(n >= 20 for n in seen.values()), (e.episode_id, seen)
+        assert np.count_nonzero(last == e.info["landmark_instances"][-1]) >= 20
+    sim.close()

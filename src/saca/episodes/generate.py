@@ -86,27 +86,43 @@ def _room_of(scene, p) -> dict | None:
     return None
 
 
-def expert_actions(sim, waypoints, max_steps: int) -> tuple[list[int], list[list[float]]] | None:
+def expert_actions(sim, waypoints, max_steps: int, face=None) -> tuple[list[int], list[list[float]]] | None:
     """Teacher actions through ``waypoints`` in order, ending with STOP; None if it does not get there.
 
+    With ``face`` (one point per waypoint, e.g. the landmark's centre) the
+    expert turns toward that point on arrival, so every landmark the
+    instruction names is seen, and the episode ends facing the last one.
     ``locations[t]`` is the agent position at frame ``t``, before ``actions[t]``.
     """
     actions, locations = [], []
+
+    def act(a) -> None:
+        locations.append(list(sim.state.position))
+        actions.append(int(a))
+        sim.step(a)
+
     for i, wp in enumerate(waypoints):
-        last = i == len(waypoints) - 1
         while True:
             if len(actions) >= max_steps:
                 return None
             a = sim.teacher_action(goal=wp)
-            if a == Action.STOP and not last:
-                break  # reached an intermediate landmark: head for the next one
-            locations.append(list(sim.state.position))
-            actions.append(int(a))
-            sim.step(a)
             if a == Action.STOP:
-                return actions, locations
+                break  # arrived at this waypoint
+            act(a)
             if len(actions) >= 8 and len(set(actions[-8:])) == 2 and Action.MOVE_FORWARD not in actions[-8:]:
                 return None  # oscillating between left and right: reject this route
+        if face is not None:
+            half = math.radians(sim.turn_angle) / 2
+            for _ in range(int(360 / sim.turn_angle)):
+                s = sim.state
+                err = math.remainder(_direction(s.position, face[i]) - s.heading, 2 * math.pi)
+                if abs(err) <= half + 1e-9 or len(actions) >= max_steps:
+                    break
+                act(Action.TURN_LEFT if err > 0 else Action.TURN_RIGHT)
+    if len(actions) >= max_steps + 1:
+        return None
+    act(Action.STOP)
+    return actions, locations
 
 
 def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[str], sim) -> list[Episode]:
@@ -122,7 +138,7 @@ def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[st
         attempts += 1
         if attempts > 200 * max(n, 1):
             raise SacaError(f"dataset {name}/{split}: could not generate {n} valid episodes in the given scenes")
-        scene_id = scene_ids[len(episodes) % len(scene_ids)]
+        scene_id = scene_ids[attempts % len(scene_ids)]  # by attempt: a house too small for a route is skipped
         sim.load_scene(scene_id)
         scene, nav = sim.scene, sim.nav
         objs = scene["objects"]
@@ -163,7 +179,7 @@ def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[st
             instruction_text="",
         )
         sim.reset(ep)
-        result = expert_actions(sim, waypoints, sim.config.max_steps - 1)
+        result = expert_actions(sim, waypoints, sim.config.max_steps - 1, face=[o["position"] for o in chosen])
         if result is None:
             continue
         actions, locations = result
