@@ -83,8 +83,10 @@ rule policy_init:
     log:
         f"{RESULTS}/logs/policy/init.log",
     threads: 1
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} {SACA} policy-init --params {params.cfg} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m saca policy-init --params {params.cfg} --out {output} > {log} 2>&1"
 
 
 rule sft:
@@ -104,9 +106,11 @@ rule sft:
     threads: 2
     wildcard_constraints:
         mix="|".join(SFT_MIXES),
+    conda:
+        "../../envs/train.yaml"
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
-        "OMP_NUM_THREADS={threads} {SACA} sft --init {params.init} --train {input.train} --val {params.val}"
+        "OMP_NUM_THREADS={threads} python -m saca sft --init {params.init} --train {input.train} --val {params.val}"
         " --out {params.run} --params {params.cfg} > {log} 2>&1"
 
 
@@ -122,8 +126,10 @@ rule policy_agent:
         f"{RESULTS}/logs/sft/{{mix}}.agent.log",
     wildcard_constraints:
         mix="|".join(SFT_MIXES),
+    conda:
+        "../../envs/saca.yaml"
     shell:
-        "{SACA} policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
+        "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
 
 
 # Evaluation of the SFT policy as run "sft" (rule evaluate, workflow/rules/evaluate.smk).
