@@ -259,6 +259,13 @@ def test_nonexistent_checkpoint_names_it(tmp_path):
     assert make_agent("random", seed=5).seed == 5
 
 
+def test_agent_options_cannot_set_the_seed(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    with pytest.raises(SacaError, match=r"agent_options.seed is not allowed; the evaluation seed"):
+        make_agent(str(ckpt), seed=1, options={"seed": 2})
+
+
 def test_bad_agent_action_is_an_error(tmp_path):
     class Bad:
         name = "bad"

@@ -91,3 +91,43 @@ def eval_targets(run, with_plots=True):
 
 def eval_dir(wildcards):
     return EVAL_DIR.format(dataset=wildcards.dataset, run=wildcards.run, split=wildcards.split)
+
+
+# --- policy and SFT (POLICY, SFT, POLICY_INIT and POLICY_SRC are defined in policy.smk) ---
+
+
+def policy_base():
+    """The checkpoint SFT starts from: the embedded tiny model, or a local path / hub id from policy.model."""
+    return POLICY_INIT if POLICY["model"] == "embedded" else POLICY["model"]
+
+
+def sft_mix(name):
+    if name not in SFT["mixes"]:
+        raise ValueError(f"unknown SFT mix '{name}'; sft.mixes defines {', '.join(SFT['mixes'])}")
+    unknown = [d for d in SFT["mixes"][name] if d not in DATASETS]
+    if unknown:
+        raise ValueError(f"sft.mixes.{name}: datasets {unknown} are not in 'datasets'")
+    return SFT["mixes"][name]
+
+
+def eval_mix(dataset):
+    mix = SFT["eval_mix"].get(dataset, dataset)
+    if mix not in SFT["mixes"]:
+        raise ValueError(f"sft.eval_mix: no SFT mix for dataset '{dataset}' (set sft.eval_mix.{dataset})")
+    return mix
+
+
+def sft_inputs(wildcards):
+    mix = sft_mix(wildcards.mix)
+    inputs = {
+        "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix],
+        "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
+        "src": POLICY_SRC,
+    }
+    if POLICY["model"] == "embedded":
+        inputs["init"] = POLICY_INIT
+    return inputs
+
+
+def sft_val_args(wildcards):
+    return " ".join(f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"])

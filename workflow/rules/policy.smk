@@ -23,43 +23,6 @@ POLICY_SRC = code(
 SFT_MIXES = list(SFT["mixes"])
 
 
-def policy_base():
-    """The checkpoint SFT starts from: the embedded tiny model, or a local path / hub id from policy.model."""
-    return POLICY_INIT if POLICY["model"] == "embedded" else POLICY["model"]
-
-
-def sft_mix(name):
-    if name not in SFT["mixes"]:
-        raise ValueError(f"unknown SFT mix '{name}'; sft.mixes defines {', '.join(SFT['mixes'])}")
-    unknown = [d for d in SFT["mixes"][name] if d not in DATASETS]
-    if unknown:
-        raise ValueError(f"sft.mixes.{name}: datasets {unknown} are not in 'datasets'")
-    return SFT["mixes"][name]
-
-
-def eval_mix(dataset):
-    mix = SFT["eval_mix"].get(dataset, dataset)
-    if mix not in SFT["mixes"]:
-        raise ValueError(f"sft.eval_mix: no SFT mix for dataset '{dataset}' (set sft.eval_mix.{dataset})")
-    return mix
-
-
-def sft_inputs(wildcards):
-    mix = sft_mix(wildcards.mix)
-    inputs = {
-        "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix],
-        "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
-        "src": POLICY_SRC,
-    }
-    if POLICY["model"] == "embedded":
-        inputs["init"] = POLICY_INIT
-    return inputs
-
-
-def sft_val_args(wildcards):
-    return " ".join(f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"])
-
-
 # the sft section without the workflow keys (changing eval_mix must not retrain), plus the VLN-Ego answer length
 SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits")}
 SFT_PARAMS["n_actions"] = VLN_EGO["n_actions"]

@@ -104,4 +104,10 @@ def make_agent(spec: str, seed: int = 0, options: dict | None = None):
         from saca.policy.agent import load_policy_agent
     except ImportError as err:
         raise SacaError(f"agent '{spec}': loading a policy checkpoint needs saca.policy.agent ({err})") from err
-    return load_policy_agent(path, seed=seed, **(options or {}))
+    options = dict(options or {})
+    if "seed" in options:
+        raise SacaError(
+            f"agent '{spec}': evaluation.agent_options.seed is not allowed; the evaluation seed "
+            "(evaluation.seed) seeds the agent"
+        )
+    return load_policy_agent(path, seed=seed, **options)
