@@ -362,3 +362,32 @@ def test_malformed_answer_names_the_sample(tmp_path):
     write_samples(split, t)
     with pytest.raises(SacaError, match="VLN-Ego sample ep0:2"):
         PolicyData([split])
+
+
+def test_majority_baseline_exact():
+    truths = [[1, 1, 2], [1, 3, 2], [2, 3, 3], [1, 3, 0]]
+    base = agent_mod.majority_baseline(truths)
+    assert base["actions"] == [1, 3, 2]
+    assert base["per_position_accuracy"] == [0.75, 0.75, 0.5]
+    assert base["first_action_accuracy"] == 0.75
+    assert base["exact_match"] == 0.25  # only [1, 3, 2]
+    assert agent_mod.majority_baseline([[2], [1]])["actions"] == [1]  # tie: lowest id
+
+
+def test_predict_reports_accuracy_beside_the_majority_baseline(monkeypatch, tmp_path, tiny_dir):
+    split = make_vln_ego(tmp_path / "ego", episodes=3, steps=6, seed=4)
+    data = PolicyData([split])
+    truths = [[int(a) for a in data.sample(i)["actions"]] for i in range(len(data))]
+    always = [1, 1, 1, 1, 1, 1]  # the policy answers "move forward" six times, every time
+
+    def fake_generate(policy, inputs, sampling, seed=0, **_):
+        return Generation([format_actions(always, 15.0) for _ in inputs])
+
+    monkeypatch.setattr(agent_mod, "generate_batch", fake_generate)
+    report = agent_mod.predict_vln_ego(tiny_dir, split, samples=len(data), batch_size=4)
+    n = len(truths)
+    assert report["samples"] == n and report["n_valid"] == n
+    assert report["first_action_accuracy"] == sum(t[0] == 1 for t in truths) / n
+    assert report["per_position_accuracy"] == [sum(t[k] == 1 for t in truths) / n for k in range(6)]
+    assert report["exact_match"] == sum(t == always for t in truths) / n
+    assert report["majority_baseline"] == agent_mod.majority_baseline(truths)

@@ -228,8 +228,33 @@ def load_policy_agent(path, **kwargs) -> PolicyAgent:
     return PolicyAgent(policy, cfg)
 
 
+def majority_baseline(truths: Sequence[Sequence[int]]) -> dict:
+    """Accuracy of always answering the most frequent action at each chunk position (ties: lowest id).
+
+    The yardstick for :func:`predict_vln_ego`: a policy that ignores its instruction and frames
+    and outputs the marginal mode scores this."""
+    if not truths:
+        return {"first_action_accuracy": 0.0, "per_position_accuracy": [], "exact_match": 0.0, "actions": []}
+    n_pos = len(truths[0])
+    mode = []
+    for k in range(n_pos):
+        counts: dict[int, int] = {}
+        for t in truths:
+            counts[int(t[k])] = counts.get(int(t[k]), 0) + 1
+        mode.append(min(counts, key=lambda a: (-counts[a], a)))
+    n = len(truths)
+    per_pos = [sum(int(t[k]) == mode[k] for t in truths) / n for k in range(n_pos)]
+    return {
+        "actions": mode,
+        "first_action_accuracy": per_pos[0],
+        "per_position_accuracy": per_pos,
+        "exact_match": sum([int(a) for a in t] == mode for t in truths) / n,
+    }
+
+
 def predict_vln_ego(path, split_dir, samples: int = 64, batch_size: int = 16) -> dict:
-    """Run the policy on VLN-Ego samples (their own history frames): parse statuses and action accuracy."""
+    """Run the policy on VLN-Ego samples (their own history frames): parse statuses and action accuracy,
+    beside the accuracy of the majority baseline (:func:`majority_baseline`) on the same samples."""
     from saca.policy.data import PolicyData, evenly_spaced
     from saca.policy.model import load_policy
 
@@ -242,12 +267,14 @@ def predict_vln_ego(path, split_dir, samples: int = 64, batch_size: int = 16) ->
     exact = first = 0
     per_pos = [0] * cfg.n_actions
     examples = []
+    truths = []
     for lo in range(0, len(idx), batch_size):
         chunk = idx[lo : lo + batch_size]
         gen = generate_batch(policy, [data.policy_input(i) for i in chunk], cfg.generation, seed=cfg.generation.seed + lo)
         for i, text in zip(chunk, gen.texts):
             s = data.sample(i)
             truth = [int(a) for a in s["actions"]]
+            truths.append(truth)
             parsed = counter.add(parse_actions(text, cfg.n_actions, float(s["turn_angle"])))
             pred = list(parsed.actions) + [-1] * (cfg.n_actions - len(parsed.actions))
             exact += int(pred == truth)
@@ -260,5 +287,6 @@ def predict_vln_ego(path, split_dir, samples: int = 64, batch_size: int = 16) ->
     return {
         "checkpoint": str(ckpt), "split_dir": str(split_dir), "samples": len(idx),
         "exact_match": exact / n, "first_action_accuracy": first / n,
-        "per_position_accuracy": [c / n for c in per_pos], **counter.as_dict(), "examples": examples,
+        "per_position_accuracy": [c / n for c in per_pos], "majority_baseline": majority_baseline(truths),
+        **counter.as_dict(), "examples": examples,
     }
