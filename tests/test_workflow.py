@@ -77,6 +77,26 @@ def test_editing_one_dataset_reruns_only_that_dataset(smoke_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_editing_one_splits_episode_count_reruns_only_that_split(smoke_run, tmp_path):
+    cfg = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    cfg["datasets"]["mini_rxr"]["episodes"]["val_unseen"] += 1
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(cfg))
+    r = snakemake("all", "-n", "--cores", "2", "--configfile", str(edited), "--nolock", "--config", f"results={smoke_run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _planned_jobs(r.stdout)
+    rules = {rule for rule, _ in jobs}
+    assert ("episodes", {"dataset": "mini_rxr", "split": "val_unseen"}) in jobs, jobs
+    assert "vln_ego" in rules and "scenes" not in rules
+    for rule, w in jobs:
+        # train and val_seen data are untouched; the SFT run retrains because its
+        # validation loss reads the val_unseen VLN-Ego split
+        assert w.get("split", "val_unseen") == "val_unseen", (rule, w)
+        if w.get("dataset") == "mini_r2r":
+            assert w.get("run") == "sft", (rule, w)
+
+
+@pytest.mark.slow
 def test_nothing_to_do_after_a_complete_run(smoke_run):
     r = snakemake("all", "-n", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock", "--config", f"results={smoke_run}")
     assert r.returncode == 0

@@ -36,8 +36,16 @@ def as_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def dataset_cfg(wildcards):
-    return config["datasets"][wildcards.dataset]
+def dataset_cfg(wildcards, split=None):
+    """The dataset's config entry as the rules of one split see it.
+
+    ``episodes`` keeps only that split's count (each split is generated from its own
+    seed), so editing one split's count reruns that split's jobs, not the others'.
+    """
+    cfg = dict(config["datasets"][wildcards.dataset])
+    split = split or wildcards.split
+    cfg["episodes"] = {k: v for k, v in cfg.get("episodes", {}).items() if k == split}
+    return cfg
 
 
 def scene_ids():

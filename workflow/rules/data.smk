@@ -83,7 +83,7 @@ rule preview:
         code=SIM_SRC + code("vln_ego", "viz.py"),
     params:
         sim=as_json(config["sim"]),
-        ds=lambda wc: as_json(dataset_cfg(wc)),
+        ds=lambda wc: as_json(dataset_cfg(wc, "val_unseen")),
         scenes=lambda wc, input: Path(input.scenes).parent,
         episodes=lambda wc, input: Path(input.episodes).parent,
     log:
