@@ -193,6 +193,30 @@ def test_resume_refuses_a_different_run(tmp_path):
         run(tmp_path, ForwardAgent(), eps)
 
 
+def test_resume_refuses_a_different_unfinished_run(tmp_path):
+    eps = make_episodes(10)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, CountingAgent(OracleAgent(), kill_after=60), eps)
+    assert (tmp_path / "out" / R.JOURNAL).exists()
+    with pytest.raises(SacaError, match=r"holds a different run \(total_episodes: 10 there, 9 now\)"):
+        run(tmp_path, OracleAgent(), eps[:9])
+
+
+def test_a_run_json_without_records_is_replaced(tmp_path):
+    # what Snakemake leaves when it reruns an evaluation after a config edit: it deletes
+    # the declared outputs (episodes.jsonl, metrics.json), not run.json
+    eps = make_episodes(4)
+    run(tmp_path, OracleAgent(), eps)
+    d = tmp_path / "out"
+    (d / R.EPISODES).unlink()
+    (d / R.METRICS).unlink()
+    res = run(tmp_path, ForwardAgent(), eps[:3])
+    assert res["ran"] == 3 and res["skipped"] == 0
+    ident = json.loads((d / R.RUN).read_text())
+    assert ident["agent"] == "forward" and ident["total_episodes"] == 3
+    assert len((d / R.EPISODES).read_text().splitlines()) == 3
+
+
 def test_journal_corrupt_in_the_middle_is_an_error(tmp_path):
     eps = make_episodes(10)
     with pytest.raises(KeyboardInterrupt):

@@ -13,7 +13,9 @@ Files in the output directory (``results/{dataset}/eval/{run}/{split}``, or
   flushed and fsync'ed line by line. A killed run resumes from it and skips
   the episodes it holds (a truncated last line from the kill is dropped).
 * ``run.json``: what the run is (agent, split, shard, episode ids, settings);
-  a resumed run with different settings is refused rather than mixed.
+  a resumed run with different settings is refused rather than mixed. A
+  ``run.json`` alone, without records (Snakemake deletes a rule's outputs
+  before rerunning it), describes nothing left and is replaced.
 * ``episodes.jsonl`` and ``metrics.json``: written atomically, and only
   once every episode is done; the journal is then removed. Records are sorted
   by their index in the split file, so a merged sharded run gives the same
@@ -263,9 +265,14 @@ def evaluate_split(
                 )
         identity = _run_identity(agent_spec or getattr(agent, "name", "?"), split, cfg, sims[0], len(episodes), selected, shard)
         run_path = out / RUN
-        if run_path.exists():
-            _check_identity(run_path, read_json(run_path), identity)
         journal = out / JOURNAL
+        has_records = (out / EPISODES).exists() or journal.exists()
+        if run_path.exists() and has_records:
+            _check_identity(run_path, read_json(run_path), identity)
+        elif run_path.exists():
+            # no records to mix with (e.g. Snakemake removed the outputs before a rerun):
+            # the old run.json only describes results that are gone, and is replaced
+            log.info("%s: replacing %s of a run whose results are gone", out, RUN)
         done: dict = {}
         # a finished run's records are in episodes.jsonl; an unfinished one's in the journal
         previous = read_jsonl(out / EPISODES) if (out / EPISODES).exists() else []
