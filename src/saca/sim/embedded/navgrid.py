@@ -1,12 +1,15 @@
-"""Navigation grid of an embedded house: occupancy, geodesic distances, shortest paths.
+"""Navigation of an embedded house: exact free space and geodesics, and the teacher's grid.
 
-The floor is rasterised at ``resolution`` (5 cm). A cell is navigable when its
-centre lies inside a room and at least ``agent_radius`` from every wall and
-object footprint. Geodesic distances come from Dijkstra on the 16-neighbour
-grid graph (straight, diagonal and knight moves; error below 3% against the
-true Euclidean length in open space), clamped below by the Euclidean distance.
-The teacher follows a second field whose edge costs grow near obstacles, so
-its paths keep to the middle of doorways and corridors.
+Navigability, collisions, geodesic distances and shortest paths are exact for
+the house's geometry (:mod:`saca.sim.embedded.geodesic`: rooms minus wall and
+object footprints grown by ``agent_radius``), as Habitat's are exact on its
+navmesh. The floor is also rasterised at ``resolution`` (5 cm), a cell being
+navigable when its centre is; the grid serves what needs cells: sampling
+start and goal points, connectivity, top-down maps, and the teacher, which
+follows a Dijkstra field whose edge costs grow near obstacles so that its
+paths keep to the middle of doorways and corridors. ``grid_distance`` (the
+16-neighbour grid Dijkstra this project used before, 2-9 % long) is kept as
+the baseline ``benchmarks/geodesic.py`` compares against.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 from saca import SacaError
+from saca.sim.embedded.geodesic import ExactGeodesic
 
 _MOVES = [(1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (1, -1), (-1, 1), (-1, -1),
           (1, 2), (2, 1), (-1, 2), (-2, 1), (1, -2), (2, -1), (-1, -2), (-2, -1)]
 
 
 class NavGrid:
-    def __init__(self, free: np.ndarray, origin: tuple[float, float], resolution: float, clearance_margin: float = 0.4):
+    def __init__(self, free: np.ndarray, origin: tuple[float, float], resolution: float, exact: ExactGeodesic,
+                 clearance_margin: float = 0.4):
         self.free = free  # [ix, iz] bool
+        self.exact = exact
         self.origin = origin
         self.res = resolution
         self.shape = free.shape
@@ -63,7 +69,7 @@ class NavGrid:
             dx = np.maximum(np.abs(X - cx) - hx, 0.0)
             dz = np.maximum(np.abs(Z - cz) - hz, 0.0)
             blocked |= dx * dx + dz * dz < agent_radius * agent_radius
-        return cls(inside & ~blocked, (ox, oz), resolution)
+        return cls(inside & ~blocked, (ox, oz), resolution, exact=ExactGeodesic.from_scene(scene, agent_radius))
 
     def _build_graphs(self, clearance, margin):
         rows, cols, lens, costs = [], [], [], []
@@ -101,8 +107,8 @@ class NavGrid:
         return (self.origin[0] + (cell[0] + 0.5) * self.res, 0.0, self.origin[1] + (cell[1] + 0.5) * self.res)
 
     def is_free(self, p) -> bool:
-        ix, iz = self.cell_of(p)
-        return 0 <= ix < self.shape[0] and 0 <= iz < self.shape[1] and bool(self.free[ix, iz])
+        """Exact navigability of a floor point."""
+        return self.exact.is_free(p)
 
     def nearest_free_cell(self, p, max_dist: float = 0.3) -> tuple[int, int] | None:
         ix, iz = self.cell_of(p)
@@ -125,13 +131,7 @@ class NavGrid:
 
     def segment_free(self, a, b) -> bool:
         """True when every point of the straight segment a->b is on navigable floor."""
-        length = math.hypot(b[0] - a[0], b[2] - a[2])
-        n = max(1, int(math.ceil(length / (self.res / 2))))
-        for k in range(n + 1):
-            t = k / n
-            if not self.is_free((a[0] + t * (b[0] - a[0]), 0.0, a[2] + t * (b[2] - a[2]))):
-                return False
-        return True
+        return self.exact.segment_free(a, b)
 
     def is_connected(self, points) -> bool:
         labels = set()
@@ -168,6 +168,11 @@ class NavGrid:
         return c
 
     def geodesic_distance(self, a, b) -> float:
+        """Exact shortest-path length between two navigable points (``inf`` when not navigable or unreachable)."""
+        return self.exact.distance(a, b)
+
+    def grid_distance(self, a, b) -> float:
+        """The former approximation: 16-neighbour Dijkstra between cell centres (reads 2-9 % long); benchmarks only."""
         ca, cb = self.nearest_free_cell(a), self.nearest_free_cell(b)
         if ca is None or cb is None:
             return math.inf
@@ -191,12 +196,8 @@ class NavGrid:
         return out
 
     def shortest_path(self, a, b) -> list[tuple[float, float, float]]:
-        cells = self.path_cells(a, b, "length")
-        if not cells:
-            return []
-        pts = [tuple(float(v) for v in (a[0], 0.0, a[2]))] + [self.center_of(c) for c in cells[1:-1]]
-        pts.append((float(b[0]), 0.0, float(b[2])))
-        return _simplify(pts, self)
+        """Waypoints of an exact shortest path (tangent segments, arcs sampled every 15 degrees)."""
+        return self.exact.path(a, b)
 
     def carrot(self, a, b, lookahead: float) -> tuple[float, float, float]:
         """The point ``lookahead`` metres along the teacher's (clearance-aware) path from a to b."""
@@ -226,17 +227,3 @@ class NavGrid:
             pts = pts[(pts[:, 0] > x0) & (pts[:, 0] < x1) & (pts[:, 2] > z0) & (pts[:, 2] < z1)]
         return pts
 
-
-def _simplify(pts, grid: NavGrid):
-    """Drop waypoints that a straight free segment can skip (string pulling)."""
-    if len(pts) <= 2:
-        return pts
-    out = [pts[0]]
-    i = 0
-    while i < len(pts) - 1:
-        j = len(pts) - 1
-        while j > i + 1 and not grid.segment_free(pts[i], pts[j]):
-            j -= 1
-        out.append(pts[j])
-        i = j
-    return out

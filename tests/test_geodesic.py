@@ -1,0 +1,155 @@
+"""Exact geodesic of the embedded world (saca.sim.embedded.geodesic) against hand-computed lengths
+and an independent visibility-graph computation."""
+
+import heapq
+import math
+
+import numpy as np
+import pytest
+
+from saca.sim.embedded.geodesic import ExactGeodesic
+from saca.sim.embedded.navgrid import NavGrid
+from saca.sim.embedded.world import SceneGenConfig, generate_scene, scene_seed
+
+R = 0.18
+T = 0.05  # half wall thickness
+
+
+def box_walls(x0, z0, x1, z1):
+    """The four walls around a room, as the scene generator draws them (centred on the room's edges)."""
+    return [[x0 - T, z0 - T, x1 + T, z0 + T], [x0 - T, z1 - T, x1 + T, z1 + T],
+            [x0 - T, z0 - T, x0 + T, z1 + T], [x1 - T, z0 - T, x1 + T, z1 + T]]
+
+
+def tangent(p, c):
+    return math.sqrt((p[0] - c[0]) ** 2 + (p[1] - c[1]) ** 2 - R * R)
+
+
+def wrap(p, c, toward_deg, clockwise):
+    """Arc angle around disk c from the tangent point seen from p to the point at angle ``toward_deg``."""
+    d = math.hypot(p[0] - c[0], p[1] - c[1])
+    start = math.degrees(math.atan2(p[1] - c[1], p[0] - c[0]))
+    turn = (start - toward_deg) % 360 if clockwise else (toward_deg - start) % 360
+    return math.radians(turn) - math.acos(R / d)
+
+
+def test_empty_room_is_euclidean():
+    g = ExactGeodesic(box_walls(0, 0, 8, 8), [[0, 0, 8, 8]], R)
+    for a, b in [((1, 0, 1), (5, 0, 4)), ((0.3, 0, 0.3), (7.7, 0, 7.7)), ((2, 0, 2), (2.6, 0, 2.8))]:
+        assert g.distance(a, b) == pytest.approx(math.hypot(a[0] - b[0], a[2] - b[2]), abs=1e-12)
+    assert g.distance((1, 0, 1), (1, 0, 1)) == 0.0
+    assert g.path((1, 0, 1), (5, 0, 4)) == [(1.0, 0.0, 1.0), (5.0, 0.0, 4.0)]
+
+
+def test_wall_with_doorway_wraps_the_door_jamb_at_the_agent_radius():
+    # a wall x = 4 across an 8 x 8 room, with a doorway z in [3.5, 4.5]; both points below the doorway
+    walls = box_walls(0, 0, 8, 8) + [[4 - T, -T, 4 + T, 3.5], [4 - T, 4.5, 4 + T, 8 + T]]
+    g = ExactGeodesic(walls, [[0, 0, 8, 8]], R)
+    a, b = (2.0, 1.0), (6.0, 1.0)
+    c1, c2 = (4 - T, 3.5), (4 + T, 3.5)  # the jamb's two corners
+    # tangent to the left corner, clockwise round it to its top, 0.1 m along the jamb's end, round the right corner
+    expected = (tangent(a, c1) + R * wrap(a, c1, 90, clockwise=True) + 2 * T
+                + R * wrap(b, c2, 90, clockwise=False) + tangent(b, c2))
+    assert expected == pytest.approx(6.778370494122555, abs=1e-12)  # the same length, worked out once by hand
+    assert g.distance((a[0], 0, a[1]), (b[0], 0, b[1])) == pytest.approx(expected, abs=1e-9)
+    assert g.distance((b[0], 0, b[1]), (a[0], 0, a[1])) == pytest.approx(expected, abs=1e-9)
+    path = g.path((a[0], 0, a[1]), (b[0], 0, b[1]))
+    length = sum(math.hypot(p[0] - q[0], p[2] - q[2]) for p, q in zip(path, path[1:]))
+    assert length == pytest.approx(expected, rel=2e-3)  # arcs sampled every 15 degrees: chords
+    assert max(p[2] for p in path) == pytest.approx(3.5 + R)  # it passes the jamb exactly at the radius
+    # through the doorway in a straight line: Euclidean
+    assert g.distance((2, 0, 4), (6, 0, 4.2)) == pytest.approx(math.hypot(4, 0.2), abs=1e-12)
+
+
+def test_l_shaped_corridor():
+    # corridor along x (z in [0, 1.2]) joined to one along z (x in [2.8, 4]): an L
+    walls = [[-T, -T, 4 + T, T], [-T, 1.2 - T, 2.8 + T, 1.2 + T], [-T, -T, T, 1.2 + T],
+             [4 - T, -T, 4 + T, 5 + T], [2.8 - T, 1.2 - T, 2.8 + T, 5 + T], [2.8 - T, 5 - T, 4 + T, 5 + T]]
+    g = ExactGeodesic(walls, [[0, 0, 4, 1.2], [2.8, 0, 4, 5]], R)
+    a, b, c = (0.5, 0.6), (3.4, 4.5), (2.8 + T, 1.2 - T)  # c: the inner corner
+    expected = tangent(a, c) + R * wrap(a, c, math.degrees(math.atan2(b[1] - c[1], b[0] - c[0])), clockwise=False) + tangent(b, c)
+    # wrap() measured to b's direction: subtract b's own tangent offset
+    expected -= R * math.acos(R / math.hypot(b[0] - c[0], b[1] - c[1]))
+    assert g.distance((a[0], 0, a[1]), (b[0], 0, b[1])) == pytest.approx(expected, abs=1e-9)
+    assert expected > math.hypot(a[0] - b[0], a[1] - b[1]) + 0.1
+
+
+def test_unreachable_and_off_floor_points_are_inf():
+    # two rooms with a wall between them and no door
+    walls = box_walls(0, 0, 4, 4) + box_walls(4, 0, 8, 4)
+    g = ExactGeodesic(walls, [[0, 0, 4, 4], [4, 0, 8, 4]], R)
+    assert g.distance((1, 0, 1), (6, 0, 1)) == math.inf
+    assert g.path((1, 0, 1), (6, 0, 1)) == []
+    assert g.distance((1, 0, 1), (3.9, 0, 1)) == math.inf  # inside the grown wall
+    assert g.distance((1, 0, 1), (9, 0, 1)) == math.inf  # outside every room
+
+
+# --- an independent reference: a visibility graph over shapely's buffered footprints ---------------------------
+class ShapelyReference:
+    """Free space as a shapely polygon (rooms minus footprints buffered by R, 8 segments per quarter circle);
+    shortest paths through the visibility graph of its reflex vertices."""
+
+    def __init__(self, rects, rooms):
+        shapely = pytest.importorskip("shapely")
+        from shapely.geometry import box
+
+        self.shapely = shapely
+        obstacles = shapely.union_all([box(*r).buffer(R, quad_segs=8) for r in rects])
+        self.free = shapely.union_all([box(*r) for r in rooms]).difference(obstacles).buffer(1e-7)
+        shapely.prepare(self.free)
+        verts = []
+        for poly in getattr(self.free, "geoms", [self.free]):
+            for ring in [poly.exterior, *poly.interiors]:
+                c = np.asarray(ring.coords)[:-1]
+                verts.append(c)
+        self.verts = np.concatenate(verts)
+        n = len(self.verts)
+        i, j = np.triu_indices(n, 1)
+        vis = self._visible(self.verts[i], self.verts[j])
+        w = np.hypot(*(self.verts[i] - self.verts[j]).T)
+        self.adj = np.full((n, n), np.inf)
+        self.adj[i[vis], j[vis]] = w[vis]
+        self.adj[j[vis], i[vis]] = w[vis]
+
+    def _visible(self, p, q):
+        lines = self.shapely.linestrings(np.stack([p, q], axis=1))
+        return self.shapely.covers(self.free, lines) | (np.hypot(*(p - q).T) < 1e-12)
+
+    def distance(self, a, b):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        if self._visible(a[None], b[None])[0]:
+            return float(np.hypot(*(a - b)))
+        from scipy.sparse.csgraph import dijkstra
+
+        n = len(self.verts)
+        adj = np.full((n + 2, n + 2), np.inf)
+        adj[:n, :n] = self.adj
+        for k, p in ((n, a), (n + 1, b)):
+            vis = self._visible(np.broadcast_to(p, self.verts.shape), self.verts)
+            w = np.where(vis, np.hypot(*(self.verts - p).T), np.inf)
+            adj[k, :n] = adj[:n, k] = w
+        adj[np.isinf(adj)] = 0  # dense csgraph input: 0 means no edge
+        return float(dijkstra(adj, indices=n)[n + 1])
+
+
+@pytest.mark.parametrize("house", ["house_000", "house_001", "house_002"])
+def test_random_pairs_match_an_independent_visibility_graph(house):
+    scene = generate_scene(house, scene_seed(7, house), SceneGenConfig(rooms=[3, 5]))
+    nav = NavGrid.from_scene(scene, R)
+    ref = ShapelyReference(nav.exact.rects, [r["rect"] for r in scene["rooms"]])
+    rng = np.random.default_rng(int(house[-3:]))
+    pts = nav.free_points()
+    n_free = n_detour = 0
+    for _ in range(40):
+        a, b = pts[rng.integers(len(pts))], pts[rng.integers(len(pts))]
+        d = nav.geodesic_distance(a, b)
+        e = math.hypot(a[0] - b[0], a[2] - b[2])
+        expected = ref.distance((a[0], a[2]), (b[0], b[2]))
+        assert d >= e - 1e-12
+        if expected == pytest.approx(e, abs=1e-9):  # the segment is free: exactly Euclidean
+            assert d == pytest.approx(e, abs=1e-12)
+            n_free += 1
+        else:
+            assert d == pytest.approx(expected, rel=5e-3)
+            n_detour += 1
+    assert n_detour >= 10 and n_free >= 3
