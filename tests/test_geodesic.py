@@ -153,3 +153,20 @@ def test_random_pairs_match_an_independent_visibility_graph(house):
             assert d == pytest.approx(expected, rel=5e-3)
             n_detour += 1
     assert n_detour >= 10 and n_free >= 3
+
+
+def test_scalar_and_vectorised_segment_rect_distance_agree():
+    from saca.sim.embedded.geodesic import _segment_rect_distance_1, segment_rect_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.uniform(-2, 2, (300, 2)), rng.uniform(-2, 2, (300, 2))
+    b[:20] = a[:20]  # points
+    b[20:40, 0] = a[20:40, 0]  # axis-parallel segments
+    rects = np.array([[-0.5, -0.2, 0.5, 0.2], [1.0, 1.0, 1.1, 1.8]])
+    vec = segment_rect_distance(a, b, rects)
+    for i in range(len(a)):
+        for k, q in enumerate(rects):
+            assert _segment_rect_distance_1(*a[i], *b[i], tuple(q)) == pytest.approx(vec[i, k], abs=1e-12)
+    # hand values: a segment passing 0.3 above the first rectangle, one crossing it, one ending 0.1 left of it
+    assert segment_rect_distance(np.array([[-1.0, 0.5], [-1.0, 0.0], [-1.0, 0.0]]), np.array([[1.0, 0.5], [1.0, 0.0], [-0.6, 0.0]]),
+                                 rects[:1])[:, 0] == pytest.approx([0.3, 0.0, 0.1])

@@ -226,3 +226,26 @@ def test_aggregate_errors():
         M.aggregate([])
     with pytest.raises(SacaError, match="'SDTW'"):
         M.aggregate([{"TL": 1, "NE": 1, "OS": 1, "SR": 1, "SPL": 1, "nDTW": 1}])
+
+
+def test_geodesic_distances_with_goal_queries_only_what_a_metric_reads():
+    # goal at the origin; a wall makes the geodesic 2 m longer than the Euclidean distance everywhere
+    goal = [0.0, 0.0, 0.0]
+    positions = [[6, 0, 0], [5, 0, 0], [4, 0, 0], [2.9, 0, 0], [5, 0, 0], [3.5, 0, 0]]
+    calls = []
+
+    def geo(p):
+        calls.append(p)
+        return math.hypot(p[0], p[2]) + 2.0
+
+    full = [math.hypot(p[0], p[2]) + 2.0 for p in positions]
+    fast = M.geodesic_distances(positions, geo, goal=goal)
+    # first and last (d0, NE) and the one position within 3 m Euclidean (OS); elsewhere the Euclidean lower bound
+    assert calls == [(6.0, 0.0, 0.0), (2.9, 0.0, 0.0), (3.5, 0.0, 0.0)]
+    assert fast == [8.0, 5.0, 4.0, 4.9, 5.0, 5.5]
+    for stop in (True, False):
+        assert M.episode_metrics(positions, stop, [goal], distances=fast) == M.episode_metrics(positions, stop, [goal], distances=full)
+    # a trajectory that passes within 3 m geodesic: OS is read from the exact value
+    geo_near = lambda p: math.hypot(p[0], p[2]) * 1.01  # noqa: E731
+    fast = M.geodesic_distances(positions, geo_near, goal=goal)
+    assert M.oracle_success(fast) == 1.0 and fast[3] == pytest.approx(2.929)

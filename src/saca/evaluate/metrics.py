@@ -157,14 +157,32 @@ def sdtw(success_value: float, ndtw_value: float) -> float:
 
 
 def geodesic_distances(
-    positions: Sequence[Position], geodesic: Callable[[Position], float]
+    positions: Sequence[Position],
+    geodesic: Callable[[Position], float],
+    goal: Position | None = None,
+    success_distance: float = SUCCESS_DISTANCE,
 ) -> list[float]:
-    """``geodesic(p)`` for every position, evaluated once per distinct position."""
+    """``geodesic(p)`` for every position, evaluated once per distinct position.
+
+    With ``goal``, only where a metric reads it: at the first position (SPL's
+    ``d0``), the last (NE, SR) and wherever the Euclidean distance to the goal
+    is below ``success_distance`` (OS). Elsewhere the entry is that Euclidean
+    distance: a lower bound of the geodesic one that is already
+    ``>= success_distance``, so every metric of :func:`episode_metrics` is the
+    same as with all geodesic distances, for a fraction of the queries.
+    """
     cache: dict[tuple, float] = {}
+    g = None if goal is None else np.asarray([float(v) for v in goal], dtype=np.float64)
+    last = len(positions) - 1
     out = []
-    for p in positions:
+    for i, p in enumerate(positions):
         key = tuple(float(v) for v in p)
         if key not in cache:
+            if g is not None and 0 < i < last:
+                euclid = float(np.linalg.norm(np.asarray(key) - g))
+                if euclid >= success_distance:
+                    out.append(euclid)
+                    continue
             cache[key] = float(geodesic(key))
         out.append(cache[key])
     return out

@@ -238,7 +238,8 @@ class Simulator(abc.ABC):
         """
         s = self.state
         goal = self.episode.goal_position if goal is None else goal
-        if self.geodesic_distance(s.position, goal) < self.config.stop_radius:
+        near = math.hypot(s.position[0] - goal[0], s.position[2] - goal[2]) < self.config.stop_radius  # geodesic >= Euclidean
+        if near and self.geodesic_distance(s.position, goal) < self.config.stop_radius:
             return Action.STOP
         target = self._lookahead_point(s.position, goal)
         dx, dz = target[0] - s.position[0], target[2] - s.position[2]

@@ -95,6 +95,33 @@ def segment_rect_distance(a: np.ndarray, b: np.ndarray, rects: np.ndarray) -> np
     return np.where(crosses, 0.0, d)
 
 
+def _segment_rect_distance_1(ax, az, bx, bz, rect) -> float:
+    """:func:`segment_rect_distance` for one segment and one rectangle, in plain Python (no array overhead)."""
+    x0, z0, x1, z1 = rect
+    t0, t1 = 0.0, 1.0
+    for p, d, lo, hi in ((ax, bx - ax, x0, x1), (az, bz - az, z0, z1)):
+        if abs(d) < 1e-15:
+            if p < lo or p > hi:
+                t0, t1 = 1.0, 0.0
+        else:
+            ta, tb = (lo - p) / d, (hi - p) / d
+            if ta > tb:
+                ta, tb = tb, ta
+            t0, t1 = max(t0, ta), min(t1, tb)
+    if t0 <= t1:
+        return 0.0
+    best = min(
+        math.hypot(max(x0 - ax, 0.0, ax - x1), max(z0 - az, 0.0, az - z1)),
+        math.hypot(max(x0 - bx, 0.0, bx - x1), max(z0 - bz, 0.0, bz - z1)),
+    )
+    sx, sz = bx - ax, bz - az
+    ll = max(sx * sx + sz * sz, 1e-30)
+    for cx, cz in ((x0, z0), (x1, z0), (x1, z1), (x0, z1)):
+        t = min(max(((cx - ax) * sx + (cz - az) * sz) / ll, 0.0), 1.0)
+        best = min(best, math.hypot(cx - ax - t * sx, cz - az - t * sz))
+    return best
+
+
 class ExactGeodesic:
     """Exact shortest paths among axis-aligned footprints grown by ``radius`` (see the module docstring)."""
 
@@ -104,6 +131,8 @@ class ExactGeodesic:
         self.r = float(radius)
         self._cache_size = cache
         self._goals: OrderedDict = OrderedDict()
+        self._rect_list = [tuple(map(float, q)) for q in self.rects]
+        self._room_list = [tuple(map(float, q)) for q in self.rooms]
         self._build_disks()
         self._build_static_edges()
 
@@ -140,13 +169,28 @@ class ExactGeodesic:
             out[k : k + step] = segment_rect_distance(a[k : k + step], b[k : k + step], self.rects).min(1) >= self.r - TOL
         return out
 
+    # one point or segment at a time (every simulator step): plain Python over the few footprints nearby
+    def _in_room(self, x: float, z: float) -> bool:
+        return any(x0 <= x <= x1 and z0 <= z <= z1 for x0, z0, x1, z1 in self._room_list)
+
+    def _clear(self, ax: float, az: float, bx: float, bz: float) -> bool:
+        """Whether segment a -> b (a point when a == b) keeps >= r - TOL from every footprint."""
+        r = self.r - TOL
+        lox, hix, loz, hiz = min(ax, bx) - r, max(ax, bx) + r, min(az, bz) - r, max(az, bz) + r
+        return all(
+            _segment_rect_distance_1(ax, az, bx, bz, q) >= r
+            for q in self._rect_list
+            if q[0] < hix and q[2] > lox and q[1] < hiz and q[3] > loz
+        )
+
     def is_free(self, p) -> bool:
-        return bool(self.free_mask(np.array([[p[0], p[2]]]))[0])
+        x, z = float(p[0]), float(p[2])
+        return self._in_room(x, z) and self._clear(x, z, x, z)
 
     def segment_free(self, a, b) -> bool:
         """True when the straight move a -> b stays on navigable floor (end points in rooms, clearance >= r)."""
-        pa, pb = np.array([[a[0], a[2]]], dtype=np.float64), np.array([[b[0], b[2]]], dtype=np.float64)
-        return bool(self.free_mask(np.concatenate([pa, pb])).all() and self.segments_free(pa, pb)[0])
+        ax, az, bx, bz = float(a[0]), float(a[2]), float(b[0]), float(b[2])
+        return self._in_room(ax, az) and self._in_room(bx, bz) and self._clear(ax, az, bx, bz)
 
     # --- the static tangent graph ---------------------------------------------------
     def _build_disks(self):
@@ -325,16 +369,15 @@ class ExactGeodesic:
         return float(cost[k]), (int(nxt[k]), tp[k], int(td[k]), float(ts[k]), float(psi[k]))
 
     def _endpoint(self, p) -> np.ndarray | None:
-        q = np.array([float(p[0]), float(p[2])], dtype=np.float64)
-        return q if self.free_mask(q[None])[0] else None
+        return np.array([float(p[0]), float(p[2])], dtype=np.float64) if self.is_free(p) else None
 
     def distance(self, a, b) -> float:
         """Geodesic distance between floor points ``a`` and ``b`` (x, y, z); ``inf`` when either is not navigable or unreachable."""
         pa, pb = self._endpoint(a), self._endpoint(b)
         if pa is None or pb is None:
             return math.inf
-        euclid = float(np.hypot(*(pa - pb)))
-        if euclid < 1e-12 or self.segments_free(pa[None], pb[None])[0]:
+        euclid = math.hypot(pa[0] - pb[0], pa[1] - pb[1])
+        if euclid < 1e-12 or self._clear(pa[0], pa[1], pb[0], pb[1]):
             return euclid
         cost, _ = self._best_arrival(pa, self._goal_field((pb[0], pb[1])))
         return max(cost, euclid)
@@ -345,7 +388,7 @@ class ExactGeodesic:
         if pa is None or pb is None:
             return []
         out = [(float(pa[0]), 0.0, float(pa[1]))]
-        if self.segments_free(pa[None], pb[None])[0]:
+        if self._clear(pa[0], pa[1], pb[0], pb[1]):
             return out + [(float(pb[0]), 0.0, float(pb[1]))]
         f = self._goal_field((pb[0], pb[1]))
         cost, best = self._best_arrival(pa, f)
