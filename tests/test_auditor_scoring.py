@@ -269,7 +269,7 @@ def test_config_yaml_sections_load():
 
     root = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load((root / "config" / "config.yaml").read_text())
-    schema = yaml.safe_load((root / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((root / "src" / "saca" / "resources" / "config.schema.yaml").read_text())
     jsonschema.validate(cfg, schema)
     aud = from_dict(AuditorConfig, cfg["auditor"], "auditor")
     assert (aud.tau_soft, aud.tau_hard, aud.tau_det, aud.w_g, aud.w_b, aud.w_m) == (0.2, 0.25, 0.3, 0.3, 0.3, 0.4)

@@ -25,7 +25,7 @@ def test_misspelled_key_is_named_with_a_suggestion():
 def test_workflow_schema_rejects_misspelled_keys():
     import jsonschema
 
-    schema = yaml.safe_load(open("workflow/schemas/config.schema.yaml"))
+    schema = yaml.safe_load(open("src/saca/resources/config.schema.yaml"))
     config = yaml.safe_load(open("config/config.yaml"))
     jsonschema.validate(config, schema)
     config["vln_ego"]["n_action"] = 6
@@ -77,3 +77,87 @@ def test_vln_ego_command_with_unknown_scene_leaves_nothing(mini_world, tmp_path)
     assert r.returncode == 2, r.stderr
     assert "house_777" in r.stderr and "does not exist" in r.stderr
     assert not out.exists() and list((tmp_path / "ego").iterdir()) == []
+
+
+def test_cli_params_are_checked_by_the_workflow_schema(tmp_path):
+    # the probes of issue 10: a wrong type and a JSON list ended in TypeErrors inside the trainer / from_dict
+    for params, named in (('{"learning_rate": "fast"}', "sft.learning_rate: 'fast' is not of type 'number'"),
+                          ("[1,2]", "--params: expected a JSON object")):
+        r = subprocess.run(
+            [sys.executable, "-m", "saca", "sft", "--init", str(tmp_path / "init"), "--train", str(tmp_path / "t"),
+             "--out", str(tmp_path / "run"), "--params", params],
+            capture_output=True, text=True,
+        )
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert named in r.stderr, r.stderr
+    # the same section from a --config file goes through the same check
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sft: {learning_rate: fast, mixes: {a: [b]}}\n")
+    assert main(["sft", "--init", "x", "--train", "y", "--out", str(tmp_path / "run"), "--config", str(cfg)]) == 2
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_sharegpt_with_a_missing_shard_names_it(tmp_path, capsys):
+    from saca.policy.synthetic import make_vln_ego
+
+    split = make_vln_ego(tmp_path / "ego", episodes=3, steps=4, per_shard=1)
+    (split / "frames" / "shard-00001.parquet").unlink()
+    assert main(["export-sharegpt", "--vln-ego", str(split), "--out", str(tmp_path / "sg")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"VLN-Ego sample ep1:0: frame shard {split / 'frames' / 'shard-00001.parquet'} does not exist" in err
+    assert not (tmp_path / "sg").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ego"]
+
+
+def test_a_killed_vln_ego_leaves_no_temporary_after_the_next_run(mini_world, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "ego" / "train"
+    argv = [sys.executable, "-m", "saca", "vln-ego", "--episodes", str(mini_world["root"] / "mini_r2r" / "episodes"),
+            "--split", "train", "--scenes", str(mini_world["scenes"]), "--sim", '{"width": 64, "height": 64}',
+            "--dataset-config", '{"turn_angle": 15}', "--out", str(out)]
+    # kill -9 while it renders into its temporary directory
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if out.parent.exists() and any(p.name.startswith(".train.tmp-") for p in out.parent.iterdir()):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    assert proc.wait() == -signal.SIGKILL, "vln-ego finished before it could be killed"
+    left = [p.name for p in out.parent.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".train.tmp-") and not out.exists()
+    r = subprocess.run(argv, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in out.parent.iterdir()] == ["train"]
+
+
+SECTIONS = [
+    ("saca.sim.embedded.world", "SceneGenConfig", "scenes"),
+    ("saca.sim.base", "SimConfig", "sim"),
+    ("saca.episodes.generate", "DatasetConfig", "datasets.<dataset>"),
+    ("saca.vln_ego.generate", "VlnEgoConfig", "vln_ego"),
+    ("saca.evaluate.runner", "EvalConfig", "evaluation"),
+    ("saca.landmarks", "LandmarkConfig", "landmarks"),
+    ("saca.auditor.config", "AuditorConfig", "auditor"),
+    ("saca.policy.tiny", "TinyConfig", "policy.init"),
+    ("saca.policy.agent", "PolicyAgentConfig", "policy.agent"),
+    ("saca.policy.sft", "SftConfig", "sft"),
+]
+
+
+@pytest.mark.parametrize("module,name,section", SECTIONS, ids=[s for _, _, s in SECTIONS])
+def test_every_section_given_in_full_with_its_defaults_is_accepted(module, name, section):
+    # what `asdict(cfg)` writes must come back through the command line's check
+    import dataclasses
+    import importlib
+    import json
+
+    from saca.config import section_from_json, section_schema
+
+    cls = getattr(importlib.import_module(module), name)
+    assert section_schema(section) is not None
+    cfg = section_from_json(json.dumps(dataclasses.asdict(cls())), cls, section)
+    assert dataclasses.asdict(cfg) == dataclasses.asdict(cls())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -204,6 +205,60 @@ def test_checkpoints_of_another_configuration_are_not_resumed(tiny_dir, ego, tmp
     tr2._setup()
     assert tr2._resume() == 0
     assert not (out / "checkpoints").exists()
+
+
+def _live_log(out: Path) -> Path:
+    """The log a run appends to while it trains."""
+    return next(p for p in (out / "train_log.partial.jsonl", out / "train_log.jsonl") if p.exists())
+
+
+def _killed_before_the_final_save(tiny_dir, split, out, cfg, monkeypatch):
+    def killed(self, summary):
+        raise KeyboardInterrupt  # what a kill -9 after the last step leaves: checkpoints and the log
+
+    with monkeypatch.context() as m:
+        m.setattr(SftTrainer, "save_final", killed)
+        with pytest.raises(KeyboardInterrupt):
+            SftTrainer(tiny_dir, [split], out, cfg).run()
+    assert not (out / "final").exists() and (out / "checkpoints").exists()
+
+
+def test_resume_drops_a_torn_last_log_line(tiny_dir, ego, tmp_path, monkeypatch):
+    cfg = small_cfg(max_steps=4, save_steps=2, logging_steps=1)
+    SftTrainer(tiny_dir, [ego["train"]], tmp_path / "straight", cfg).run()
+    out = tmp_path / "killed"
+    _killed_before_the_final_save(tiny_dir, ego["train"], out, cfg, monkeypatch)
+    with open(_live_log(out), "a", encoding="utf-8") as fh:
+        fh.write('{"event": "train", "epoch": 0.5, "gra')  # kill -9 in the middle of a write
+    SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    strip = lambda rows: [{k: v for k, v in r.items() if "per_s" not in k} for r in rows if r["event"] != "start"]  # noqa: E731
+    assert strip(read_log(out / "train_log.jsonl")) == strip(read_log(tmp_path / "straight" / "train_log.jsonl"))
+
+
+def test_log_corrupt_in_the_middle_names_file_and_line(tiny_dir, ego, tmp_path, monkeypatch):
+    cfg = small_cfg(max_steps=4, save_steps=2, logging_steps=1)
+    out = tmp_path / "killed"
+    _killed_before_the_final_save(tiny_dir, ego["train"], out, cfg, monkeypatch)
+    live = _live_log(out)
+    live.write_text("not json\n" + live.read_text())
+    with pytest.raises(SacaError, match=rf"{re.escape(str(live))}:1: malformed journal line"):
+        SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+
+
+def test_failed_rerun_keeps_the_finished_runs_records(tiny_dir, tmp_path):
+    split = make_vln_ego(tmp_path / "ego", episodes=4, steps=8, per_shard=1)
+    out = tmp_path / "run"
+    cfg = small_cfg(max_steps=4, logging_steps=1)
+    SftTrainer(tiny_dir, [split], out, cfg).run()
+    log_before = (out / "train_log.jsonl").read_bytes()
+    assert len(log_before.splitlines()) == 7  # start, val before, 4 x train, val after
+    final_before = {p.name: p.read_bytes() for p in (out / "final").iterdir()}
+    (split / "frames" / "shard-00003.parquet").unlink()
+    with pytest.raises(SacaError, match=r"VLN-Ego sample ep3:\d+: frame shard .*shard-00003.parquet does not exist"):
+        SftTrainer(tiny_dir, [split], out, cfg).run()
+    assert (out / "train_log.jsonl").read_bytes() == log_before
+    assert {p.name: p.read_bytes() for p in (out / "final").iterdir()} == final_before
+    assert sorted(p.name for p in out.iterdir()) == ["final", "train_log.jsonl"]
 
 
 # --- bad input ---------------------------------------------------------------------------------

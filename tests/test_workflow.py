@@ -19,6 +19,72 @@ def snakemake(*args, cwd=REPO):
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
 
 
+def _make_recipe(target: str) -> str:
+    """The snakemake command line ``make <target>`` runs, exactly as the Makefile writes it."""
+    r = subprocess.run(["make", "-n", "-o", ".installed", target, f"PYTHON={sys.executable}"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stdout.splitlines() if " -m snakemake" in line]
+    assert len(lines) == 1, r.stdout
+    return lines[0]
+
+
+@pytest.mark.parametrize("target", ["smoke", "workflow"])
+def test_readme_make_targets_parse_as_written(target):
+    # the README's quick start runs `make smoke` / `make workflow`; CI runs them as written. Run the
+    # Makefile's command line unchanged, as a dry run (options appended after it change nothing before)
+    assert f"make {target}" in (REPO / "README.md").read_text()
+    cmd = _make_recipe(target)
+    r = subprocess.run(f"{cmd} --dry-run --nolock --quiet rules", shell=True, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, (cmd, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr and "FileNotFoundError" not in r.stderr
+    assert re.search(r"\bsft\b", r.stdout) and re.search(r"\baudit\b", r.stdout), r.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    "extra,key,path",
+    [
+        ("policy: {model: no/such/checkpoint}", "policy.model", "no/such/checkpoint"),
+        ("sft: {mixes: {r2r_rxr: [mini_r2r, mini_rxr]}, deepspeed: config/deepspeed/zero9.json}", "sft.deepspeed",
+         "config/deepspeed/zero9.json"),
+        ("landmarks: {extractor: llm, model_path: models/no-such-lm}", "landmarks.model_path", "models/no-such-lm"),
+        ("auditor: {backend: foundation, foundation: {clip_path: models/no-such-clip}}", "auditor.foundation.clip_path",
+         "models/no-such-clip"),
+    ],
+)
+def test_a_bad_external_path_fails_at_parse_time_and_keeps_finished_work(tmp_path, extra, key, path):
+    # the probe of issue 10: a typo in policy.model made Snakemake delete the trained SFT model
+    # (results/sft/{mix}/final/) before the job failed
+    out = tmp_path / "results"
+    final = out / "sft" / "r2r_rxr" / "final"
+    final.mkdir(parents=True)
+    (final / "model.safetensors").write_bytes(b"20 minutes of training")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(extra + "\n")
+    runs = [["-n"], []] if key == "policy.model" else [["-n"]]
+    for dry in runs:  # the dry run first: before the fix a real run would first build the whole smoke world
+        r = snakemake(str(final), *dry, "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", str(typo),
+                      "--config", f"results={out}")
+        assert r.returncode != 0, r.stdout[-2000:]
+        errors = [line for line in r.stderr.splitlines() if line.startswith("config error: ")]
+        assert len(errors) == 1 and key in errors[0] and path in errors[0], r.stderr[-2000:]
+        assert "Traceback" not in r.stderr
+        assert (final / "model.safetensors").read_bytes() == b"20 minutes of training"
+
+
+def test_a_valid_policy_checkpoint_passes_the_parse_time_check(tmp_path):
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from saca.policy.tiny import TinyConfig, build_tiny_policy
+
+    ckpt = build_tiny_policy(tmp_path / "base", TinyConfig(seed=0))
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(f"policy: {{model: {ckpt}}}\n")
+    r = snakemake("all", "-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", str(cfg),
+                  "--config", f"results={tmp_path / 'results'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "policy_init" not in r.stdout  # the embedded tiny policy is not built when policy.model is a checkpoint
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "results"

@@ -44,11 +44,37 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
+        check_args(args)
         result = args.func(args)
     except SacaError as err:
         print(f"saca {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # a path the user gave that the OS refused (permissions, disk full, a file where a
+        # directory should be): one line naming it, not a traceback
+        if err.filename is None:
+            raise
+        where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+        print(f"saca {args.command}: error: {where}: {err.strerror or err}", file=sys.stderr)
+        return 2
     return int(result or 0)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Checks every command gets before it reads anything: the JSON config options, then the output path.
+
+    Malformed ``--sim`` / ``--dataset-config`` sections and an output that cannot be
+    written fail here, naming the key or the path, before any input is read or work done.
+    """
+    from saca.io import check_output_path
+
+    if hasattr(args, "sim") and hasattr(args, "dataset_config"):
+        from saca.commands.data import sim_configs
+
+        sim_configs(args)
+    out = getattr(args, "out", None)
+    if out is not None:
+        check_output_path(out, "--out")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,17 @@ never silently falls back to a default.
 
 The workflow passes each rule's section as JSON (``--params '{...}'``); run by
 hand, a command can read the same section from ``--config config/config.yaml``.
+Either way the section is checked against the workflow's own schema
+(:data:`SCHEMA_PATH`, which the Snakefile validates the config with) before it
+is converted, so the CLI refuses exactly what the workflow refuses, naming the
+key (``sft.learning_rate: 'fast' is not of type 'number'``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import typing
 from pathlib import Path
@@ -23,12 +28,93 @@ from saca import SacaError
 
 T = TypeVar("T")
 
+SCHEMA_PATH = Path(__file__).resolve().parent / "resources" / "config.schema.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def load_schema() -> dict:
+    """The workflow's config schema (JSON Schema as YAML)."""
+    import yaml
+
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def section_schema(section: str) -> dict | None:
+    """The schema of a dotted config section (``sft``, ``policy.agent``, ``datasets.<dataset>``), or None."""
+    node = load_schema()
+    for part in section.split("."):
+        props = node.get("properties", {})
+        if part in props:
+            node = props[part]
+        elif isinstance(node.get("additionalProperties"), dict):  # datasets.<name>, sft.mixes.<name>
+            node = node["additionalProperties"]
+        else:
+            return None
+    return node
+
+
+def dataclass_defaults(cls) -> dict:
+    """``{field: default}`` of the fields of dataclass ``cls`` that have one."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def check_section(data: dict, section: str, cls: type | None = None) -> None:
+    """Check each key of ``data`` that the schema knows against the schema; SacaError naming ``section.key``.
+
+    Keys the schema does not know are left to :func:`from_dict` (which names them with
+    a did-you-mean hint), and no key is required: the dataclasses have defaults, and a
+    rule passes only part of a section (``sft`` without ``mixes``, plus ``n_actions``).
+    A value equal to the default of dataclass ``cls`` is accepted as it is (``sft.mixes:
+    {}``, a workflow key the command ignores, is what ``asdict(SftConfig())`` holds).
+    """
+    import jsonschema
+
+    node = section_schema(section)
+    if node is None:
+        return
+    props = node.get("properties", {})
+    definitions = load_schema().get("definitions", {})
+    defaults = dataclass_defaults(cls) if cls is not None else {}
+    for key, value in data.items():
+        if key not in props or (key in defaults and value == defaults[key]):
+            continue
+        schema = {**props[key], "definitions": definitions}
+        err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        if err is not None:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+            raise SacaError(f"{section}.{key}{path}: {err.message}")
+
+
+def parse_json_section(text: str | None, section: str, flag: str = "--params", cls: type | None = None) -> dict:
+    """A config section given as JSON on the command line: parsed, a JSON object, checked by the schema."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SacaError(f"{flag}: malformed JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise SacaError(f"{flag}: expected a JSON object with the '{section}' settings, got {type(data).__name__}")
+    check_section(data, section, cls)
+    return data
+
+
+def section_from_json(text: str | None, cls: type[T], section: str, flag: str = "--params") -> T:
+    """Dataclass ``cls`` from a JSON config section on the command line, checked as the workflow checks it."""
+    return from_dict(cls, parse_json_section(text, section, flag, cls), section)
+
 
 def from_dict(cls: type[T], data: dict | None, where: str) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise SacaError naming ``where.key``."""
-    data = dict(data or {})
-    if not isinstance(data, dict):
+    if data is not None and not isinstance(data, dict):
         raise SacaError(f"{where}: expected a mapping, got {type(data).__name__}")
+    data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
@@ -49,7 +135,10 @@ def from_dict(cls: type[T], data: dict | None, where: str) -> T:
         raise SacaError(f"{where}: {err}") from err
     validate = getattr(obj, "validate", None)
     if validate is not None:
-        validate(where)
+        try:
+            validate(where)
+        except (TypeError, ValueError) as err:  # a value of the wrong type reached a check
+            raise SacaError(f"{where}: invalid value ({err})") from err
     return obj
 
 
@@ -88,14 +177,15 @@ def add_params_args(parser, section_name: str) -> None:
     group.add_argument("--config", default=None, help=f"YAML config file; its '{section_name}' section is used")
 
 
-def params_from_args(args, cls: type[T], section_name: str) -> T:
-    if args.params:
-        try:
-            data = json.loads(args.params)
-        except json.JSONDecodeError as err:
-            raise SacaError(f"--params: malformed JSON ({err})") from err
-    elif args.config:
+def params_from_args(args, cls: type[T], section_name: str, attr: str = "params") -> T:
+    """The section from ``--params`` JSON or the ``--config`` file, checked by the schema, as dataclass ``cls``."""
+    text = getattr(args, attr, None)
+    if text:
+        return section_from_json(text, cls, section_name, f"--{attr.replace('_', '-')}")
+    data = {}
+    if getattr(args, "config", None):
         data = section(load_yaml(args.config), section_name, args.config)
-    else:
-        data = {}
+        if not isinstance(data, dict):
+            raise SacaError(f"{args.config}: '{section_name}' must be a mapping")
+        check_section(data, section_name, cls)
     return from_dict(cls, data, section_name)

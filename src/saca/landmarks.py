@@ -340,11 +340,9 @@ class LLMExtractor:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(self.config.model_path)
-        if not path.is_dir():
-            raise SacaError(f"landmarks.model_path: model directory '{path}' does not exist")
-        if not (path / "config.json").exists():
-            raise SacaError(f"landmarks.model_path: '{path}' has no config.json (not a save_pretrained directory)")
+        from saca.external import check_model_dir
+
+        path = check_model_dir(self.config.model_path, "landmarks.model_path")  # the workflow's parse-time check
         torch.manual_seed(self.config.seed)
         device = self.config.device
         if device == "auto":

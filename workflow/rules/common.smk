@@ -1,8 +1,22 @@
 # Shared helpers for the rules. Each rules file adds its final outputs to TARGETS.
 import json
+import os
 import shlex
+import sys
+
+from saca import SacaError
+from saca.external import check_config_paths
 
 RESULTS = config.get("results", "results")
+
+# External checkpoints and model directories (policy.model, sft.deepspeed, landmarks.model_path, the auditor's
+# foundation models) are checked now, when the workflow is parsed: a typo must fail before any job starts, not
+# after Snakemake has deleted the outputs (a trained model) of the job that reads the path.
+try:
+    check_config_paths(config, produced_under=RESULTS)
+except SacaError as err:
+    sys.exit(f"config error: {err}")
+
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val_seen", "val_unseen"]
 SACA = "python -m saca"
@@ -134,6 +148,8 @@ def sft_inputs(wildcards):
     }
     if POLICY["model"] == "embedded":
         inputs["init"] = POLICY_INIT
+    elif Path(os.path.abspath(POLICY["model"])).is_relative_to(os.path.abspath(RESULTS)):
+        inputs["init"] = POLICY["model"]  # a checkpoint this workflow makes: an input (checked paths are not)
     return inputs
 
 

@@ -57,15 +57,10 @@ SAM3_TYPES = ("sam3", "sam3_video", "sam3_tracker")
 
 
 def model_dir(path: str, key: str) -> Path:
-    """A ``save_pretrained`` directory, or SacaError naming the config key."""
-    if not path:
-        raise SacaError(f"auditor.foundation.{key}: no model directory configured")
-    p = Path(path)
-    if not p.is_dir():
-        raise SacaError(f"auditor.foundation.{key}: model directory '{p}' does not exist")
-    if not (p / "config.json").exists():
-        raise SacaError(f"auditor.foundation.{key}: '{p}' has no config.json (not a save_pretrained directory)")
-    return p
+    """A ``save_pretrained`` directory, or SacaError naming the config key (the workflow's parse-time check)."""
+    from saca.external import check_model_dir
+
+    return check_model_dir(path, f"auditor.foundation.{key}")
 
 
 def _preproc(path: Path) -> dict:

@@ -13,21 +13,9 @@ log = logging.getLogger(__name__)
 
 
 def _section(args, cls, name: str, attr: str = "params"):
-    from saca.config import from_dict, load_yaml, section
+    from saca.config import params_from_args
 
-    text = getattr(args, attr, None)
-    if text:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise SacaError(f"--{attr.replace('_', '-')}: malformed JSON ({err})") from err
-    elif getattr(args, "config", None):
-        data = section(load_yaml(args.config), name, args.config)
-    else:
-        data = {}
-    if not isinstance(data, dict):
-        raise SacaError(f"--{attr.replace('_', '-')}: expected a JSON object for the '{name}' section")
-    return from_dict(cls, data, name)
+    return params_from_args(args, cls, name, attr)
 
 
 def cmd_landmarks(args) -> int:
@@ -70,9 +58,10 @@ def _audit_sim(args, cfg):
     from saca.commands.data import sim_from_args
 
     if cfg.backend == "oracle":
-        sim_cfg = json.loads(args.sim) if args.sim else {}
-        if not isinstance(sim_cfg, dict):
-            raise SacaError("--sim: expected a JSON object")
+        from saca.config import parse_json_section
+        from saca.sim.base import SimConfig
+
+        sim_cfg = parse_json_section(args.sim, "sim", "--sim", SimConfig)
         if not sim_cfg.get("instance", True):
             log.info("the oracle backend renders the instance channel (sim.instance overridden to true)")
         args.sim = json.dumps({**sim_cfg, "instance": True})

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from saca import SacaError
 
 
-def _json_arg(text: str | None, what: str) -> dict:
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise SacaError(f"{what}: malformed JSON ({err})") from err
-    if not isinstance(data, dict):
-        raise SacaError(f"{what}: expected a JSON object")
-    return data
+def _json_section(text: str | None, cls, section: str, flag: str = "--params"):
+    """Dataclass ``cls`` from a JSON config section on the command line, checked by the workflow's schema."""
+    from saca.config import section_from_json
+
+    return section_from_json(text, cls, section, flag)
 
 
 def add_sim_args(p) -> None:
@@ -27,24 +21,29 @@ def add_sim_args(p) -> None:
     p.add_argument("--dataset-config", default=None, help="JSON of the dataset's entry in 'datasets'")
 
 
-def sim_from_args(args):
-    """Build the simulator a command needs from ``--sim``/``--dataset-config``/``--scenes``."""
-    from saca.config import from_dict
+def sim_configs(args):
+    """The ``sim`` and dataset sections of ``--sim`` / ``--dataset-config``, checked (no simulator built)."""
     from saca.episodes.generate import DatasetConfig
-    from saca.sim import make_simulator
     from saca.sim.base import SimConfig
 
-    sim_cfg = from_dict(SimConfig, _json_arg(args.sim, "--sim"), "sim")
-    ds_cfg = from_dict(DatasetConfig, _json_arg(args.dataset_config, "--dataset-config"), "datasets.<dataset>")
+    sim_cfg = _json_section(args.sim, SimConfig, "sim", "--sim")
+    ds_cfg = _json_section(args.dataset_config, DatasetConfig, "datasets.<dataset>", "--dataset-config")
+    return sim_cfg, ds_cfg
+
+
+def sim_from_args(args):
+    """Build the simulator a command needs from ``--sim``/``--dataset-config``/``--scenes``."""
+    from saca.sim import make_simulator
+
+    sim_cfg, ds_cfg = sim_configs(args)
     return make_simulator(ds_cfg.backend, sim_cfg, ds_cfg.turn_angle, args.scenes), ds_cfg
 
 
 def cmd_scenes(args) -> int:
-    from saca.config import from_dict
     from saca.io import write_json
     from saca.sim.embedded.world import SceneGenConfig, generate_scene, scene_seed
 
-    cfg = from_dict(SceneGenConfig, _json_arg(args.params, "--params"), "scenes")
+    cfg = _json_section(args.params, SceneGenConfig, "scenes")
     out = Path(args.out)
     index = cfg.scene_ids()
     for split, ids in index.items():
@@ -80,11 +79,10 @@ def cmd_episodes(args) -> int:
 
 
 def cmd_vln_ego(args) -> int:
-    from saca.config import from_dict
     from saca.episodes import load_split
     from saca.vln_ego.generate import VlnEgoConfig, generate_vln_ego
 
-    cfg = from_dict(VlnEgoConfig, _json_arg(args.params, "--params"), "vln_ego")
+    cfg = _json_section(args.params, VlnEgoConfig, "vln_ego")
     episodes = load_split(args.episodes, args.split)
     sim, ds = sim_from_args(args)
     with sim:

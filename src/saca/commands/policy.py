@@ -31,7 +31,9 @@ def register(sub) -> None:
         "sft",
         help="supervised fine-tuning of the policy on VLN-Ego (VLN-R1 Eq. 8)",
         description="Fine-tune a policy checkpoint on VLN-Ego samples: cross-entropy on the answer tokens only. "
-        "Resumes from OUT/checkpoints after a kill; writes OUT/train_log.jsonl and OUT/final (save_pretrained). "
+        "Checks every input (init checkpoint, frame shards) before it touches OUT. Resumes from OUT/checkpoints "
+        "after a kill; logs to OUT/train_log.partial.jsonl while it trains, which becomes OUT/train_log.jsonl "
+        "(with OUT/final, save_pretrained) only when the run has finished. "
         "For several GPUs launch with torchrun/deepspeed and set sft.deepspeed (or --deepspeed).",
     )
     p.add_argument("--init", required=True, help="policy to start from: a save_pretrained directory or a hub id")

@@ -38,7 +38,7 @@ from saca import SacaError
 from saca.episodes import SPLITS, Episode
 from saca.evaluate import metrics as M
 from saca.evaluate.agent_api import EpisodeContext
-from saca.io import read_json, read_jsonl, write_json, write_jsonl
+from saca.io import read_journal, read_json, read_jsonl, write_json, write_jsonl
 from saca.sim.base import Action, Simulator
 
 log = logging.getLogger(__name__)
@@ -121,31 +121,7 @@ def select_shard(episodes: Sequence[Episode], shard: tuple[int, int] | None) -> 
     return [(k, e) for k, e in enumerate(episodes) if shard is None or k % shard[1] == shard[0]]
 
 
-# --- journal --------------------------------------------------------------------------------------------
-
-
-def read_journal(path: Path) -> list[dict]:
-    """Finished-episode records of a journal; a truncated last line (from a kill) is dropped and the file rewritten."""
-    if not path.exists():
-        return []
-    raw = path.read_bytes()
-    lines = raw.split(b"\n")
-    tail = lines.pop()  # b"" when the file ends with a newline
-    rows, dropped = [], tail != b""
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            if lineno == len(lines) and not tail:
-                dropped = True  # a last line cut inside its JSON
-                continue
-            raise SacaError(f"{path}:{lineno}: malformed journal line ({err}); delete the file to start over") from err
-    if dropped:
-        log.warning("%s: dropped a truncated last line (a killed run); resuming from %d episodes", path, len(rows))
-        write_jsonl(path, rows)
-    return rows
+# --- journal (read with saca.io.read_journal, which drops a torn last line) ------------------------------
 
 
 def _append(fh, row: dict) -> None:
@@ -180,7 +156,7 @@ class _Slot:
 def _finish(slot: _Slot, cfg: EvalConfig, source: str) -> dict:
     ep, sim = slot.ctx.episode, slot.sim
     goal = ep.goal_position
-    distances = M.geodesic_distances(slot.positions, lambda p: sim.geodesic_distance(p, goal))
+    distances = M.geodesic_distances(slot.positions, lambda p: sim.geodesic_distance(p, goal), goal=goal)
     if not all(map(math.isfinite, distances)):
         raise SacaError(f"{source}: episode {ep.episode_id!r} (scene {ep.scene_id}): goal unreachable from the trajectory")
     stop_called = bool(sim.state.stopped)

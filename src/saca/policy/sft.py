@@ -23,9 +23,15 @@ A readable single loop (nanoGPT style):
   newest complete checkpoint and, on CPU, ends with bit-identical weights;
 * log: ``{out}/train_log.jsonl``, one row per ``logging_steps`` (loss, lr, grad
   norm, tokens/s, samples/s) and one per validation (token-mean answer NLL per
-  validation split, before training, every ``eval_steps`` and at the end);
+  validation split, before training, every ``eval_steps`` and at the end). While
+  the run trains, rows go to the journal ``{out}/train_log.partial.jsonl``
+  (a torn last line from a kill is dropped on resume, see
+  :func:`saca.io.read_journal`); it becomes ``train_log.jsonl`` only when the run
+  has finished, so a run that fails never rewrites the log of a finished one;
+* inputs (the init checkpoint, every frame shard of the training and validation
+  splits, the DeepSpeed config) are checked before the run directory is touched;
 * result: ``{out}/final/`` written by ``save_pretrained`` (model, tokenizer,
-  image processor) plus ``sft_summary.json``.
+  image processor) plus ``sft_summary.json`` and a copy of the log.
 
 With ``deepspeed`` (a ZeRO config file from ``config/deepspeed/``; launched with
 ``deepspeed`` or ``torchrun`` on GPUs, or world size 1 with the gloo backend on
@@ -51,7 +57,7 @@ from typing import Sequence
 import numpy as np
 
 from saca import SacaError
-from saca.io import atomic_dir, dumps_json, read_json, write_json
+from saca.io import atomic_dir, dumps_json, ensure_dir, read_journal, read_json, write_json, write_jsonl
 from saca.policy.processor import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -203,7 +209,8 @@ class SftTrainer:
         self.out = Path(out_dir)
         self.cfg = cfg
         self.ckpt_root = self.out / "checkpoints"
-        self.log_path = self.out / "train_log.jsonl"
+        self.log_path = self.out / "train_log.jsonl"  # the finished run's log
+        self.journal = self.out / "train_log.partial.jsonl"  # the log of the run in progress
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -242,6 +249,10 @@ class SftTrainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.train = PolicyData(self.train_dirs, cfg.n_actions, frame_cache=cfg.frame_cache)
         self.val = {name: PolicyData([d], cfg.n_actions, frame_cache=cfg.frame_cache) for name, d in self.val_dirs.items()}
+        # every frame shard the run will read, before anything is trained or written
+        for data in (self.train, *self.val.values()):
+            for part in data.parts:
+                part.check_frames()
         self.global_batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * self.world
         self.steps_per_epoch = len(self.train) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -272,13 +283,9 @@ class SftTrainer:
             import deepspeed
         except ImportError as err:
             raise SacaError("sft.deepspeed is set but deepspeed is not installed (pip install 'saca[train]')") from err
-        path = Path(self.cfg.deepspeed)
-        try:
-            ds = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise SacaError(f"{path}: DeepSpeed config file does not exist") from err
-        except json.JSONDecodeError as err:
-            raise SacaError(f"{path}: malformed DeepSpeed config ({err})") from err
+        from saca.external import check_deepspeed_config
+
+        ds = check_deepspeed_config(self.cfg.deepspeed, "sft.deepspeed")  # the workflow's parse-time check
         ds = fill_deepspeed_config(ds, self.cfg, self.world, self.device.type)
         if not torch.distributed.is_initialized():
             deepspeed.init_distributed(dist_backend="nccl" if self.device.type == "cuda" else "gloo")
@@ -438,31 +445,42 @@ class SftTrainer:
     def _log(self, row: dict) -> None:
         if self.rank != 0:
             return
-        with open(self.log_path, "a", encoding="utf-8") as fh:
+        with open(self.journal, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
         log.info("%s", row)
 
-    def _trim_log(self, step: int) -> None:
-        """After a resume, drop log rows written after the checkpoint's step."""
-        if self.rank != 0 or not self.log_path.exists():
+    def _start_journal(self, step: int) -> None:
+        """The journal of this run: empty for a fresh start; after a resume, the rows up to the checkpoint's step.
+
+        A resumed run whose journal is gone (a finished run with ``keep_checkpoints``
+        rerun, or a run of a version that logged to ``train_log.jsonl`` directly) starts
+        from that log when it is the log of this configuration.
+        """
+        if self.rank != 0:
             return
-        rows = [json.loads(x) for x in self.log_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        keep = [r for r in rows if r.get("step", 0) <= step]
-        self.log_path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep), encoding="utf-8")
+        if step == 0:
+            self.journal.unlink(missing_ok=True)
+            return
+        if self.journal.exists():
+            rows = read_journal(self.journal)
+        else:
+            rows = read_journal(self.log_path, repair=False)
+            starts = [r for r in rows if r.get("event") == "start"]
+            if not starts or starts[0].get("fingerprint", self.fingerprint) != self.fingerprint:
+                rows = []
+        write_jsonl(self.journal, [r for r in rows if r.get("step", 0) <= step])
 
     def run(self) -> dict:
         import torch
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._setup()
+        self._setup()  # reads and checks every input; nothing in the run directory is touched before
+        ensure_dir(self.out, "SFT run directory")
         start = self._resume()
-        if start == 0 and self.rank == 0:
-            self.log_path.unlink(missing_ok=True)
-        self._trim_log(start)
+        self._start_journal(start)
         self._log({"event": "start", "step": start, "total_steps": self.total_steps, "n_train": len(self.train),
                    "global_batch": self.global_batch, "world_size": self.world, "seed": cfg.seed,
-                   "deepspeed": cfg.deepspeed, "init": self.init})
+                   "deepspeed": cfg.deepspeed, "init": self.init, "fingerprint": self.fingerprint})
         if start == 0:
             val_before = self.validate()
             self._log({"event": "val", "step": 0, "val_loss": val_before})
@@ -545,15 +563,14 @@ class SftTrainer:
             "val_loss_after": val_after, "config": asdict(cfg), "world_size": self.world,
         }
         self.save_final(summary)
-        if not cfg.keep_checkpoints and self.rank == 0:
-            shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        if self.rank == 0:
+            os.replace(self.journal, self.log_path)  # the finished run's log, after its final/
+            if not cfg.keep_checkpoints:
+                shutil.rmtree(self.ckpt_root, ignore_errors=True)
         return summary
 
     def _logged_val(self, step: int):
-        if not self.log_path.exists():
-            return None
-        for line in self.log_path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in read_journal(self.journal, repair=False):
             if row.get("event") == "val" and row.get("step") == step:
                 return row["val_loss"]
         return None
@@ -572,8 +589,8 @@ class SftTrainer:
                 else:
                     model.save_pretrained(str(tmp))
                 self.proc.save_pretrained(tmp)
-                if self.log_path.exists():
-                    shutil.copyfile(self.log_path, tmp / "train_log.jsonl")
+                if self.journal.exists():
+                    shutil.copyfile(self.journal, tmp / "train_log.jsonl")
                 (tmp / "sft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
         self._barrier()
         return final

@@ -10,24 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from saca.io import atomic_dir, write_json
 from saca.prompt import SYSTEM_MESSAGE, build_prompt
 from saca.vln_ego.store import VlnEgoDataset
 
 
 def export_sharegpt(split_dir: str | Path, out_dir: str | Path, name: str) -> int:
-    ds = VlnEgoDataset(split_dir)
-    split_dir = Path(split_dir)
+    ds = VlnEgoDataset(split_dir, cache_trajectories=1)
+    ds.check_frames()  # a missing or truncated shard fails before anything is written
     with atomic_dir(out_dir) as tmp:
         written: set[str] = set()
         records = []
         for s in ds:
             ep = s["episode_id"]
             if ep not in written:
-                rg = pq.ParquetFile(split_dir / s["shard"]).read_row_group(int(s["row_group"]), columns=["image"])
-                frames = rg.column("image").to_pylist()
+                frames = ds.trajectory(s)
                 ext = "png" if frames and frames[0][:4] == b"\x89PNG" else "jpg"
                 d = tmp / "images" / ep
                 d.mkdir(parents=True, exist_ok=True)

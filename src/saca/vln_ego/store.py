@@ -148,6 +148,36 @@ class VlnEgoDataset:
         self._cache: OrderedDict[tuple[str, int], list[bytes]] = OrderedDict()
         self._cache_size = cache_trajectories
 
+    def check_frames(self) -> None:
+        """Check that every frame shard the samples point at exists and holds their row groups.
+
+        Reads the Parquet footers only (no frames), so a run that would need a missing or
+        truncated shard fails before it starts, naming the first sample that points at it.
+        """
+        first: dict[str, dict] = {}
+        max_rg: dict[str, int] = {}
+        for s in self._rows:
+            first.setdefault(s["shard"], s)
+            max_rg[s["shard"]] = max(max_rg.get(s["shard"], -1), int(s["row_group"]))
+        for shard, s in first.items():
+            path = self.split_dir / shard
+            if not path.is_file():
+                raise SacaError(f"VLN-Ego sample {s['sample_id']}: frame shard {path} does not exist")
+            try:
+                n = pq.ParquetFile(path).metadata.num_row_groups
+            except (pa.ArrowInvalid, OSError) as err:
+                raise SacaError(f"VLN-Ego sample {s['sample_id']}: unreadable frame shard {path} ({err})") from err
+            if max_rg[shard] >= n:
+                bad = next(r for r in self._rows if r["shard"] == shard and int(r["row_group"]) >= n)
+                raise SacaError(
+                    f"VLN-Ego sample {bad['sample_id']}: frame shard {path} has {n} row groups, the sample "
+                    f"points at row group {bad['row_group']}"
+                )
+
+    def trajectory(self, sample: dict) -> list[bytes]:
+        """The encoded frames of the sample's trajectory (SacaError naming the sample and shard if unreadable)."""
+        return list(self._trajectory(sample))
+
     def __len__(self) -> int:
         return len(self._rows)
 
