@@ -152,6 +152,12 @@ def test_random_pairs_match_an_independent_visibility_graph(house):
         else:
             assert d == pytest.approx(expected, rel=5e-3)
             n_detour += 1
+        # the shortest path: from a to b, every waypoint navigable, as long as the distance (arcs drawn as chords)
+        path = nav.shortest_path(a, b)
+        assert path[0] == pytest.approx((a[0], 0.0, a[2])) and path[-1] == pytest.approx((b[0], 0.0, b[2]))
+        assert all(nav.exact.is_free(p) for p in path)
+        length = sum(math.hypot(p[0] - q[0], p[2] - q[2]) for p, q in zip(path, path[1:]))
+        assert length == pytest.approx(d, rel=3e-3) and length <= d + 1e-9
     assert n_detour >= 10 and n_free >= 3
 
 
