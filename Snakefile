@@ -8,13 +8,11 @@ min_version("9.0")
 
 # the package of this checkout (the one the rules run), also where it is not installed
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from saca.config import SCHEMA_PATH  # noqa: E402
-
-
 configfile: "config/config.yaml"
 
 
-validate(config, str(SCHEMA_PATH))
+# workflow/schemas/config.schema.yaml links to the package's copy (src/saca/resources), which the CLI checks --params with
+validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
