@@ -241,7 +241,7 @@ def test_geodesic_distances_with_goal_queries_only_what_a_metric_reads():
     full = [math.hypot(p[0], p[2]) + 2.0 for p in positions]
     fast = M.geodesic_distances(positions, geo, goal=goal)
     # first and last (d0, NE) and the one position within 3 m Euclidean (OS); elsewhere the Euclidean lower bound
-    assert calls == [(6.0, 0.0, 0.0), (2.9, 0.0, 0.0), (3.5, 0.0, 0.0)]
+    assert calls == [(6.0, 0.0, 0.0), (3.5, 0.0, 0.0), (2.9, 0.0, 0.0)]
     assert fast == [8.0, 5.0, 4.0, 4.9, 5.0, 5.5]
     for stop in (True, False):
         assert M.episode_metrics(positions, stop, [goal], distances=fast) == M.episode_metrics(positions, stop, [goal], distances=full)
@@ -249,3 +249,21 @@ def test_geodesic_distances_with_goal_queries_only_what_a_metric_reads():
     geo_near = lambda p: math.hypot(p[0], p[2]) * 1.01  # noqa: E731
     fast = M.geodesic_distances(positions, geo_near, goal=goal)
     assert M.oracle_success(fast) == 1.0 and fast[3] == pytest.approx(2.929)
+
+
+def test_geodesic_distances_stop_querying_once_oracle_success_is_settled():
+    goal = [0.0, 0.0, 0.0]
+    positions = [[6, 0, 0], [2.5, 0, 0], [2.0, 0, 0], [1.0, 0, 0], [2.2, 0, 0]]
+    calls = []
+
+    def geo(p):
+        calls.append(p[0])
+        return {6.0: 6.5, 2.5: 3.4, 2.0: 3.2, 1.0: 2.4, 2.2: 3.3}[p[0]]
+
+    out = M.geodesic_distances(positions, geo, goal=goal)
+    # the last position is 3.3 m away: nearest middle positions first, and none after 1.0 m (2.4 < 3) settles OS
+    assert calls == [6.0, 2.2, 1.0]
+    assert out == [6.5, 2.5, 2.0, 2.4, 3.3]
+    full = [geo(p) for p in positions]
+    for stop in (True, False):
+        assert M.episode_metrics(positions, stop, [goal], distances=out) == M.episode_metrics(positions, stop, [goal], distances=full)
