@@ -391,7 +391,7 @@ class ExactGeodesic:
         if self._clear(pa[0], pa[1], pb[0], pb[1]):
             return out + [(float(pb[0]), 0.0, float(pb[1]))]
         f = self._goal_field((pb[0], pb[1]))
-        cost, best = self._best_arrival(pa, f)
+        _, best = self._best_arrival(pa, f)
         if best is None:
             return []
         node, tp, disk, side, psi = best

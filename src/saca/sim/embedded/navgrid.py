@@ -58,18 +58,9 @@ class NavGrid:
         xs = ox + (np.arange(nx) + 0.5) * resolution
         zs = oz + (np.arange(nz) + 0.5) * resolution
         X, Z = np.meshgrid(xs, zs, indexing="ij")
-        inside = np.zeros((nx, nz), dtype=bool)
-        for room in scene["rooms"]:
-            x0, z0, x1, z1 = room["rect"]
-            inside |= (X >= x0) & (X <= x1) & (Z >= z0) & (Z <= z1)
-        blocked = np.zeros_like(inside)
-        rects = [((w[0] + w[2]) / 2, (w[1] + w[3]) / 2, (w[2] - w[0]) / 2, (w[3] - w[1]) / 2) for w in scene["walls"]]
-        rects += [(o["position"][0], o["position"][2], o["half_extents"][0], o["half_extents"][1]) for o in scene["objects"]]
-        for cx, cz, hx, hz in rects:
-            dx = np.maximum(np.abs(X - cx) - hx, 0.0)
-            dz = np.maximum(np.abs(Z - cz) - hz, 0.0)
-            blocked |= dx * dx + dz * dz < agent_radius * agent_radius
-        return cls(inside & ~blocked, (ox, oz), resolution, exact=ExactGeodesic.from_scene(scene, agent_radius))
+        exact = ExactGeodesic.from_scene(scene, agent_radius)
+        free = exact.free_mask(np.stack([X.ravel(), Z.ravel()], axis=1)).reshape(nx, nz)  # a cell is free when its centre is
+        return cls(free, (ox, oz), resolution, exact=exact)
 
     def _build_graphs(self, clearance, margin):
         rows, cols, lens, costs = [], [], [], []
