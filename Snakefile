@@ -19,6 +19,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/policy.smk"
+include: "workflow/rules/rft.smk"
 include: "workflow/rules/auditor.smk"
 
 

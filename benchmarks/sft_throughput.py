@@ -1,4 +1,4 @@
-"""SFT throughput: samples/s and tokens/s of the real SFT step (saca.policy.sft.sft_loss + AdamW).
+"""SFT throughput: samples/s and tokens/s of the real SFT step (saca.train.sft.sft_loss + AdamW).
 
     python benchmarks/sft_throughput.py                       # tiny embedded model, CPU
     python benchmarks/sft_throughput.py --config-size 2b      # Qwen2-VL-2B-shaped model, random weights (GPU)
@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from saca.policy.data import PolicyData  # noqa: E402
 from saca.policy.processor import PolicyProcessor  # noqa: E402
-from saca.policy.sft import answer_tokens, lr_factor, param_groups, sft_loss  # noqa: E402
+from saca.train.sft import answer_tokens, sft_loss  # noqa: E402
+from saca.train.state import make_scheduler, param_groups  # noqa: E402
 from saca.policy.synthetic import make_vln_ego  # noqa: E402
 from saca.policy.tiny import TinyConfig, build_tokenizer, image_processor, model_config  # noqa: E402
 from saca.vln_ego.samplers import MemoryConfig  # noqa: E402
@@ -121,6 +122,7 @@ def main(argv=None) -> int:
     proc = PolicyProcessor(tok, ip, model.config, source=f"<{args.config_size}>")
     opt = torch.optim.AdamW(param_groups(model, 0.01), lr=1e-5, betas=(0.9, 0.999))
     total = args.warmup + args.steps
+    sched = make_scheduler(opt, "cosine", total, 1)
     with tempfile.TemporaryDirectory() as tmp:
         split = make_vln_ego(Path(tmp) / "ego", episodes=max(4, math.ceil(total * args.batch_size / 40)), steps=40,
                              size=128, seed=args.seed, memory=MemoryConfig(max_frames=args.frames))
@@ -142,9 +144,8 @@ def main(argv=None) -> int:
                 nll, _ = sft_loss(model, batch)
             (nll / max(n_ans, 1)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            for g in opt.param_groups:
-                g["lr"] = 1e-5 * lr_factor(step, total, 1, "cosine")
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize()

@@ -144,7 +144,7 @@ SECTIONS = [
     ("saca.auditor.config", "AuditorConfig", "auditor"),
     ("saca.policy.tiny", "TinyConfig", "policy.init"),
     ("saca.policy.agent", "PolicyAgentConfig", "policy.agent"),
-    ("saca.policy.sft", "SftConfig", "sft"),
+    ("saca.train.sft", "SftConfig", "sft"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""SFT (VLN-R1 Eq. 8): exact loss, data order, schedule, learning, kill + resume, DeepSpeed ZeRO-2 on CPU."""
+"""SFT (VLN-R1 Eq. 8): exact loss, data order, learning, kill + resume, DeepSpeed ZeRO-2 on CPU (schedule: test_train_state.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from saca import SacaError  # noqa: E402
 from saca.policy.data import PolicyData  # noqa: E402
 from saca.policy.model import load_policy  # noqa: E402
 from saca.policy.processor import IGNORE_INDEX  # noqa: E402
-from saca.policy.sft import KILL_ENV, SftConfig, SftTrainer, fill_deepspeed_config, lr_factor, sft_loss  # noqa: E402
+from saca.train.sft import KILL_ENV, SftConfig, SftTrainer, fill_deepspeed_config, sft_loss  # noqa: E402
 from saca.policy.synthetic import make_vln_ego  # noqa: E402
 from saca.policy.tiny import TinyConfig, build_tiny_policy  # noqa: E402
 
@@ -98,15 +98,6 @@ def test_gradient_does_not_depend_on_micro_batching(tiny_dir, ego):
     whole = grads([encs])
     split = grads([encs[:1], encs[1:3], encs[3:]])
     assert torch.allclose(whole, split, atol=1e-6, rtol=1e-4)
-
-
-def test_cosine_schedule_with_warmup():
-    assert lr_factor(0, 100, 3, "cosine") == 0.0
-    assert lr_factor(3, 100, 3, "cosine") == 1.0
-    assert abs(lr_factor(1, 100, 3, "cosine") - 1 / 3) < 1e-12
-    assert abs(lr_factor(100, 100, 3, "cosine")) < 1e-12
-    assert abs(lr_factor(3 + 97 // 2, 100, 3, "cosine") - 0.5) < 0.02
-    assert lr_factor(50, 100, 3, "constant") == 1.0
 
 
 def test_paper_defaults():

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "saca.commands.data",
     "saca.commands.evaluate",
     "saca.commands.policy",
+    "saca.commands.train",
     "saca.commands.auditor",
 )
 

@@ -144,7 +144,8 @@ def sft_inputs(wildcards):
     inputs = {
         "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix],
         "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
-        "src": POLICY_SRC,
+        # the trainer's modules only: editing the RL code (saca.train.grpo, rollout, rft) must not retrain SFT
+        "src": POLICY_SRC + code("train/__init__.py", "train/state.py", "train/sft.py"),
     }
     if POLICY["model"] == "embedded":
         inputs["init"] = POLICY_INIT

@@ -82,7 +82,7 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
 def cmd_sft(args: argparse.Namespace) -> int:
     from saca import SacaError
     from saca.config import params_from_args
-    from saca.policy.sft import SftConfig, SftTrainer
+    from saca.train.sft import SftConfig, SftTrainer
 
     cfg = params_from_args(args, SftConfig, "sft")
     if args.deepspeed:

@@ -7,9 +7,10 @@ section for rollouts): ``do_sample``, ``temperature``, ``top_p``, ``top_k``,
 ``seed`` (callers pass ``base_seed + call index``), so a run is reproducible.
 
 ``generate_batch`` returns the texts and, when asked, the generated token ids and
-their log-probabilities under the *unwarped* policy distribution
-(``log_softmax`` of the raw logits, temperature 1), which is what GRPO's ratio
-``pi_theta / pi_old`` needs.
+their log-probabilities under the distribution they were sampled from before
+top-p / top-k truncation (``log_softmax(logits / temperature)`` with the image
+placeholder tokens suppressed; temperature 1 for greedy decoding), the same distribution RFT's loss evaluates
+(:func:`saca.train.rft.token_logprobs`).
 """
 
 from __future__ import annotations
@@ -69,32 +70,55 @@ def generate_batch(
     max_batch: int | None = None,
 ) -> Generation:
     """Generate an answer for every input; rows are processed ``max_batch`` at a time (default: all)."""
-    if not inputs:
-        return Generation([], [] if return_tokens or return_logprobs else None, [] if return_logprobs else None)
-    step = max_batch or len(inputs)
+    proc = policy.processor
+    encoded = [proc.encode(x.prompt, x.images) for x in inputs]
+    gen = generate_encoded(policy, encoded, sampling, seed=seed, return_logprobs=return_logprobs, max_batch=max_batch)
+    return Generation(
+        gen.texts,
+        gen.token_ids if (return_tokens or return_logprobs) else None,
+        gen.logprobs if return_logprobs else None,
+    )
+
+
+def generate_encoded(
+    policy,
+    encoded: Sequence,
+    sampling: SamplingConfig,
+    seed: int | None = None,
+    return_logprobs: bool = False,
+    max_batch: int | None = None,
+) -> Generation:
+    """:func:`generate_batch` for prompts already encoded by ``policy.processor.encode`` (no answer).
+
+    The rollout engine encodes each decision once (with per-frame pixel caching) and keeps the
+    encoding for the training forward pass. Token ids are always returned.
+    """
+    if not encoded:
+        return Generation([], [], [] if return_logprobs else None)
+    step = max_batch or len(encoded)
     texts: list[str] = []
     tokens: list[list[int]] = []
     logps: list[list[float]] = []
     base = sampling.seed if seed is None else seed
-    for k, lo in enumerate(range(0, len(inputs), step)):
-        g = _generate_chunk(policy, inputs[lo : lo + step], sampling, base + k, return_logprobs)
+    for k, lo in enumerate(range(0, len(encoded), step)):
+        g = _generate_chunk(policy, encoded[lo : lo + step], sampling, base + k, return_logprobs)
         texts += g.texts
         tokens += g.token_ids
         if return_logprobs:
             logps += g.logprobs
-    return Generation(
-        texts,
-        tokens if (return_tokens or return_logprobs) else None,
-        logps if return_logprobs else None,
-    )
+    return Generation(texts, tokens, logps if return_logprobs else None)
 
 
-def _generate_chunk(policy, inputs, sampling: SamplingConfig, seed: int, return_logprobs: bool) -> Generation:
+def logprob_temperature(sampling: SamplingConfig) -> float:
+    """The temperature of the distribution tokens are drawn from (1 for greedy decoding)."""
+    return float(sampling.temperature) if sampling.do_sample else 1.0
+
+
+def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool) -> Generation:
     import torch
 
     proc = policy.processor
-    encoded = [proc.encode(x.prompt, x.images) for x in inputs]
-    batch = proc.collate(encoded, padding_side="left")
+    batch = proc.collate(list(encoded), padding_side="left")
     device = policy.device
     batch = {k: v.to(device) for k, v in batch.items()}
     kwargs = dict(
@@ -104,6 +128,7 @@ def _generate_chunk(policy, inputs, sampling: SamplingConfig, seed: int, return_
         pad_token_id=proc.pad_token_id,
         return_dict_in_generate=True,
         output_logits=return_logprobs,
+        suppress_tokens=list(proc.suppressed_ids),  # image placeholders never appear in an answer
     )
     if sampling.do_sample:
         kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=int(sampling.top_k) or None)
@@ -114,7 +139,13 @@ def _generate_chunk(policy, inputs, sampling: SamplingConfig, seed: int, return_
     with torch.no_grad():
         out = policy.model.generate(**batch, **kwargs)
     prompt_len = batch["input_ids"].shape[1]
-    seqs = out.sequences[:, prompt_len:].tolist()
+    gen = out.sequences[:, prompt_len:]
+    seqs = gen.tolist()
+    if return_logprobs and seqs and seqs[0]:
+        # log pi(token) under the sampling distribution before top-p / top-k truncation (logits / temperature)
+        logits = torch.stack(out.logits, dim=1).float() / logprob_temperature(sampling)  # (B, T, V), raw
+        logits[..., proc.suppressed_ids] = float("-inf")
+        all_lp = torch.log_softmax(logits, dim=-1).gather(-1, gen.unsqueeze(-1)).squeeze(-1).tolist()
     eos = set(proc.eos_token_ids)
     texts, ids, logps = [], [], []
     for row, seq in enumerate(seqs):
@@ -127,9 +158,5 @@ def _generate_chunk(policy, inputs, sampling: SamplingConfig, seed: int, return_
         ids.append(kept)
         texts.append(proc.decode([t for t in kept if t not in eos]))
         if return_logprobs:
-            lp = []
-            for j, t in enumerate(kept):
-                logits = out.logits[j][row].float()
-                lp.append(float(torch.log_softmax(logits, dim=-1)[t]))
-            logps.append(lp)
+            logps.append([float(v) for v in all_lp[row][:cut]])
     return Generation(texts, ids, logps if return_logprobs else None)

@@ -118,10 +118,11 @@ class PolicyProcessor:
         self.im_end_id = self._single_id(IM_END)
         if self.family in QWEN_FAMILIES:
             self.image_token_id = self._single_id(QWEN_IMAGE_PAD)
-            self._single_id(QWEN_VISION_START)
-            self._single_id(QWEN_VISION_END)
+            # tokens an answer may never contain: generating one would desynchronise the image placeholders
+            self.suppressed_ids = [self.image_token_id, self._single_id(QWEN_VISION_START), self._single_id(QWEN_VISION_END)]
         else:
             self.image_token_id = self._single_id(LLAVA_IMAGE)
+            self.suppressed_ids = [self.image_token_id]
         expected = getattr(cfg, "image_token_id", None)
         if expected is not None and int(expected) != self.image_token_id:
             raise SacaError(

@@ -17,17 +17,19 @@ A readable single loop (nanoGPT style):
   gradient clipping at ``max_grad_norm`` (method-notes §3.5);
 * ``bf16``: autocast to bfloat16 with fp32 master weights; ``gradient_checkpointing``;
 * checkpoints every ``save_steps`` under ``{out}/checkpoints/step-NNNNNN/``
-  (model weights as safetensors, optimizer / scheduler / RNG state as tensors
-  loaded with ``torch.load(weights_only=True)``, the step counter and the
-  data-order seed in ``trainer_state.json``); a restarted run resumes from the
-  newest complete checkpoint and, on CPU, ends with bit-identical weights;
+  (:class:`saca.train.state.Checkpoints`: model weights as safetensors,
+  optimizer / scheduler / RNG state as tensors loaded with
+  ``torch.load(weights_only=True)``, the step counter and the data-order seed
+  in ``trainer_state.json``); a restarted run resumes from the newest complete
+  checkpoint and, on CPU, ends with bit-identical weights;
 * log: ``{out}/train_log.jsonl``, one row per ``logging_steps`` (loss, lr, grad
   norm, tokens/s, samples/s) and one per validation (token-mean answer NLL per
   validation split, before training, every ``eval_steps`` and at the end). While
   the run trains, rows go to the journal ``{out}/train_log.partial.jsonl``
-  (a torn last line from a kill is dropped on resume, see
-  :func:`saca.io.read_journal`); it becomes ``train_log.jsonl`` only when the run
-  has finished, so a run that fails never rewrites the log of a finished one;
+  (:class:`saca.train.state.Journal`; a torn last line from a kill is dropped
+  on resume, see :func:`saca.io.read_journal`); it becomes ``train_log.jsonl``
+  only when the run has finished, so a run that fails never rewrites the log of
+  a finished one;
 * inputs (the init checkpoint, every frame shard of the training and validation
   splits, the DeepSpeed config) are checked before the run directory is touched;
 * result: ``{out}/final/`` written by ``save_pretrained`` (model, tokenizer,
@@ -46,9 +48,7 @@ import json
 import logging
 import math
 import os
-import random
 import shutil
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,12 +57,21 @@ from typing import Sequence
 import numpy as np
 
 from saca import SacaError
-from saca.io import atomic_dir, dumps_json, ensure_dir, read_journal, read_json, write_json, write_jsonl
+from saca.io import atomic_dir, dumps_json, ensure_dir, write_json
 from saca.policy.processor import IGNORE_INDEX
+from saca.train.state import (  # noqa: F401  (KILL_ENV: the test hook, re-exported)
+    KILL_ENV,
+    Checkpoints,
+    Dist,
+    Journal,
+    make_scheduler,
+    maybe_kill,
+    param_groups,
+    pick_device,
+    seed_everything,
+)
 
 log = logging.getLogger(__name__)
-
-KILL_ENV = "SACA_TEST_KILL_AFTER_STEP"  # test hook: SIGKILL the process right after this optimizer step
 
 
 @dataclass
@@ -169,27 +178,6 @@ def answer_tokens(encoded) -> int:
     return sum(1 for t in encoded.labels if t != IGNORE_INDEX)
 
 
-# --- schedule -----------------------------------------------------------------------------------
-
-def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
-    """Multiplier of the peak learning rate at optimizer step ``step`` (HF ``get_cosine_schedule_with_warmup``)."""
-    if step < warmup:
-        return float(step) / float(max(1, warmup))
-    if kind == "constant":
-        return 1.0
-    progress = float(step - warmup) / float(max(1, total - warmup))
-    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def param_groups(model, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 # --- the trainer ------------------------------------------------------------------------------
 
 class SftTrainer:
@@ -209,23 +197,12 @@ class SftTrainer:
         self.out = Path(out_dir)
         self.cfg = cfg
         self.ckpt_root = self.out / "checkpoints"
-        self.log_path = self.out / "train_log.jsonl"  # the finished run's log
-        self.journal = self.out / "train_log.partial.jsonl"  # the log of the run in progress
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.dist = Dist()
+        self.world, self.rank, self.local_rank = self.dist.world, self.dist.rank, self.dist.local_rank
+        self.journal = Journal(self.out, "train_log", rank=self.rank)  # train_log.partial.jsonl -> train_log.jsonl
         self.engine = None
 
     # --- setup --------------------------------------------------------------------------
-    def _device(self):
-        import torch
-
-        if self.cfg.device == "cpu" or (self.cfg.device == "auto" and not torch.cuda.is_available()):
-            return torch.device("cpu")
-        if not torch.cuda.is_available():
-            raise SacaError("sft.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", self.local_rank)
-
     def _setup(self) -> None:
         import torch
 
@@ -235,10 +212,8 @@ class SftTrainer:
         cfg = self.cfg
         if self.world > 1 and not cfg.deepspeed:
             raise SacaError(f"WORLD_SIZE={self.world}: multi-process training needs sft.deepspeed (a ZeRO config)")
-        random.seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
-        torch.manual_seed(cfg.seed)
-        self.device = self._device()
+        seed_everything(cfg.seed)
+        self.device = pick_device(cfg.device, self.local_rank, "sft.device")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         self.policy = load_policy(self.init, dtype="float32", device=str(self.device))
@@ -269,12 +244,11 @@ class SftTrainer:
             betas=(cfg.adam_beta1, cfg.adam_beta2),
             eps=cfg.adam_epsilon,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, cfg.lr_scheduler_type)
-        )
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_scheduler_type, self.total_steps, self.warmup_steps)
         if cfg.deepspeed:
             self._setup_deepspeed()
         self.fingerprint = self._fingerprint()
+        self.ckpts = Checkpoints(self.ckpt_root, self.fingerprint, keep=cfg.save_total_limit, rank=self.rank, world=self.world)
 
     def _setup_deepspeed(self) -> None:
         import torch
@@ -319,80 +293,43 @@ class SftTrainer:
         return self._perm_cache[1]
 
     # --- checkpoints ----------------------------------------------------------------------
-    def _checkpoints(self) -> list[Path]:
-        if not self.ckpt_root.exists():
-            return []
-        return sorted(p for p in self.ckpt_root.glob("step-*") if (p / "trainer_state.json").exists())
-
     def save_checkpoint(self, step: int) -> Path:
         import torch
-        from safetensors.torch import save_model
 
+        state = {"seed": self.cfg.seed, "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
+                 "total_steps": self.total_steps, "n_train": len(self.train)}
+        if self.engine is None:
+            return self.ckpts.save(step, self.model, self.optimizer, self.scheduler, state)
+        # DeepSpeed: the engine's own (sharded) checkpoint format, our trainer_state.json and torch RNG beside it
         tag = f"step-{step:06d}"
-        state = {"step": step, "seed": self.cfg.seed, "fingerprint": self.fingerprint, "global_batch": self.global_batch,
-                 "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "n_train": len(self.train)}
-        if self.engine is not None:
-            self.engine.save_checkpoint(str(self.ckpt_root), tag=tag, client_state={"trainer": state})
-            if self.rank == 0:
-                rng = {"torch": torch.get_rng_state()}
-                torch.save(rng, self.ckpt_root / tag / "rng.pt")
-                write_json(self.ckpt_root / tag / "trainer_state.json", state)
-            self._barrier()
-        else:
-            with atomic_dir(self.ckpt_root / tag) as tmp:
-                save_model(self.model, str(tmp / "model.safetensors"))
-                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-                torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-                rng = {"torch": torch.get_rng_state(), "python": _python_rng_state()}
-                if torch.cuda.is_available():
-                    rng["cuda"] = torch.cuda.get_rng_state_all()
-                torch.save(rng, tmp / "rng.pt")
-                write_json(tmp / "trainer_state.json", state)
+        state = {"step": step, "fingerprint": self.fingerprint, **state}
+        self.engine.save_checkpoint(str(self.ckpt_root), tag=tag, client_state={"trainer": state})
         if self.rank == 0:
-            for old in self._checkpoints()[: -max(1, self.cfg.save_total_limit)]:
-                shutil.rmtree(old, ignore_errors=True)
+            torch.save({"torch": torch.get_rng_state()}, self.ckpt_root / tag / "rng.pt")
+            write_json(self.ckpt_root / tag / "trainer_state.json", state)
+        self.dist.barrier()
+        self.ckpts.prune()
         return self.ckpt_root / tag
 
     def _resume(self) -> int:
         """Load the newest checkpoint of this configuration; returns the step to continue from."""
         import torch
-        from safetensors.torch import load_model
 
-        ckpts = self._checkpoints()
-        if not ckpts:
+        if self.engine is None:
+            state = self.ckpts.resume(self.model, self.optimizer, self.scheduler, self.device)
+            return 0 if state is None else int(state["step"])
+        found = self.ckpts.latest()
+        if found is None:
             return 0
-        last = ckpts[-1]
-        state = read_json(last / "trainer_state.json")
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning("%s: checkpoints come from another configuration; starting afresh", self.ckpt_root)
-            if self.rank == 0:
-                shutil.rmtree(self.ckpt_root, ignore_errors=True)
-            self._barrier()
-            return 0
+        last, state = found
         try:
-            if self.engine is not None:
-                self.engine.load_checkpoint(str(self.ckpt_root), tag=last.name)
-                rng = torch.load(last / "rng.pt", weights_only=True)
-                torch.set_rng_state(rng["torch"])
-            else:
-                load_model(self.model, str(last / "model.safetensors"), device=str(self.device))
-                self.optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True, map_location=self.device))
-                self.scheduler.load_state_dict(torch.load(last / "scheduler.pt", weights_only=True))
-                rng = torch.load(last / "rng.pt", weights_only=True)
-                torch.set_rng_state(rng["torch"])
-                random.setstate(_python_rng_restore(rng["python"]))
-                if "cuda" in rng and torch.cuda.is_available():
-                    torch.cuda.set_rng_state_all(rng["cuda"])
+            self.engine.load_checkpoint(str(self.ckpt_root), tag=last.name)
+            rng = torch.load(last / "rng.pt", weights_only=True)
+            torch.set_rng_state(rng["torch"])
         except (OSError, RuntimeError, KeyError, ValueError) as err:
             raise SacaError(f"{last}: cannot resume from this checkpoint ({err}); delete it to start afresh") from err
         log.info("resumed from %s (step %d of %d)", last, state["step"], self.total_steps)
         return int(state["step"])
-
-    def _barrier(self) -> None:
-        import torch
-
-        if self.world > 1 and torch.distributed.is_initialized():
-            torch.distributed.barrier()
 
     # --- validation -----------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -424,13 +361,8 @@ class SftTrainer:
         return out
 
     def _all_reduce_pair(self, a: float, b: int) -> tuple[float, int]:
-        import torch
-
-        if self.world == 1 or not torch.distributed.is_initialized():
-            return a, b
-        t = torch.tensor([a, float(b)], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return float(t[0]), int(t[1])
+        a, b = self.dist.all_reduce_sum([a, b], device=self.device)
+        return a, int(b)
 
     def _autocast(self):
         import contextlib
@@ -442,34 +374,6 @@ class SftTrainer:
         return contextlib.nullcontext()
 
     # --- the loop -------------------------------------------------------------------------
-    def _log(self, row: dict) -> None:
-        if self.rank != 0:
-            return
-        with open(self.journal, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-        log.info("%s", row)
-
-    def _start_journal(self, step: int) -> None:
-        """The journal of this run: empty for a fresh start; after a resume, the rows up to the checkpoint's step.
-
-        A resumed run whose journal is gone (a finished run with ``keep_checkpoints``
-        rerun, or a run of a version that logged to ``train_log.jsonl`` directly) starts
-        from that log when it is the log of this configuration.
-        """
-        if self.rank != 0:
-            return
-        if step == 0:
-            self.journal.unlink(missing_ok=True)
-            return
-        if self.journal.exists():
-            rows = read_journal(self.journal)
-        else:
-            rows = read_journal(self.log_path, repair=False)
-            starts = [r for r in rows if r.get("event") == "start"]
-            if not starts or starts[0].get("fingerprint", self.fingerprint) != self.fingerprint:
-                rows = []
-        write_jsonl(self.journal, [r for r in rows if r.get("step", 0) <= step])
-
     def run(self) -> dict:
         import torch
 
@@ -477,17 +381,16 @@ class SftTrainer:
         self._setup()  # reads and checks every input; nothing in the run directory is touched before
         ensure_dir(self.out, "SFT run directory")
         start = self._resume()
-        self._start_journal(start)
-        self._log({"event": "start", "step": start, "total_steps": self.total_steps, "n_train": len(self.train),
+        self.journal.start(start, self.fingerprint)
+        self.journal.log({"event": "start", "step": start, "total_steps": self.total_steps, "n_train": len(self.train),
                    "global_batch": self.global_batch, "world_size": self.world, "seed": cfg.seed,
                    "deepspeed": cfg.deepspeed, "init": self.init, "fingerprint": self.fingerprint})
         if start == 0:
             val_before = self.validate()
-            self._log({"event": "val", "step": 0, "val_loss": val_before})
+            self.journal.log({"event": "val", "step": 0, "val_loss": val_before})
         else:
             val_before = None
         params = [p for p in self.model.parameters() if p.requires_grad]
-        kill_after = int(os.environ.get(KILL_ENV, "-1"))
         window = {"loss": 0.0, "tokens": 0, "answer_tokens": 0, "samples": 0, "time": 0.0, "steps": 0}
         for step in range(start, self.total_steps):
             t0 = time.perf_counter()
@@ -540,7 +443,7 @@ class SftTrainer:
             window["time"] += dt
             done = step + 1
             if done % max(1, cfg.logging_steps) == 0 or done == self.total_steps:
-                self._log({
+                self.journal.log({
                     "event": "train", "step": done, "epoch": round(done / self.steps_per_epoch, 4),
                     "loss": window["loss"] / max(1, window["steps"]), "lr": lr, "grad_norm": grad_norm,
                     "tokens_per_s": window["tokens"] / max(window["time"], 1e-9),
@@ -549,13 +452,12 @@ class SftTrainer:
                 })
                 window = {k: 0 * v for k, v in window.items()}
             if cfg.eval_steps and done % cfg.eval_steps == 0 and done < self.total_steps:
-                self._log({"event": "val", "step": done, "val_loss": self.validate()})
+                self.journal.log({"event": "val", "step": done, "val_loss": self.validate()})
             if cfg.save_steps and done % cfg.save_steps == 0 and done < self.total_steps:
                 self.save_checkpoint(done)
-            if done == kill_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+            maybe_kill(done)
         val_after = self.validate()
-        self._log({"event": "val", "step": self.total_steps, "val_loss": val_after})
+        self.journal.log({"event": "val", "step": self.total_steps, "val_loss": val_after})
         summary = {
             "init": self.init, "train": self.train_dirs, "val": self.val_dirs, "n_train": len(self.train),
             "steps": self.total_steps, "global_batch": self.global_batch, "seed": cfg.seed,
@@ -563,14 +465,13 @@ class SftTrainer:
             "val_loss_after": val_after, "config": asdict(cfg), "world_size": self.world,
         }
         self.save_final(summary)
-        if self.rank == 0:
-            os.replace(self.journal, self.log_path)  # the finished run's log, after its final/
-            if not cfg.keep_checkpoints:
-                shutil.rmtree(self.ckpt_root, ignore_errors=True)
+        self.journal.finish()  # the finished run's log, after its final/
+        if not cfg.keep_checkpoints:
+            self.ckpts.clear()
         return summary
 
     def _logged_val(self, step: int):
-        for row in read_journal(self.journal, repair=False):
+        for row in self.journal.rows():
             if row.get("event") == "val" and row.get("step") == step:
                 return row["val_loss"]
         return None
@@ -589,10 +490,10 @@ class SftTrainer:
                 else:
                     model.save_pretrained(str(tmp))
                 self.proc.save_pretrained(tmp)
-                if self.journal.exists():
-                    shutil.copyfile(self.journal, tmp / "train_log.jsonl")
+                if self.journal.partial.exists():
+                    shutil.copyfile(self.journal.partial, tmp / "train_log.jsonl")
                 (tmp / "sft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
-        self._barrier()
+        self.dist.barrier()
         return final
 
 
@@ -620,11 +521,3 @@ def fill_deepspeed_config(ds: dict, cfg: SftConfig, world: int, device_type: str
     ds.setdefault("wall_clock_breakdown", False)
     return ds
 
-
-def _python_rng_state():
-    version, state, gauss = random.getstate()
-    return {"version": version, "state": list(state), "gauss": gauss}
-
-
-def _python_rng_restore(d):
-    return (int(d["version"]), tuple(int(x) for x in d["state"]), d["gauss"])

@@ -1,0 +1,118 @@
+"""CLI commands: rft (reinforcement fine-tuning: online GRPO, VLN-R1's offline RFT; docs/rft.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "rft",
+        help="reinforcement fine-tuning of a policy (online GRPO over simulator rollouts, or VLN-R1's offline RFT)",
+        description="Fine-tune a policy checkpoint (normally the SFT result) with GRPO. mode online: groups of G "
+        "trajectories per training episode in the simulator, reward = success; mode offline: G generations per "
+        "VLN-Ego sample, reward = VLN-R1's Time-Decayed Reward. Resumes from OUT/checkpoints after a kill; logs to "
+        "OUT/train_log.partial.jsonl, which becomes OUT/train_log.jsonl (with OUT/final) when the run has finished. "
+        "For several processes launch with torchrun (gradients are summed over ranks).",
+    )
+    p.add_argument("--init", required=True, help="policy to start from (the SFT checkpoint directory)")
+    p.add_argument("--ref", default=None, help="frozen KL reference (default: --init)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints/, train_log.jsonl, final/)")
+    p.add_argument("--data", nargs="*", default=[], metavar="NAME=DIR",
+                   help="dataset roots (episodes in DIR/episodes/), e.g. mini_r2r=results/mini_r2r")
+    p.add_argument("--datasets", default=None, help="JSON of the 'datasets' config entries of those datasets")
+    p.add_argument("--scenes", default=None, help="directory of scene files (results/scenes)")
+    p.add_argument("--sim", default=None, help="JSON of the 'sim' config section")
+    p.add_argument("--vln-ego", nargs="*", default=[], help="VLN-Ego training split directories (mode offline)")
+    p.add_argument("--agent", default=None, help="JSON of the agent settings (policy.agent + VLN-Ego n_actions, memory, codec)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--params", default=None, help="JSON of the rft settings of one variant (the workflow resolves it)")
+    group.add_argument("--config", default=None, help="YAML config file; its 'rft' section with --variant is used")
+    p.add_argument("--variant", default=None, help="variant name under rft.variants (with --config)")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="overrides rft.device")
+    p.set_defaults(func=cmd_rft)
+
+
+def _pairs(items, flag):
+    from saca import SacaError
+
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise SacaError(f"{flag} {item!r}: expected NAME=DIR")
+        name, d = item.split("=", 1)
+        out[name] = Path(d)
+    return out
+
+
+def rft_config(args):
+    """The resolved RftConfig from ``--params`` or ``--config`` + ``--variant``."""
+    from saca import SacaError
+    from saca.config import check_section, from_dict, load_yaml, section, section_from_json
+    from saca.train.rft import RftConfig, resolve_variant
+
+    if args.params:
+        return section_from_json(args.params, RftConfig, "rft")
+    if not args.config:
+        raise SacaError("rft: give --params JSON, or --config FILE with --variant NAME")
+    data = section(load_yaml(args.config), "rft", args.config)
+    if not isinstance(data, dict):
+        raise SacaError(f"{args.config}: 'rft' must be a mapping")
+    if not args.variant:
+        raise SacaError(f"--config {args.config}: name the variant with --variant (defined: {', '.join(sorted(data.get('variants') or {}))})")
+    resolved = resolve_variant(data, args.variant)
+    check_section(resolved, "rft", RftConfig)
+    return from_dict(RftConfig, resolved, f"rft (variant {args.variant})")
+
+
+def cmd_rft(args: argparse.Namespace) -> int:
+    from saca import SacaError
+    from saca.config import from_dict, parse_json_section, section_from_json
+    from saca.episodes import load_split
+    from saca.episodes.generate import DatasetConfig
+    from saca.policy.agent import PolicyAgentConfig
+    from saca.policy.data import evenly_spaced
+    from saca.policy.model import check_checkpoint_dir
+    from saca.sim.base import SimConfig
+    from saca.train.rft import RftTrainer
+
+    cfg = rft_config(args)
+    if args.device:
+        cfg.device = args.device
+    agent = section_from_json(args.agent, PolicyAgentConfig, "policy.agent", "--agent") if args.agent else PolicyAgentConfig()
+    for flag, path in (("--init", args.init), ("--ref", args.ref)):
+        if path is not None and not Path(path).is_dir():
+            raise SacaError(f"{flag} {path}: policy checkpoint directory does not exist (run the sft rule first)")
+        if path is not None:
+            check_checkpoint_dir(path)
+    roots = _pairs(args.data, "--data")
+    ds_cfgs = parse_json_section(args.datasets, "datasets", "--datasets") if args.datasets else {}
+    sim_args, train, val = {}, {}, {}
+    if roots:
+        if not args.scenes or not Path(args.scenes).is_dir():
+            raise SacaError(f"--scenes {args.scenes}: directory does not exist (run the 'scenes' step)")
+        sim_cfg = section_from_json(args.sim, SimConfig, "sim", "--sim") if args.sim else SimConfig()
+        for name, root in roots.items():
+            if name not in ds_cfgs:
+                raise SacaError(f"--datasets: no entry for dataset '{name}' (given: {', '.join(ds_cfgs) or 'none'})")
+            dcfg = from_dict(DatasetConfig, ds_cfgs[name], f"datasets.{name}")
+            sim_args[name] = (sim_cfg, dcfg, args.scenes)
+            if cfg.mode == "online":
+                train[name] = load_split(root / "episodes", "train")
+            eps = load_split(root / "episodes", cfg.eval_split)
+            val[name] = [eps[i] for i in evenly_spaced(len(eps), cfg.eval_episodes)] if cfg.eval_episodes else []
+    elif cfg.mode == "online":
+        raise SacaError("rft mode online: give the training datasets with --data NAME=DIR")
+    for d in args.vln_ego:
+        if not Path(d).is_dir():
+            raise SacaError(f"--vln-ego {d}: VLN-Ego split directory does not exist")
+    trainer = RftTrainer(args.init, args.ref, args.out, cfg, agent, train, val, sim_args, args.vln_ego)
+    summary = trainer.run()
+    log.info("validation SR before %s after %s", summary["val_sr_before"], summary["val_sr_after"])
+    print(json.dumps({k: summary[k] for k in ("val_sr_before", "val_sr_after", "all_failure_share_mean")}, sort_keys=True))
+    return 0

@@ -1,0 +1,651 @@
+"""Reinforcement fine-tuning of the policy: online GRPO (SACA Table 2 row 1) and VLN-R1's offline RFT.
+
+One update (``rft.max_steps`` of them), on every rank:
+
+1. **samples**. ``mode: online``: B = ``groups_per_step`` training episodes, G
+   trajectories each, sampled from the current policy in the simulator
+   (:mod:`saca.train.rollout`); reward R = success (STOP within 3 m,
+   method-notes §1); every decision of a trajectory is a training sample
+   carrying its trajectory's advantage. ``mode: offline`` (VLN-R1 §3.4): B
+   VLN-Ego training samples, G generations each in one ``generate`` call;
+   reward = the Time-Decayed Reward of the parsed chunk against the expert's
+   (:func:`saca.train.grpo.time_decayed_reward`, variant ``tdr``).
+2. **advantages**: group-normalised within each group
+   (:func:`saca.train.grpo.group_advantages`); a group whose rewards have zero
+   spread is *collapsed*: it gives no gradient and is counted (an all-failure
+   group of the online mode is the collapse SACA's AFR addresses).
+   ``kl_mode: reward`` first lowers each trajectory's reward by
+   :func:`saca.train.grpo.kl_reward_penalty`.
+3. **loss** (:func:`saca.train.grpo.grpo_loss`): per-token clipped surrogate +
+   ``beta`` x k3 KL to the frozen reference (the SFT checkpoint), aggregated
+   ``token_mean`` over every generated token of the update on every rank
+   (or ``sequence_mean``). ``num_iterations`` optimizer steps reuse one batch
+   of samples; ``pi_old`` is the policy that sampled them (log-probs recomputed
+   by a forward pass before the first iteration, as TRL does; with
+   ``num_iterations: 1`` it is ``pi_theta`` detached, so the ratio is exactly 1).
+4. gradients are summed over ranks (each rank's loss is already divided by the
+   global token count), clipped at ``max_grad_norm``, AdamW step, schedule step.
+
+Seams for SACA (issue 13): :meth:`RftTrainer.collect` returns per-trajectory
+sample lists (groups may differ in size, samples carry their decision's token
+span), and :meth:`RftTrainer.backward` accumulates into the same gradient that
+extra loss terms (repair, alignment, contrastive) add to before the step.
+
+Around the loop: checkpoints (model, optimizer, scheduler, RNG; resume continues
+exactly, every random draw of an update being a function of ``(seed, update,
+rank)``), the JSONL journal (one row per update), success rate on a fixed
+validation subset every ``eval_steps`` updates (the data of SACA Fig. 5), a
+non-finite loss stops the run with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from saca import SacaError
+from saca.io import atomic_dir, dumps_json, ensure_dir
+from saca.policy.generate import SamplingConfig
+from saca.train import grpo
+from saca.train.state import Checkpoints, Dist, Journal, make_scheduler, maybe_kill, param_groups, pick_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "offline")
+GRAD_DUMP_ENV = "SACA_TEST_DUMP_GRAD"  # test hook: write the first update's summed gradient (safetensors) here
+SAMPLES_ENV = "SACA_TEST_SAMPLES"  # test hook for the distributed-gradient test
+
+
+@dataclass
+class RftConfig:
+    """The ``rft`` section (after a variant's overrides). Names: method-notes §2-3.5 and TRL's GRPOConfig."""
+
+    mode: str = "online"  # online: simulator rollouts (SACA) | offline: VLN-Ego samples (VLN-R1 RFT)
+    G: int = 8  # group size: trajectories (online) or generations (offline) per instruction
+    groups_per_step: int = 4  # B: instructions per update per rank
+    max_steps: int = 100  # updates (rollout batches)
+    num_iterations: int = 1  # optimizer steps per rollout batch (pi_old != pi_theta from the second on)
+    learning_rate: float = 1e-6  # VLN-R1's RFT value
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "constant"  # constant | cosine
+    warmup_ratio: float = 0.0
+    max_grad_norm: float = 1.0
+    eps_clip: float = 0.2
+    beta: float = 0.04  # KL weight
+    kl_mode: str = "loss"  # loss (k3 term in the loss) | reward (reconstruction: k1 penalty on the rewards)
+    loss_aggregation: str = "token_mean"  # token_mean | sequence_mean
+    adv_eps: float = 1e-4  # epsilon of the advantage's denominator
+    tdr: str = "time_decayed"  # offline reward: hard | uniform | linear | time_decayed (VLN-R1 Table 3d)
+    gamma: float = 0.9  # TDR decay (reconstruction)
+    generation: SamplingConfig = field(default_factory=lambda: SamplingConfig(do_sample=True, temperature=1.0, max_new_tokens=48))
+    micro_batch_size: int = 16  # decisions per forward / backward pass
+    eval_steps: int = 10  # success rate on the validation subset every N updates (0: only before and after)
+    eval_episodes: int = 16  # validation episodes per dataset (val_seen, evenly spaced, fixed)
+    eval_split: str = "val_seen"
+    save_steps: int = 10
+    save_total_limit: int = 2
+    keep_checkpoints: bool = False
+    logging_steps: int = 1
+    bf16: bool = False
+    seed: int = 0
+    device: str = "auto"
+    # workflow keys (never reach a job's params)
+    datasets: list = field(default_factory=list)
+    sft_mix: str = ""
+    variants: dict = field(default_factory=dict)
+
+    def validate(self, where: str) -> None:
+        if self.mode not in MODES:
+            raise SacaError(f"{where}.mode: '{self.mode}' is not one of {', '.join(MODES)}")
+        if self.G < 2:
+            raise SacaError(f"{where}.G: must be at least 2 (GRPO normalises rewards within a group), got {self.G}")
+        for key in ("groups_per_step", "max_steps", "num_iterations", "micro_batch_size"):
+            if getattr(self, key) < 1:
+                raise SacaError(f"{where}.{key}: must be at least 1, got {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise SacaError(f"{where}.learning_rate: must be positive")
+        if self.lr_scheduler_type not in ("constant", "cosine"):
+            raise SacaError(f"{where}.lr_scheduler_type: constant or cosine")
+        if not 0 < self.eps_clip < 1:
+            raise SacaError(f"{where}.eps_clip: must be in (0, 1)")
+        if self.beta < 0:
+            raise SacaError(f"{where}.beta: must be >= 0")
+        if self.kl_mode not in grpo.KL_MODES:
+            raise SacaError(f"{where}.kl_mode: '{self.kl_mode}' is not one of {', '.join(grpo.KL_MODES)}")
+        if self.loss_aggregation not in grpo.LOSS_AGGREGATIONS:
+            raise SacaError(f"{where}.loss_aggregation: '{self.loss_aggregation}' is not one of {', '.join(grpo.LOSS_AGGREGATIONS)}")
+        if self.tdr not in grpo.TDR_VARIANTS:
+            raise SacaError(f"{where}.tdr: '{self.tdr}' is not one of {', '.join(grpo.TDR_VARIANTS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise SacaError(f"{where}.device: auto, cpu or cuda")
+        self.generation.validate(f"{where}.generation")
+
+    def fingerprint_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("eval_steps", "eval_episodes", "eval_split", "save_steps", "save_total_limit", "keep_checkpoints",
+                  "logging_steps", "device", "datasets", "sft_mix", "variants"):
+            d.pop(k)
+        return d
+
+
+WORKFLOW_KEYS = ("datasets", "sft_mix", "variants")
+
+
+def resolve_variant(section: dict, name: str) -> dict:
+    """The ``rft`` section with variant ``name``'s overrides applied (nested dicts merged), workflow keys dropped.
+
+    Unknown names raise SacaError listing the defined variants."""
+    variants = section.get("variants") or {}
+    if name not in variants:
+        known = ", ".join(sorted(variants)) or "(none defined)"
+        raise SacaError(f"rft.variants: unknown variant '{name}'; defined variants: {known}")
+    out = {k: v for k, v in section.items() if k not in WORKFLOW_KEYS}
+    for k, v in (variants[name] or {}).items():
+        if k in WORKFLOW_KEYS:
+            raise SacaError(f"rft.variants.{name}.{k}: a workflow key cannot be overridden per variant")
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = {**out[k], **v}
+        else:
+            out[k] = v
+    return out
+
+
+# --- samples and log-probs ------------------------------------------------------------------------
+
+@dataclass
+class Sample:
+    """One training sample: a decision (encoded prompt + generated tokens) with its advantage."""
+
+    encoded: object  # saca.policy.processor.Encoded of the prompt (no answer)
+    token_ids: list[int]
+    advantage: float
+    group: object = None
+    old_logp: object = None  # filled per update: (T,) tensor
+    ref_logp: object = None
+
+
+def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[int]], temperature: float = 1.0):
+    """``log pi(token)`` of each generated token given its prompt, by teacher forcing.
+
+    Returns ``(logp, mask)``: ``(B, T)`` tensors, ``T`` the longest generation, the
+    log-probabilities under ``logits / temperature`` with the image placeholder tokens
+    suppressed (the distribution the rollout sampled from, before top-p / top-k) and 1 on
+    real tokens. Only the generated positions go through the LM head.
+    """
+    import torch
+
+    from saca.policy.processor import Encoded
+
+    items = [Encoded(list(e.input_ids) + list(ids), None, e.vision, e.n_images, len(e.input_ids))
+             for e, ids in zip(encoded, token_ids)]
+    batch = proc.collate(items)  # right padding
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    B, L = batch["input_ids"].shape
+    T = max(1, max(len(ids) for ids in token_ids))
+    pos = torch.zeros((B, T), dtype=torch.long)
+    tgt = torch.zeros((B, T), dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.float32)
+    for i, (e, ids) in enumerate(zip(encoded, token_ids)):
+        n = len(ids)
+        p0 = len(e.input_ids) - 1  # position whose logits predict the first generated token
+        pos[i] = torch.clamp(torch.arange(p0, p0 + T), max=L - 1)
+        if n:
+            tgt[i, :n] = torch.tensor(ids, dtype=torch.long)
+            mask[i, :n] = 1.0
+    pos, tgt, mask = pos.to(device), tgt.to(device), mask.to(device)
+    backbone = getattr(model, "model", None)
+    head = getattr(model, "lm_head", None)
+    if backbone is not None and head is not None:
+        hidden = backbone(**batch, use_cache=False).last_hidden_state
+        h = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        logits = head(h)
+    else:  # pragma: no cover - families without the backbone / lm_head split
+        full = model(**batch, use_cache=False).logits
+        logits = full.gather(1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
+    logits = logits.float() / float(temperature)
+    logits[..., proc.suppressed_ids] = float("-inf")  # as in generation: answers never hold image placeholders
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def pad_rows(rows: Sequence, T: int, device):
+    import torch
+
+    out = torch.zeros((len(rows), T), dtype=torch.float32, device=device)
+    for i, r in enumerate(rows):
+        n = min(len(r), T)
+        if n:
+            out[i, :n] = r[:n].to(device)
+    return out
+
+
+# --- the trainer -------------------------------------------------------------------------------
+
+class RftTrainer:
+    """One RFT run: SFT checkpoint -> ``out_dir/final``. See the module docstring."""
+
+    def __init__(self, init: str, ref: str | None, out_dir, cfg: RftConfig, agent_cfg, train_data: dict,
+                 val_episodes: dict | None = None, sim_args: dict | None = None, vln_ego_dirs: Sequence[str] = ()):
+        """``train_data``: dataset -> list of training episodes (online); ``val_episodes``: dataset -> episodes of
+        the validation subset; ``sim_args``: dataset -> (SimConfig, DatasetConfig, scenes_dir);
+        ``vln_ego_dirs``: VLN-Ego training splits (offline)."""
+        self.init = str(init)
+        self.ref_path = str(ref) if ref else self.init
+        self.out = Path(out_dir)
+        self.cfg = cfg
+        self.agent_cfg = agent_cfg
+        self.train_data = train_data
+        self.val_episodes = val_episodes or {}
+        self.sim_args = sim_args or {}
+        self.vln_ego_dirs = [str(d) for d in vln_ego_dirs]
+        self.dist = Dist()
+        self.sims: dict = {}
+
+    # --- setup --------------------------------------------------------------------------
+    def _setup(self) -> None:
+        import torch
+
+        from saca.policy.model import load_policy
+
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.device = pick_device(cfg.device, self.dist.local_rank, "rft.device")
+        self.dist.init(self.device.type)
+        self.policy = load_policy(self.init, dtype="float32", device=str(self.device))
+        self.model = self.policy.model
+        self.proc = self.policy.processor
+        self.model.config.use_cache = False
+        self.ref = None
+        if cfg.beta > 0:
+            self.ref = load_policy(self.ref_path, dtype="float32", device=str(self.device))
+            check_same_architecture(self.policy, self.ref, self.init, self.ref_path)
+            self.ref.model.requires_grad_(False)
+            self.ref.model.eval()
+        if cfg.mode == "online":
+            self.pool = [(ds, ep) for ds in sorted(self.train_data) for ep in self.train_data[ds]]
+            if not self.pool:
+                raise SacaError("rft: no training episodes (rft.datasets and their train splits)")
+        else:
+            from saca.policy.data import PolicyData
+
+            if not self.vln_ego_dirs:
+                raise SacaError("rft.mode offline needs VLN-Ego training splits (--vln-ego)")
+            self.data = PolicyData(self.vln_ego_dirs, self.agent_cfg.n_actions)
+            for part in self.data.parts:
+                part.check_frames()
+            self.pool = list(range(len(self.data)))
+        self.model.train()
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
+        self.total_opt_steps = cfg.max_steps * cfg.num_iterations
+        self.scheduler = make_scheduler(self.optimizer, cfg.lr_scheduler_type, self.total_opt_steps,
+                                        math.ceil(cfg.warmup_ratio * self.total_opt_steps))
+        self.fingerprint = self._fingerprint()
+        self.ckpts = Checkpoints(self.out / "checkpoints", self.fingerprint, keep=cfg.save_total_limit,
+                                 rank=self.dist.rank, world=self.dist.world)
+        self.journal = Journal(self.out, rank=self.dist.rank)
+
+    def _fingerprint(self) -> str:
+        data = {"cfg": self.cfg.fingerprint_dict(), "agent": asdict(self.agent_cfg), "init": os.path.abspath(self.init),
+                "ref": os.path.abspath(self.ref_path), "world": self.dist.world,
+                "pool": len(self.pool), "data": sorted(self.train_data) if self.cfg.mode == "online" else self.vln_ego_dirs}
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def _sim(self, dataset: str, slot: int):
+        key = (dataset, slot)
+        if key not in self.sims:
+            from saca.sim import make_simulator
+
+            sim_cfg, ds_cfg, scenes = self.sim_args[dataset]
+            self.sims[key] = make_simulator(ds_cfg.backend, sim_cfg, ds_cfg.turn_angle, scenes)
+        return self.sims[key]
+
+    def _seed(self, update: int, salt: int = 0) -> int:
+        """The seed of every random draw of ``update`` on this rank: a function of (seed, update, rank)."""
+        return int(np.random.default_rng([self.cfg.seed, update, self.dist.rank, salt]).integers(2**31 - 1))
+
+    # --- sampling ---------------------------------------------------------------------------
+    def _pick(self, update: int) -> list[tuple[int, int]]:
+        """``(global group index, pool index)`` of this rank's B instructions of ``update``.
+
+        The pool is visited in epochs of a seeded permutation; group ``j`` of the whole update
+        (all ranks) is ``update * world * B + rank * B + k``, so how groups are spread over ranks
+        does not change which instructions an update trains on."""
+        B, n = self.cfg.groups_per_step, len(self.pool)
+        out = []
+        for k in range(B):
+            j = (update * self.dist.world + self.dist.rank) * B + k
+            epoch, r = divmod(j, n)
+            out.append((j, int(np.random.default_rng([self.cfg.seed, epoch]).permutation(n)[r])))
+        return out
+
+    def collect(self, update: int) -> tuple[list[Sample], list[float], dict]:
+        """This rank's samples of ``update`` with rewards and advantages; plus the stats to log."""
+        if self.cfg.mode == "online":
+            return self._collect_online(update)
+        return self._collect_offline(update)
+
+    def _engine(self, seed: int, generation: SamplingConfig | None = None):
+        from dataclasses import replace
+
+        from saca.train.rollout import RolloutEngine
+
+        acfg = replace(self.agent_cfg, generation=generation or self.cfg.generation)
+        return RolloutEngine(self.policy, acfg, make_sim=None, seed=seed)
+
+    def _collect_online(self, update: int):
+        from saca.train.rollout import group_outcomes, release
+
+        cfg = self.cfg
+        self.model.eval()
+        engine = self._engine(self._seed(update))
+        trajs = []
+        for b, (j, i) in enumerate(self._pick(update)):
+            ds, ep = self.pool[i]
+            trajs += engine.start_group(ep, cfg.G, group=j, dataset=ds, sim=self._sim(ds, b))
+        engine.run(trajs)
+        self.model.train()
+        rewards = [tr.reward for tr in trajs]
+        stats = {**group_outcomes(trajs), **{f"rollout_{k}": v for k, v in engine.stats.as_dict().items()}}
+        stats["traj_steps_mean"] = float(np.mean([tr.steps for tr in trajs]))
+        stats["invalid_decisions"] = int(sum(tr.n_invalid for tr in trajs))
+        samples_of = [[Sample(d.encoded, d.token_ids, 0.0, tr.group) for d in tr.decisions] for tr in trajs]
+        groups = [tr.group for tr in trajs]
+        release(trajs)
+        self.last_trajectories = trajs
+        return samples_of, rewards, groups, stats
+
+    def _collect_offline(self, update: int):
+        from saca.action_text import parse_actions
+        from saca.policy.generate import generate_encoded
+
+        cfg = self.cfg
+        self.model.eval()
+        t0 = time.perf_counter()
+        encoded, truths, angles, groups, token_ids, logprobs, texts = [], [], [], [], [], [], []
+        for j, i in self._pick(update):
+            # one generate call per group, seeded by (seed, update, group): the same generations
+            # whichever rank the group lands on (the distributed-gradient test relies on it)
+            pi = self.data.policy_input(i)
+            enc = self.proc.encode(pi.prompt, pi.images)
+            s = self.data.sample(i)
+            seed = int(np.random.default_rng([cfg.seed, update, j]).integers(2**31 - 1))
+            gen = generate_encoded(self.policy, [enc] * cfg.G, cfg.generation, seed=seed, return_logprobs=True)
+            encoded += [enc] * cfg.G
+            truths += [[int(a) for a in s["actions"]]] * cfg.G
+            angles += [float(s["turn_angle"])] * cfg.G
+            groups += [j] * cfg.G
+            token_ids += gen.token_ids
+            logprobs += gen.logprobs
+            texts += gen.texts
+        self.model.train()
+        rewards, n_bad = [], 0
+        for text, truth, ang in zip(texts, truths, angles):
+            parsed = parse_actions(text, len(truth), ang)
+            pred = list(parsed.actions) if parsed.ok else None
+            n_bad += pred is None
+            rewards.append(grpo.time_decayed_reward(pred, truth, cfg.tdr, cfg.gamma))
+        samples_of = [[Sample(e, ids, 0.0, g)] for e, ids, g in zip(encoded, token_ids, groups)]
+        dt = time.perf_counter() - t0
+        stats = {"unparseable": n_bad, "rollout_time_total": dt, "rollout_decisions": len(encoded),
+                 "rollout_generated_tokens": sum(len(x) for x in token_ids),
+                 "success_rate": float(np.mean([r >= grpo.time_decayed_reward(t, t, cfg.tdr, cfg.gamma) for r, t in zip(rewards, truths)]))}
+        return samples_of, rewards, groups, stats
+
+    # --- the loss ---------------------------------------------------------------------------
+    def _logprobs(self, model, samples: Sequence[Sample]):
+        from saca.policy.generate import logprob_temperature
+
+        return token_logprobs(model, self.proc, [s.encoded for s in samples], [s.token_ids for s in samples],
+                              logprob_temperature(self.cfg.generation))
+
+    def _micro(self, samples):
+        mb = self.cfg.micro_batch_size
+        return [samples[i : i + mb] for i in range(0, len(samples), mb)]
+
+    def _fill_reference_logprobs(self, samples: list[Sample], need_old: bool) -> None:
+        import torch
+
+        with torch.no_grad():
+            for mb in self._micro(samples):
+                if need_old:
+                    lp, mask = self._logprobs(self.model, mb)
+                    for s, row, m in zip(mb, lp, mask):
+                        s.old_logp = row[: int(m.sum())].detach().cpu()
+                if self.ref is not None:
+                    lp, mask = self._logprobs(self.ref.model, mb)
+                    for s, row, m in zip(mb, lp, mask):
+                        s.ref_logp = row[: int(m.sum())].detach().cpu()
+
+    def backward(self, samples: Sequence[Sample], n_tokens_global: float, n_seqs_global: float) -> dict:
+        """Accumulate the GRPO gradient of ``samples`` (this rank's part of the update's batch).
+
+        Each micro batch's aggregated loss is rescaled so that the sum over micro batches and
+        ranks equals the loss aggregated over the whole global batch."""
+        import torch
+
+        cfg = self.cfg
+        sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0}
+        for mb in self._micro(list(samples)):
+            with self._autocast():
+                logp, mask = self._logprobs(self.model, mb)
+            T = logp.shape[1]
+            old = logp.detach() if all(s.old_logp is None for s in mb) else pad_rows(
+                [s.old_logp if s.old_logp is not None else torch.zeros(0) for s in mb], T, logp.device)
+            ref = pad_rows([s.ref_logp for s in mb], T, logp.device) if self.ref is not None and cfg.beta > 0 else None
+            adv = torch.tensor([[s.advantage] for s in mb], dtype=torch.float32, device=logp.device)
+            loss, st = grpo.grpo_loss(logp, old, ref, adv, mask, eps_clip=cfg.eps_clip, beta=cfg.beta if ref is not None else 0.0,
+                                      kl_mode=cfg.kl_mode, aggregation=cfg.loss_aggregation)
+            # aggregate over the global batch: token_mean weights a micro batch by its tokens, sequence_mean by its rows
+            w = float(mask.sum()) / n_tokens_global if cfg.loss_aggregation == "token_mean" else len(mb) / n_seqs_global
+            (loss * w).backward()
+            sums["loss"] += float(loss.detach()) * w
+            for k in ("pg_loss", "kl", "ratio_mean"):
+                sums[k] += float(st[k]) * w
+            sums["clip_frac"] += float(st["clip_frac"]) * float(mask.sum()) / n_tokens_global
+        return sums
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.cfg.bf16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _all_reduce_grads(self) -> None:
+        import torch
+
+        if self.dist.world == 1 or not torch.distributed.is_initialized():
+            return
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        torch.distributed.all_reduce(flat)
+        off = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[off : off + n].view_as(p))
+            off += n
+
+    def update(self, update: int) -> dict:
+        """One rollout batch and its ``num_iterations`` optimizer steps; returns the log row."""
+        import torch
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        samples_of, rewards, groups, stats = self.collect(update)
+        t_roll = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        flat = [s for ss in samples_of for s in ss]
+        need_old = cfg.num_iterations > 1
+        if not need_old:
+            for s in flat:
+                s.old_logp = None  # pi_old = pi_theta (detached): ratio exactly 1
+        # reference (and pi_old) log-probs of every sample, before any step of this batch
+        self._fill_reference_logprobs(flat, need_old)
+        r = np.asarray(rewards, dtype=np.float64)
+        if cfg.kl_mode == "reward" and self.ref is not None and cfg.beta > 0:
+            lps, refs = [], []
+            with torch.no_grad():
+                for ss in samples_of:
+                    cur = [s.old_logp if s.old_logp is not None else self._logprobs(self.model, [s])[0][0, : len(s.token_ids)].cpu() for s in ss]
+                    lps.append([float(v) for c in cur for v in c])
+                    refs.append([float(v) for s in ss for v in s.ref_logp])
+            r = r - grpo.kl_reward_penalty(lps, refs, cfg.beta)
+        adv, collapsed = grpo.group_advantages(r, groups, eps=cfg.adv_eps)
+        keep = []
+        for ss, a in zip(samples_of, adv):
+            for s in ss:
+                s.advantage = float(a)
+            if a != 0.0:
+                keep += ss  # a collapsed group (zero spread) gives no gradient
+        n_tok = float(sum(len(s.token_ids) for s in keep))
+        n_tok, n_seq = self.dist.all_reduce_sum([n_tok, float(len(keep))], self.device)
+        sums_all = {}
+        for it in range(cfg.num_iterations):
+            sums = self.backward(keep, max(n_tok, 1.0), max(n_seq, 1.0)) if keep else {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0}
+            self._all_reduce_grads()
+            red = self.dist.all_reduce_sum([sums[k] for k in sorted(sums)], self.device)
+            sums = dict(zip(sorted(sums), red))
+            if not math.isfinite(sums["loss"]):
+                last = self.ckpts.list()
+                raise SacaError(f"rft update {update + 1} (iteration {it + 1}): the loss is not finite ({sums['loss']}); "
+                                f"stopped without a step; last good checkpoint: {last[-1] if last else 'none (restart from the SFT checkpoint)'}")
+            if it == 0 and os.environ.get(GRAD_DUMP_ENV) and self.dist.is_main:
+                from safetensors.torch import save_file
+
+                save_file({n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().contiguous().cpu()
+                           for n, p in self.model.named_parameters()}, os.environ[GRAD_DUMP_ENV])
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                last = self.ckpts.list()
+                raise SacaError(f"rft update {update + 1}: the gradient norm is not finite; stopped without a step; "
+                                f"last good checkpoint: {last[-1] if last else 'none'}")
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            sums_all = {**sums, "grad_norm": grad_norm, "lr": lr}
+        t_train = time.perf_counter() - t1
+        n_groups = len(set(groups))
+        red = self.dist.all_reduce_sum([float(np.sum(rewards)), float(len(rewards)), float(len(collapsed)), float(n_groups),
+                                        float(stats.get("rollout_env_steps", 0)), float(stats.get("rollout_generated_tokens", 0)),
+                                        float(stats.get("success_rate", 0.0)) * len(rewards), float(stats.get("all_failure_share", 0.0)) * n_groups,
+                                        float(stats.get("mixed_share", 0.0)) * n_groups], self.device)
+        row = {
+            "event": "train", "step": update + 1, **sums_all,
+            "reward_mean": red[0] / max(red[1], 1), "success_rate": red[6] / max(red[1], 1),
+            "collapsed_share": red[2] / max(red[3], 1), "all_failure_share": red[7] / max(red[3], 1),
+            "mixed_share": red[8] / max(red[3], 1), "groups": int(red[3]), "samples": int(n_seq),
+            "tokens_trained": int(n_tok),
+            "env_steps_per_s": red[4] / max(t_roll, 1e-9), "tokens_per_s": (red[5] + n_tok * cfg.num_iterations) / max(t_roll + t_train, 1e-9),
+            "time_rollout": t_roll, "time_train": t_train,
+        }
+        for k in ("traj_steps_mean", "invalid_decisions", "unparseable", "rollout_rows_per_generate", "rollout_time_generate", "rollout_time_env"):
+            if k in stats:
+                row[k] = stats[k]
+        return row
+
+    # --- validation (Fig. 5) ----------------------------------------------------------------
+    def validate(self, update: int) -> dict:
+        """Success rate of the current policy on the fixed validation subset (evaluation sampling settings)."""
+        if not self.val_episodes or not self.dist.is_main:
+            return {}
+        engine = self._engine(self.cfg.seed + 7919, generation=self.agent_cfg.generation)
+        was = self.model.training
+        self.model.eval()
+        out = {}
+        for ds in sorted(self.val_episodes):
+            trajs = []
+            for k, ep in enumerate(self.val_episodes[ds]):
+                trajs += engine.start_group(ep, 1, group=k, dataset=ds, sim=self._sim(ds, k % self.cfg.groups_per_step))
+            engine.run(trajs)
+            out[ds] = float(np.mean([tr.success for tr in trajs])) if trajs else float("nan")
+        self.model.train(was)
+        return out
+
+    # --- run --------------------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg = self.cfg
+        self._setup()
+        ensure_dir(self.out, "RFT run directory")
+        state = self.ckpts.resume(self.model, self.optimizer, self.scheduler, self.device)
+        start = int(state["step"]) if state else 0
+        self.journal.start(start, self.fingerprint)
+        self.journal.log({"event": "start", "step": start, "total_steps": cfg.max_steps, "mode": cfg.mode, "G": cfg.G,
+                          "groups_per_step": cfg.groups_per_step, "world_size": self.dist.world, "seed": cfg.seed,
+                          "init": self.init, "ref": self.ref_path, "fingerprint": self.fingerprint})
+        if start == 0:
+            self.journal.log({"event": "val", "step": 0, "val_sr": self.validate(0)})
+        for update in range(start, cfg.max_steps):
+            row = self.update(update)
+            done = update + 1
+            if done % max(1, cfg.logging_steps) == 0 or done == cfg.max_steps:
+                self.journal.log(row)
+            if cfg.eval_steps and done % cfg.eval_steps == 0 and done < cfg.max_steps:
+                self.journal.log({"event": "val", "step": done, "val_sr": self.validate(done)})
+            if cfg.save_steps and done % cfg.save_steps == 0 and done < cfg.max_steps:
+                self.ckpts.save(done, self.model, self.optimizer, self.scheduler, {"total_steps": cfg.max_steps})
+            maybe_kill(done)
+        val = self.validate(cfg.max_steps)
+        self.journal.log({"event": "val", "step": cfg.max_steps, "val_sr": val})
+        rows = self.journal.rows()
+        train_rows = [r for r in rows if r.get("event") == "train"]
+        summary = {
+            "init": self.init, "ref": self.ref_path, "mode": cfg.mode, "steps": cfg.max_steps, "seed": cfg.seed,
+            "world_size": self.dist.world, "config": asdict(cfg), "val_sr_after": val,
+            "val_sr_before": next((r["val_sr"] for r in rows if r.get("event") == "val" and r.get("step") == 0), None),
+            "all_failure_share_mean": float(np.mean([r["all_failure_share"] for r in train_rows])) if train_rows else None,
+            "collapsed_share_mean": float(np.mean([r["collapsed_share"] for r in train_rows])) if train_rows else None,
+            "rollout_success_mean": float(np.mean([r["success_rate"] for r in train_rows])) if train_rows else None,
+        }
+        self.save_final(summary)
+        if self.dist.is_main:
+            self.journal.finish()
+            if not cfg.keep_checkpoints:
+                self.ckpts.clear()
+        for sim in self.sims.values():
+            sim.close()
+        return summary
+
+    def save_final(self, summary: dict) -> Path:
+        final = self.out / "final"
+        if self.dist.is_main:
+            self.model.config.use_cache = True
+            with atomic_dir(final) as tmp:
+                self.model.save_pretrained(str(tmp))
+                self.proc.save_pretrained(tmp)
+                (tmp / "rft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
+            self.model.config.use_cache = False
+        self.dist.barrier()
+        return final
+
+
+def check_same_architecture(policy, ref, policy_path: str, ref_path: str) -> None:
+    """The reference must be the same network as the policy (same parameter names and shapes, same tokenizer)."""
+    a = {n: tuple(p.shape) for n, p in policy.model.named_parameters()}
+    b = {n: tuple(p.shape) for n, p in ref.model.named_parameters()}
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()))[:3]
+        raise SacaError(f"reference checkpoint {ref_path} does not match the policy {policy_path}: "
+                        f"parameters differ (first differences: {diff})")
+    if policy.processor.tokenizer.get_vocab() != ref.processor.tokenizer.get_vocab():
+        raise SacaError(f"reference checkpoint {ref_path} has another tokenizer than the policy {policy_path}")

@@ -1,0 +1,97 @@
+# Rules: reinforcement fine-tuning (see src/saca/train/rft.py, src/saca/commands/train.py and docs/rft.md).
+#
+# rft        results/rft/{variant}/final/     GRPO from the SFT checkpoint of mix rft.sft_mix; the variant is a
+#                                             named override of the rft base section (rft.variants)
+# rft_agent  results/rft/{variant}/agent.json agent spec (checkpoint + agent settings) for evaluation
+# and the evaluation run "rft-{variant}": results/{dataset}/eval/rft-{variant}/{split}/metrics.json.
+# Include after policy.smk.
+
+from saca.train.rft import resolve_variant
+
+RFT = config["rft"]
+RFT_VARIANTS = list(RFT.get("variants") or {})
+RFT_DATASETS = RFT.get("datasets") or DATASETS
+for _d in RFT_DATASETS:
+    if _d not in DATASETS:
+        sys.exit(f"config error: rft.datasets: '{_d}' is not in 'datasets'")
+# the code an RFT run executes: the policy, the simulator and episodes, the trainer (not SFT, not evaluation)
+RFT_SRC = POLICY_SRC + SIM_SRC + code("train/__init__.py", "train/state.py", "train/grpo.py", "train/rollout.py",
+                                      "train/rft.py", "commands/train.py")
+
+
+def rft_variant(wildcards):
+    """The resolved settings of one variant; an unknown name fails listing the defined ones."""
+    try:
+        return resolve_variant(RFT, wildcards.variant)
+    except SacaError as err:
+        raise ValueError(str(err)) from None
+
+
+def rft_inputs(wildcards):
+    v = rft_variant(wildcards)
+    inputs = {
+        "init": f"{RESULTS}/sft/{RFT['sft_mix']}/final",
+        "scenes": f"{RESULTS}/scenes/index.json",
+        "val": [f"{RESULTS}/{d}/episodes/{v.get('eval_split', 'val_seen')}.json.gz" for d in RFT_DATASETS],
+        "src": RFT_SRC,
+    }
+    if v.get("mode", "online") == "online":
+        inputs["train"] = [f"{RESULTS}/{d}/episodes/train.json.gz" for d in RFT_DATASETS]
+    else:
+        inputs["vln_ego"] = [f"{RESULTS}/{d}/vln_ego/train" for d in RFT_DATASETS]
+    return inputs
+
+
+rule rft:
+    input:
+        unpack(rft_inputs),
+    output:
+        directory(f"{RESULTS}/rft/{{variant}}/final"),
+    params:
+        cfg=lambda w: as_json(rft_variant(w)),
+        agent=as_json(AGENT_PARAMS),
+        sim=as_json(config["sim"]),
+        # what the simulator needs of each dataset (the episode counts reach the job as its input files)
+        datasets=as_json({d: {k: config["datasets"][d][k] for k in ("backend", "turn_angle")} for d in RFT_DATASETS}),
+        data=" ".join(f"{d}={RESULTS}/{d}" for d in RFT_DATASETS),
+        vln_ego=lambda w, input: " ".join(input.vln_ego) if hasattr(input, "vln_ego") else "",
+        scenes=lambda w, input: Path(input.scenes).parent,
+        run=f"{RESULTS}/rft/{{variant}}",
+    log:
+        f"{RESULTS}/logs/rft/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rft/{{variant}}.tsv"
+    threads: 2
+    wildcard_constraints:
+        variant=r"[A-Za-z0-9_]+",
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        # resumes from {params.run}/checkpoints when a previous attempt was killed
+        "OMP_NUM_THREADS={threads} python -m saca rft --init {input.init} --out {params.run} --data {params.data}"
+        " --datasets {params.datasets} --scenes {params.scenes} --sim {params.sim} --agent {params.agent}"
+        " --vln-ego {params.vln_ego} --params {params.cfg} > {log} 2>&1"
+
+
+rule rft_agent:
+    input:
+        ckpt=f"{RESULTS}/rft/{{variant}}/final",
+        src=POLICY_SRC,
+    output:
+        f"{RESULTS}/rft/{{variant}}/agent.json",
+    params:
+        cfg=as_json(AGENT_PARAMS),
+    log:
+        f"{RESULTS}/logs/rft/{{variant}}.agent.log",
+    wildcard_constraints:
+        variant=r"[A-Za-z0-9_]+",
+    conda:
+        "../../envs/saca.yaml"
+    shell:
+        "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
+
+
+# Evaluation of each variant as run "rft-{variant}" (rule evaluate, workflow/rules/evaluate.smk).
+for _v in RFT_VARIANTS:
+    RUN_AGENTS[f"rft-{_v}"] = lambda w, _v=_v: f"{RESULTS}/rft/{_v}/agent.json"
+    TARGETS += eval_targets(f"rft-{_v}")
