@@ -415,3 +415,33 @@ def test_two_process_gradient_equals_one_process(tiny_dir, tmp_path):
     assert total > 0  # the groups were not collapsed
     for k in g1:
         assert torch.allclose(g1[k], g2[k], rtol=1e-5, atol=1e-7), k
+
+
+def test_groups_of_different_episodes_can_share_one_simulator(monkeypatch, mini_world, policy):
+    scripted_generate(monkeypatch)
+    a, b = episodes(mini_world, "mini_r2r")[:2]
+    assert a.goal_position != b.goal_position
+    sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
+    engine = RolloutEngine(policy, agent_cfg(), make_sim=None, seed=5)
+    trajs = engine.start_group(a, 2, group=0, sim=sim) + engine.start_group(b, 2, group=1, sim=sim)
+    engine.run(trajs)
+    for tr in trajs:
+        assert tr.distance == pytest.approx(sim.geodesic_distance(tr.positions[-1], tr.episode.goal_position))
+
+
+@pytest.mark.parametrize("kw", [{"kl_mode": "reward"}, {"loss_aggregation": "sequence_mean"}])
+def test_collapse_is_decided_on_task_rewards_in_every_mode(monkeypatch, mini_world, tiny_dir, tmp_path, kw):
+    scripted = iter([1.0, 0.0, 0.0, 0.0])  # one mixed group, one all-failure group
+    orig = RftTrainer._collect_online
+
+    def collect(self, update):
+        samples_of, rewards, groups, stats = orig(self, update)
+        return samples_of, [next(scripted, 0.0) for _ in rewards], groups, stats
+
+    monkeypatch.setattr(RftTrainer, "_collect_online", collect)
+    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", max_steps=1, eval_steps=0, eval_episodes=0, **kw)
+    tr.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    row = [r for r in rows if r["event"] == "train"][0]
+    # the KL penalty must not give the all-failure group a spread (and so a gradient)
+    assert row["collapsed_share"] == 0.5 and np.isfinite(row["loss"]) and row["grad_norm"] > 0

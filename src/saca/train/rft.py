@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -98,7 +99,8 @@ class RftConfig:
     save_total_limit: int = 2
     keep_checkpoints: bool = False
     logging_steps: int = 1
-    bf16: bool = False
+    bf16: bool = False  # autocast to bfloat16 (fp32 master weights); the frozen reference is then held in bfloat16
+    gradient_checkpointing: bool = False
     seed: int = 0
     device: str = "auto"
     # workflow keys (never reach a job's params)
@@ -172,8 +174,9 @@ class Sample:
     token_ids: list[int]
     advantage: float
     group: object = None
-    old_logp: object = None  # filled per update: (T,) tensor
+    old_logp: object = None  # pi_old per token, (T,) tensor; None: pi_theta detached (num_iterations 1)
     ref_logp: object = None
+    behav_logp: object = None  # the policy before the batch's first step (kl_mode reward)
 
 
 def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[int]], temperature: float = 1.0):
@@ -211,14 +214,15 @@ def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[
     if backbone is not None and head is not None:
         hidden = backbone(**batch, use_cache=False).last_hidden_state
         h = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        logits = head(h)
+        with torch.autocast(device_type=h.device.type, enabled=False):  # logits in the head's own precision
+            logits = head(h.to(head.weight.dtype))
     else:  # pragma: no cover - families without the backbone / lm_head split
         full = model(**batch, use_cache=False).logits
         logits = full.gather(1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
     logits = logits.float() / float(temperature)
     logits[..., proc.suppressed_ids] = float("-inf")  # as in generation: answers never hold image placeholders
     logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-    return logp * mask, mask
+    return torch.where(mask.bool(), logp, torch.zeros_like(logp)), mask
 
 
 def pad_rows(rows: Sequence, T: int, device):
@@ -263,14 +267,18 @@ class RftTrainer:
         cfg = self.cfg
         seed_everything(cfg.seed)
         self.device = pick_device(cfg.device, self.dist.local_rank, "rft.device")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # before the process group: NCCL collectives use the current device
         self.dist.init(self.device.type)
         self.policy = load_policy(self.init, dtype="float32", device=str(self.device))
         self.model = self.policy.model
         self.proc = self.policy.processor
         self.model.config.use_cache = False
+        if cfg.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.ref = None
         if cfg.beta > 0:
-            self.ref = load_policy(self.ref_path, dtype="float32", device=str(self.device))
+            self.ref = load_policy(self.ref_path, dtype="bfloat16" if cfg.bf16 else "float32", device=str(self.device))
             check_same_architecture(self.policy, self.ref, self.init, self.ref_path)
             self.ref.model.requires_grad_(False)
             self.ref.model.eval()
@@ -299,7 +307,7 @@ class RftTrainer:
         self.journal = Journal(self.out, rank=self.dist.rank)
 
     def _fingerprint(self) -> str:
-        data = {"cfg": self.cfg.fingerprint_dict(), "agent": asdict(self.agent_cfg), "init": os.path.abspath(self.init),
+        data = {"cfg": self.cfg.fingerprint_dict(), "agent": {k: v for k, v in asdict(self.agent_cfg).items() if k not in ("device", "record_decisions", "record_tokens", "name")}, "init": os.path.abspath(self.init),
                 "ref": os.path.abspath(self.ref_path), "world": self.dist.world,
                 "pool": len(self.pool), "data": sorted(self.train_data) if self.cfg.mode == "online" else self.vln_ego_dirs}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -365,7 +373,6 @@ class RftTrainer:
         samples_of = [[Sample(d.encoded, d.token_ids, 0.0, tr.group) for d in tr.decisions] for tr in trajs]
         groups = [tr.group for tr in trajs]
         release(trajs)
-        self.last_trajectories = trajs
         return samples_of, rewards, groups, stats
 
     def _collect_offline(self, update: int):
@@ -416,19 +423,23 @@ class RftTrainer:
         mb = self.cfg.micro_batch_size
         return [samples[i : i + mb] for i in range(0, len(samples), mb)]
 
-    def _fill_reference_logprobs(self, samples: list[Sample], need_old: bool) -> None:
+    def _fill_reference_logprobs(self, samples: list[Sample], need_old: bool, need_ref: bool, keep_old: bool) -> None:
+        """Log-probs of every sample under the policy before this batch's first step (``behav_logp``; it is
+        ``pi_old`` when ``keep_old``) and under the frozen reference, computed as the loss computes them."""
         import torch
 
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             for mb in self._micro(samples):
                 if need_old:
                     lp, mask = self._logprobs(self.model, mb)
                     for s, row, m in zip(mb, lp, mask):
-                        s.old_logp = row[: int(m.sum())].detach().cpu()
-                if self.ref is not None:
+                        s.behav_logp = row[: int(m.sum())].detach().float().cpu()
+                        if keep_old:
+                            s.old_logp = s.behav_logp
+                if need_ref and self.ref is not None:
                     lp, mask = self._logprobs(self.ref.model, mb)
                     for s, row, m in zip(mb, lp, mask):
-                        s.ref_logp = row[: int(m.sum())].detach().cpu()
+                        s.ref_logp = row[: int(m.sum())].detach().float().cpu()
 
     def backward(self, samples: Sequence[Sample], n_tokens_global: float, n_seqs_global: float) -> dict:
         """Accumulate the GRPO gradient of ``samples`` (this rank's part of the update's batch).
@@ -493,34 +504,39 @@ class RftTrainer:
         samples_of, rewards, groups, stats = self.collect(update)
         t_roll = time.perf_counter() - t0
         t1 = time.perf_counter()
-        flat = [s for ss in samples_of for s in ss]
-        need_old = cfg.num_iterations > 1
-        if not need_old:
-            for s in flat:
-                s.old_logp = None  # pi_old = pi_theta (detached): ratio exactly 1
-        # reference (and pi_old) log-probs of every sample, before any step of this batch
-        self._fill_reference_logprobs(flat, need_old)
         r = np.asarray(rewards, dtype=np.float64)
-        if cfg.kl_mode == "reward" and self.ref is not None and cfg.beta > 0:
-            lps, refs = [], []
-            with torch.no_grad():
-                for ss in samples_of:
-                    cur = [s.old_logp if s.old_logp is not None else self._logprobs(self.model, [s])[0][0, : len(s.token_ids)].cpu() for s in ss]
-                    lps.append([float(v) for c in cur for v in c])
-                    refs.append([float(v) for s in ss for v in s.ref_logp])
-            r = r - grpo.kl_reward_penalty(lps, refs, cfg.beta)
+        # collapse is decided on the task rewards alone: a group without any spread in them gives no gradient
         adv, collapsed = grpo.group_advantages(r, groups, eps=cfg.adv_eps)
+        dead = set(collapsed)
+        live = [ss for ss, g in zip(samples_of, groups) if g not in dead]
+        flat = [s for ss in live for s in ss]
+        kl_reward = cfg.kl_mode == "reward" and self.ref is not None and cfg.beta > 0
+        # reference (and pi_old) log-probs of the samples that train, before any step of this batch
+        t_ref0 = time.perf_counter()
+        self._fill_reference_logprobs(flat, need_old=cfg.num_iterations > 1 or kl_reward,
+                                      need_ref=cfg.beta > 0, keep_old=cfg.num_iterations > 1)
+        t_ref = time.perf_counter() - t_ref0
+        t_fb = 0.0
+        if kl_reward and live:
+            lps = [[float(v) for s in ss for v in s.behav_logp] for ss in live]
+            refs = [[float(v) for s in ss for v in s.ref_logp] for ss in live]
+            r_live = np.asarray([x for x, g in zip(r, groups) if g not in dead]) - grpo.kl_reward_penalty(lps, refs, cfg.beta)
+            a_live, _ = grpo.group_advantages(r_live, [g for g in groups if g not in dead], eps=cfg.adv_eps)
+            it_live = iter(a_live)
+            adv = np.asarray([0.0 if g in dead else next(it_live) for g in groups])
         keep = []
-        for ss, a in zip(samples_of, adv):
+        for ss, a, g in zip(samples_of, adv, groups):
             for s in ss:
                 s.advantage = float(a)
-            if a != 0.0:
-                keep += ss  # a collapsed group (zero spread) gives no gradient
+            if g not in dead:
+                keep += ss  # members of a collapsed group give no gradient (not even KL)
         n_tok = float(sum(len(s.token_ids) for s in keep))
         n_tok, n_seq = self.dist.all_reduce_sum([n_tok, float(len(keep))], self.device)
         sums_all = {}
         for it in range(cfg.num_iterations):
+            t_fb0 = time.perf_counter()
             sums = self.backward(keep, max(n_tok, 1.0), max(n_seq, 1.0)) if keep else {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0}
+            t_fb += time.perf_counter() - t_fb0
             self._all_reduce_grads()
             red = self.dist.all_reduce_sum([sums[k] for k in sorted(sums)], self.device)
             sums = dict(zip(sorted(sums), red))
@@ -534,6 +550,13 @@ class RftTrainer:
                 save_file({n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().contiguous().cpu()
                            for n, p in self.model.named_parameters()}, os.environ[GRAD_DUMP_ENV])
             params = [p for p in self.model.parameters() if p.requires_grad]
+            if n_seq == 0:  # every group of every rank collapsed: no step (AdamW would still decay the weights)
+                self.optimizer.zero_grad(set_to_none=True)
+                with warnings.catch_warnings():  # the schedule counts updates, stepped or not
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
+                sums_all = {**sums, "grad_norm": 0.0, "lr": self.optimizer.param_groups[0]["lr"], "skipped_step": True}
+                continue
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
             if not math.isfinite(grad_norm):
                 last = self.ckpts.list()
@@ -557,7 +580,7 @@ class RftTrainer:
             "mixed_share": red[8] / max(red[3], 1), "groups": int(red[3]), "samples": int(n_seq),
             "tokens_trained": int(n_tok),
             "env_steps_per_s": red[4] / max(t_roll, 1e-9), "tokens_per_s": (red[5] + n_tok * cfg.num_iterations) / max(t_roll + t_train, 1e-9),
-            "time_rollout": t_roll, "time_train": t_train,
+            "time_rollout": t_roll, "time_train": t_train, "time_ref_logprobs": t_ref, "time_forward_backward": t_fb,
         }
         for k in ("traj_steps_mean", "invalid_decisions", "unparseable", "rollout_rows_per_generate", "rollout_time_generate", "rollout_time_env"):
             if k in stats:
@@ -567,20 +590,24 @@ class RftTrainer:
     # --- validation (Fig. 5) ----------------------------------------------------------------
     def validate(self, update: int) -> dict:
         """Success rate of the current policy on the fixed validation subset (evaluation sampling settings)."""
-        if not self.val_episodes or not self.dist.is_main:
+        if not self.val_episodes:
             return {}
-        engine = self._engine(self.cfg.seed + 7919, generation=self.agent_cfg.generation)
+        # ranks split the episodes (k = rank mod world) and sum their successes; one simulator per scene
+        engine = self._engine(self.cfg.seed + 7919 + self.dist.rank, generation=self.agent_cfg.generation)
+        engine.record_logprobs = False
         was = self.model.training
         self.model.eval()
-        out = {}
+        counts = []
         for ds in sorted(self.val_episodes):
             trajs = []
             for k, ep in enumerate(self.val_episodes[ds]):
-                trajs += engine.start_group(ep, 1, group=k, dataset=ds, sim=self._sim(ds, k % self.cfg.groups_per_step))
+                if k % self.dist.world == self.dist.rank:
+                    trajs += engine.start_group(ep, 1, group=k, dataset=ds, sim=self._sim(ds, f"val-{ep.scene_id}"))
             engine.run(trajs)
-            out[ds] = float(np.mean([tr.success for tr in trajs])) if trajs else float("nan")
+            counts += [float(sum(tr.success for tr in trajs)), float(len(trajs))]
         self.model.train(was)
-        return out
+        counts = self.dist.all_reduce_sum(counts, self.device)
+        return {ds: counts[2 * i] / max(counts[2 * i + 1], 1.0) for i, ds in enumerate(sorted(self.val_episodes))}
 
     # --- run --------------------------------------------------------------------------------
     def run(self) -> dict:

@@ -64,6 +64,7 @@ class Decision:
     actions: list[int]  # the parsed chunk (may be shorter than n_actions; empty when invalid)
     executed: list[int] = field(default_factory=list)  # actions run in the simulator (the chunk can be cut by the episode's end)
     encoded: object = None  # the prompt as the processor encoded it (input ids + pixels), reused by the loss
+    cut: bool = False  # branch() cut this decision: its tokens name actions after the executed ones
 
     @property
     def steps(self) -> range:
@@ -84,7 +85,7 @@ class Trajectory:
     frames: list = field(default_factory=list)  # frames[t]: the view before action t (policy codec)
     decisions: list[Decision] = field(default_factory=list)
     snapshots: dict = field(default_factory=dict)  # step -> AgentState at each decision boundary
-    collisions: int = 0
+    collided: list = field(default_factory=list)  # collided[t]: action t was a blocked forward step
     n_invalid: int = 0
     done: bool = False
     stopped: bool = False
@@ -100,6 +101,10 @@ class Trajectory:
     @property
     def steps(self) -> int:
         return len(self.actions)
+
+    @property
+    def collisions(self) -> int:
+        return sum(self.collided)
 
     @property
     def reward(self) -> float:
@@ -203,6 +208,7 @@ class RolloutEngine:
             raise SacaError("branch(): the trajectory has no simulator (it was not produced by this engine)")
         base = max(s for s in traj.snapshots if s <= t)
         sim = traj.sim
+        self._bind(traj)
         sim.restore(traj.snapshots[base])
         for a in traj.actions[base:t]:
             sim.step(a)
@@ -214,13 +220,13 @@ class RolloutEngine:
             kept = d.executed[: t - d.step]
             decisions.append(Decision(d.step, list(d.history), d.prompt, list(d.token_ids),
                                       None if d.logprobs is None else list(d.logprobs), d.text, d.status,
-                                      list(d.actions), kept, d.encoded))
+                                      list(d.actions), kept, d.encoded, cut=d.cut or len(kept) < len(d.executed)))
         new = Trajectory(
             episode=traj.episode, group=traj.group, member=traj.member if member is None else member,
             dataset=traj.dataset, actions=list(traj.actions[:t]), positions=list(traj.positions[: t + 1]),
             frames=list(traj.frames[:t]), decisions=decisions,
             snapshots={s: v for s, v in traj.snapshots.items() if s <= t} | {t: state},
-            collisions=0, n_invalid=sum(1 for d in decisions if d.status == "invalid"),
+            collided=list(traj.collided[:t]), n_invalid=sum(1 for d in decisions if d.status == "invalid"),
             origin=(traj.group, traj.member, t), state=state, sim=sim,
             processed={k: v for k, v in traj.processed.items() if k < t},
         )
@@ -251,10 +257,20 @@ class RolloutEngine:
 
         return decode_image(encode_image(rgb, self.cfg.image_format, self.cfg.jpeg_quality))
 
+    @staticmethod
+    def _bind(tr: Trajectory) -> None:
+        """Point the (possibly shared) simulator at ``tr``'s episode and state."""
+        sim, ep = tr.sim, tr.episode
+        if sim.episode is not ep:
+            sim.load_scene(ep.scene_id)  # no-op when the scene is loaded
+            sim.episode = ep
+            sim._prepare_goal(ep.goal_position)
+        sim.restore(tr.state)
+
     def _advance(self, tr: Trajectory) -> bool:
         """Execute ``tr``'s queued actions; True when it needs a decision (its current frame is recorded)."""
         sim = tr.sim
-        sim.restore(tr.state)
+        self._bind(tr)
         while True:
             if sim.episode_over:
                 self._finish(tr)
@@ -270,13 +286,13 @@ class RolloutEngine:
             self.stats.env_steps += 1
             tr.actions.append(int(a))
             tr.decisions[-1].executed.append(int(a))
-            tr.collisions += int(new.collided)
+            tr.collided.append(bool(new.collided))
             tr.positions.append(new.position)
             tr.state = new
 
     def _finish(self, tr: Trajectory) -> None:
         sim = tr.sim
-        sim.restore(tr.state)
+        self._bind(tr)
         tr.done = True
         tr.queue = []
         tr.stopped = bool(tr.state.stopped)
