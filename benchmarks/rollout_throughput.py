@@ -7,8 +7,9 @@ For each B (instructions at once) with G trajectories each, one rollout with the
 engine as RFT runs it (one batched ``generate`` call per round of decisions over
 every active trajectory), then, measured in the same process:
 
-* **one-at-a-time**: the first ``--single`` decision inputs of that rollout
-  generated one by one (``max_batch=1``): the policy's decisions/s without batching;
+* **one-at-a-time**: the first ``--single`` decision inputs of that rollout (prompt
+  and frames) encoded and generated one by one, as the evaluation agent does without
+  batching: the policy's decisions/s without batching;
 * **render-only**: every trajectory's actions replayed in a fresh simulator with
   one rendered frame per step and nothing else: the embedded world's physical limit
   for the same episodes.
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
 
     from saca.episodes import load_split
     from saca.policy.agent import PolicyAgentConfig
-    from saca.policy.generate import SamplingConfig, generate_encoded
+    from saca.policy.generate import PolicyInput, SamplingConfig, generate_batch
     from saca.sim import make_simulator
     from saca.sim.base import SimConfig
     from saca.train.rollout import RolloutEngine
@@ -186,10 +187,12 @@ def main(argv=None) -> int:
                 torch.cuda.synchronize()
             trajs = engine.rollout(eps, args.G)
             st = engine.stats.as_dict()
-            decisions = [d.encoded for tr in trajs for d in tr.decisions][: args.single]
+            # the same decision inputs, encoded and generated one at a time (as the evaluation agent does)
+            decisions = [PolicyInput(d.prompt, [tr.frames[i] for i in d.history + [d.step]])
+                         for tr in trajs for d in tr.decisions][: args.single]
             t0 = time.perf_counter()
-            for k, enc in enumerate(decisions):
-                generate_encoded(policy, [enc], sampling, seed=1000 + k)
+            for k, x in enumerate(decisions):
+                generate_batch(policy, [x], sampling, seed=1000 + k)
             if device == "cuda":
                 torch.cuda.synchronize()
             single_s = time.perf_counter() - t0
@@ -197,7 +200,7 @@ def main(argv=None) -> int:
             row = {
                 "B": B, "trajectories": len(trajs), "env_steps": st["env_steps"], "decisions": st["decisions"],
                 "generate_calls": st["generate_calls"], "rows_per_generate": round(st["rows_per_generate"], 2),
-                "seconds": round(st["time_total"], 2), "policy_seconds": round(st["time_generate"], 2),
+                "seconds": round(st["time_total"], 2), "policy_seconds": round(st["time_generate"], 2), "encode_seconds": round(st["time_encode"], 2),
                 "env_seconds": round(st["time_env"], 2),
                 "env_steps_per_s": round(st["env_steps_per_s"], 1),
                 "decisions_per_s": round(st["decisions"] / st["time_total"], 2),

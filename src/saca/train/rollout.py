@@ -134,6 +134,7 @@ class RolloutStats:
     generate_calls: int = 0
     generated_tokens: int = 0
     time_generate: float = 0.0  # policy time: encoding + generate
+    time_encode: float = 0.0  # of which: image processing + tokenization of the prompts
     time_env: float = 0.0  # simulator steps + rendering + image codec
     time_total: float = 0.0
 
@@ -319,6 +320,7 @@ class RolloutEngine:
             hists.append(hist)
             prompts.append(prompt)
             encoded.append(self._encode(tr, hist, prompt))
+        self.stats.time_encode += time.perf_counter() - t0
         gen = generate_encoded(self.policy, encoded, cfg.generation, seed=self.seed + self.calls,
                                return_logprobs=self.record_logprobs, max_batch=cfg.max_batch or None)
         self.calls += 1
