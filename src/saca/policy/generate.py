@@ -101,7 +101,9 @@ def generate_encoded(
     logps: list[list[float]] = []
     base = sampling.seed if seed is None else seed
     for k, lo in enumerate(range(0, len(encoded), step)):
-        g = _generate_chunk(policy, encoded[lo : lo + step], sampling, base + k, return_logprobs)
+        # chunk k of a call seeded `base` never shares a seed with another call's chunk
+        seed_k = base if k == 0 else int(np.random.default_rng([base, k]).integers(2**31 - 1))
+        g = _generate_chunk(policy, encoded[lo : lo + step], sampling, seed_k, return_logprobs)
         texts += g.texts
         tokens += g.token_ids
         if return_logprobs:

@@ -254,13 +254,16 @@ class Checkpoints:
         Checkpoints of other settings are deleted (rank 0) with a warning; all ranks call it.
         """
         ckpts = self.list()
-        if not ckpts:
+        last = ckpts[-1] if ckpts else None
+        state = None
+        if last is not None:
+            try:
+                state = read_json(last / "trainer_state.json")
+            except SacaError as err:
+                raise SacaError(f"{last}: cannot resume from this checkpoint ({err}); delete it to start afresh") from err
+        _barrier(self.world)  # every rank has read the newest checkpoint before rank 0 may delete it
+        if last is None:
             return None
-        last = ckpts[-1]
-        try:
-            state = read_json(last / "trainer_state.json")
-        except SacaError as err:
-            raise SacaError(f"{last}: cannot resume from this checkpoint ({err}); delete it to start afresh") from err
         if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             log.warning("%s: checkpoints come from another configuration; starting afresh", self.root)
             self.clear()
