@@ -85,6 +85,24 @@ def test_a_valid_policy_checkpoint_passes_the_parse_time_check(tmp_path):
     assert "policy_init" not in r.stdout  # the embedded tiny policy is not built when policy.model is a checkpoint
 
 
+def test_an_unknown_rft_variant_lists_the_defined_ones(tmp_path):
+    out = tmp_path / "results"
+    r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}",
+                  "--", str(out / "rft" / "gpro" / "final"))
+    assert r.returncode != 0
+    assert "unknown variant 'gpro'; defined variants: grpo, vlnr1" in r.stdout + r.stderr
+
+
+def test_each_rft_variant_is_trained_once_and_evaluated_on_every_dataset(tmp_path):
+    out = tmp_path / "results"
+    r = snakemake("all", "-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _planned_jobs(r.stdout)
+    assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "vlnr1"]
+    evals = {(w["run"], w["dataset"]) for rule, w in jobs if rule == "evaluate"}
+    assert {(f"rft-{v}", d) for v in ("grpo", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke") / "results"
