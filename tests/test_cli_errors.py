@@ -32,6 +32,7 @@ COMMANDS = {
     "plot-episodes": {"--dataset-dir": IN, "--split": "val_unseen", "--scenes": IN, "--eval-dir": IN, "--out": OUT_DIR},
     "policy-init": {"--out": OUT_DIR},
     "sft": {"--init": IN, "--train": IN, "--val": f"val={IN}", "--out": OUT_DIR},
+    "rft": {"--init": IN, "--out": OUT_DIR},
     "policy-agent": {"--checkpoint": IN, "--out": OUT_FILE},
     "policy-predict": {"--policy": IN, "--vln-ego": IN, "--out": OUT_FILE},
     "landmarks": {"--episodes": IN, "--split": "val_unseen", "--out": OUT_FILE},
@@ -43,7 +44,7 @@ COMMANDS = {
 # the config section each command's --params holds
 PARAMS_SECTION = {
     "scenes": "scenes", "vln-ego": "vln_ego", "evaluate": "evaluation", "plot-episodes": "evaluation",
-    "policy-init": "policy.init", "sft": "sft", "policy-agent": "policy.agent", "landmarks": "landmarks",
+    "policy-init": "policy.init", "sft": "sft", "rft": "rft", "policy-agent": "policy.agent", "landmarks": "landmarks",
     "audit": "auditor", "audit-figure": "auditor",
 }
 
@@ -137,8 +138,9 @@ def _malformed(name: str):
         cases += [("--params", '{"learning_rate": 1e-3', "--params"), ("--params", "[1, 2]", "--params"),
                   ("--params", '"fast"', "--params"), ("--params", f'{{"{key}": "fast"}}', f"{section}.{key}")]
     if "--sim" in _options(name):
-        cases += [("--sim", '{"width": 64', "--sim"), ("--sim", '{"width": "wide"}', "sim.width"),
-                  ("--dataset-config", "[15]", "--dataset-config"),
+        cases += [("--sim", '{"width": 64', "--sim"), ("--sim", '{"width": "wide"}', "sim.width")]
+    if "--dataset-config" in _options(name):
+        cases += [("--dataset-config", "[15]", "--dataset-config"),
                   ("--dataset-config", '{"turn_angle": "fifteen"}', "datasets.<dataset>.turn_angle")]
     return [(name, *c) for c in cases]
 

@@ -170,7 +170,10 @@ def test_sampling_is_seeded_and_logprobs_are_returned(policy):
     batch = proc.collate([type(enc)(full, None, enc.vision, enc.n_images, enc.prompt_length)])
     with torch.no_grad():
         logits = policy.model(**batch).logits[0]
-    ref = torch.log_softmax(logits[len(enc.input_ids) - 1 : len(full) - 1].float(), -1)
+    # the distribution sampled from: image placeholder tokens suppressed (they never appear in an answer)
+    logits = logits.float()
+    logits[:, proc.suppressed_ids] = float("-inf")
+    ref = torch.log_softmax(logits[len(enc.input_ids) - 1 : len(full) - 1], -1)
     ref = ref[torch.arange(len(ids)), torch.tensor(ids)]
     assert torch.allclose(ref, torch.tensor(a.logprobs[0]), atol=1e-4)
 

@@ -41,6 +41,7 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=["grpo", "vlnr1"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--sft-seeds", nargs="*", type=int, default=None, help="evaluation seeds of the SFT run (default: --seeds)")
     args = ap.parse_args()
     cfg = load_yaml(args.config)
     res = Path(cfg.get("results", "results"))
@@ -51,7 +52,8 @@ def main() -> int:
              "image_format": vln_ego["image_format"], "jpeg_quality": vln_ego["jpeg_quality"]}
     sft_agent = res / "sft" / rft["sft_mix"] / "agent.json"
     py = [sys.executable, "-m", "saca"]
-    runs = {f"sft-s{s}": (sft_agent, s) for s in args.seeds}
+    sft_seeds = args.seeds if args.sft_seeds is None else args.sft_seeds
+    runs = {f"sft-s{s}": (sft_agent, s) for s in sft_seeds}
     for v in args.variants:
         for s in args.seeds:
             runs[f"rft-{v}-s{s}"] = (res / "rft-seeds" / f"{v}-s{s}" / "agent.json", s)
@@ -88,7 +90,7 @@ def main() -> int:
     for name in ["sft"] + [f"rft-{v}" for v in args.variants]:
         for d in datasets:
             ms = []
-            for s in args.seeds:
+            for s in (sft_seeds if name == "sft" else args.seeds):
                 f = res / d / "eval" / f"{name}-s{s}" / "val_unseen" / "metrics.json"
                 if f.exists():
                     ms.append(json.loads(f.read_text()))

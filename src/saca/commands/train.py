@@ -59,7 +59,9 @@ def rft_config(args):
     if args.params:
         return section_from_json(args.params, RftConfig, "rft")
     if not args.config:
-        raise SacaError("rft: give --params JSON, or --config FILE with --variant NAME")
+        cfg = RftConfig()  # the defaults (online GRPO), as every command without --params
+        cfg.validate("rft")
+        return cfg
     data = section(load_yaml(args.config), "rft", args.config)
     if not isinstance(data, dict):
         raise SacaError(f"{args.config}: 'rft' must be a mapping")
@@ -81,22 +83,23 @@ def cmd_rft(args: argparse.Namespace) -> int:
     from saca.sim.base import SimConfig
     from saca.train.rft import RftTrainer
 
+    # every JSON option first (naming the option or key), then the paths
     cfg = rft_config(args)
     if args.device:
         cfg.device = args.device
     agent = section_from_json(args.agent, PolicyAgentConfig, "policy.agent", "--agent") if args.agent else PolicyAgentConfig()
+    sim_cfg = section_from_json(args.sim, SimConfig, "sim", "--sim") if args.sim else SimConfig()
+    ds_cfgs = parse_json_section(args.datasets, "datasets", "--datasets") if args.datasets else {}
     for flag, path in (("--init", args.init), ("--ref", args.ref)):
         if path is not None and not Path(path).is_dir():
             raise SacaError(f"{flag} {path}: policy checkpoint directory does not exist (run the sft rule first)")
         if path is not None:
             check_checkpoint_dir(path)
     roots = _pairs(args.data, "--data")
-    ds_cfgs = parse_json_section(args.datasets, "datasets", "--datasets") if args.datasets else {}
     sim_args, train, val = {}, {}, {}
     if roots:
         if not args.scenes or not Path(args.scenes).is_dir():
             raise SacaError(f"--scenes {args.scenes}: directory does not exist (run the 'scenes' step)")
-        sim_cfg = section_from_json(args.sim, SimConfig, "sim", "--sim") if args.sim else SimConfig()
         for name, root in roots.items():
             if name not in ds_cfgs:
                 raise SacaError(f"--datasets: no entry for dataset '{name}' (given: {', '.join(ds_cfgs) or 'none'})")
