@@ -81,6 +81,24 @@ def chunk_to_execute(actions: Sequence[int], execute_actions: int) -> list[int]:
     return chunk
 
 
+def policy_frame(rgb, cfg: PolicyAgentConfig):
+    """The frame as the policy sees it: the VLN-Ego export's image codec round trip (``image_format``)."""
+    if cfg.image_format == "none":
+        return rgb.copy()
+    from saca.vln_ego.store import decode_image, encode_image
+
+    return decode_image(encode_image(rgb, cfg.image_format, cfg.jpeg_quality))
+
+
+def plan_chunk(text: str, cfg: PolicyAgentConfig, turn_angle: float, counter: ParseCounter):
+    """Parse a decision's output: ``(parsed, chunk to execute, invalid)``; an output naming no action
+    executes ``invalid_action`` (method-notes §3.1)."""
+    parsed = counter.add(parse_actions(text, cfg.n_actions, turn_angle))
+    if parsed.ok:
+        return parsed, chunk_to_execute(parsed.actions, cfg.execute_actions), False
+    return parsed, [INVALID_ACTIONS[cfg.invalid_action]], True
+
+
 class PolicyAgent:
     """Batched VLM agent; see the module docstring for its behaviour."""
 
@@ -119,12 +137,7 @@ class PolicyAgent:
 
     # --- internals --------------------------------------------------------------------------
     def _frame(self, ctx):
-        rgb = ctx.sim.observe().rgb
-        if self.cfg.image_format == "none":
-            return rgb.copy()
-        from saca.vln_ego.store import decode_image, encode_image
-
-        return decode_image(encode_image(rgb, self.cfg.image_format, self.cfg.jpeg_quality))
+        return policy_frame(ctx.sim.observe().rgb, self.cfg)
 
     def history(self, ctx) -> list[int]:
         return history_indices(ctx.step, self.cfg.memory)
@@ -150,12 +163,8 @@ class PolicyAgent:
         self._calls += 1
         for k, (ctx, text) in enumerate(zip(contexts, gen.texts)):
             mem = ctx.memory["policy"]
-            parsed = self.counter.add(parse_actions(text, self.cfg.n_actions, ctx.sim.turn_angle))
-            if parsed.ok:
-                chunk = chunk_to_execute(parsed.actions, self.cfg.execute_actions)
-            else:
-                chunk = [INVALID_ACTIONS[self.cfg.invalid_action]]
-                mem["n_invalid"] += 1
+            parsed, chunk, invalid = plan_chunk(text, self.cfg, ctx.sim.turn_angle, self.counter)
+            mem["n_invalid"] += int(invalid)
             mem["queue"] = list(chunk)
             if self.cfg.record_decisions:
                 rec = {"step": ctx.step, "history": self.history(ctx), "text": text, "status": parsed.status,

@@ -116,6 +116,17 @@ def logprob_temperature(sampling: SamplingConfig) -> float:
     return float(sampling.temperature) if sampling.do_sample else 1.0
 
 
+def sampling_log_softmax(logits, proc, temperature: float):
+    """Log-probabilities of the distribution tokens are sampled from, before top-p / top-k:
+    ``log_softmax(logits / temperature)`` with the image placeholder tokens suppressed
+    (an answer never contains one). Generation records these; RFT's loss recomputes them."""
+    import torch
+
+    logits = logits.float() / float(temperature)
+    logits[..., proc.suppressed_ids] = float("-inf")
+    return torch.log_softmax(logits, dim=-1)
+
+
 def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool) -> Generation:
     import torch
 
@@ -145,9 +156,9 @@ def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return
     seqs = gen.tolist()
     if return_logprobs and seqs and seqs[0]:
         # log pi(token) under the sampling distribution before top-p / top-k truncation (logits / temperature)
-        logits = torch.stack(out.logits, dim=1).float() / logprob_temperature(sampling)  # (B, T, V), raw
-        logits[..., proc.suppressed_ids] = float("-inf")
-        all_lp = torch.log_softmax(logits, dim=-1).gather(-1, gen.unsqueeze(-1)).squeeze(-1).tolist()
+        logits = torch.stack(out.logits, dim=1)  # (B, T, V), raw
+        lp = sampling_log_softmax(logits, proc, logprob_temperature(sampling))
+        all_lp = lp.gather(-1, gen.unsqueeze(-1)).squeeze(-1).tolist()
     eos = set(proc.eos_token_ids)
     texts, ids, logps = [], [], []
     for row, seq in enumerate(seqs):

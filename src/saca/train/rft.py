@@ -55,7 +55,7 @@ import numpy as np
 
 from saca import SacaError
 from saca.io import atomic_dir, dumps_json, ensure_dir
-from saca.policy.generate import SamplingConfig
+from saca.policy.generate import SamplingConfig, sampling_log_softmax
 from saca.train import grpo
 from saca.train.state import Checkpoints, Dist, Journal, make_scheduler, maybe_kill, param_groups, pick_device, seed_everything
 
@@ -219,9 +219,7 @@ def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[
     else:  # pragma: no cover - families without the backbone / lm_head split
         full = model(**batch, use_cache=False).logits
         logits = full.gather(1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-    logits = logits.float() / float(temperature)
-    logits[..., proc.suppressed_ids] = float("-inf")  # as in generation: answers never hold image placeholders
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    logp = sampling_log_softmax(logits, proc, temperature).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask.bool(), logp, torch.zeros_like(logp)), mask
 
 

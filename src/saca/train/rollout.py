@@ -35,15 +35,15 @@ with ``seed + k`` and its rows are in a fixed order (group, member).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
 
 from saca import SacaError
-from saca.action_text import ParseCounter, parse_actions
+from saca.action_text import ParseCounter
 from saca.episodes import Episode
-from saca.policy.agent import INVALID_ACTIONS, PolicyAgentConfig, chunk_to_execute
+from saca.policy.agent import PolicyAgentConfig, plan_chunk, policy_frame
 from saca.policy.generate import generate_encoded
 from saca.prompt import build_prompt
 from saca.sim.base import AgentState, Simulator, SUCCESS_DISTANCE_M
@@ -219,9 +219,7 @@ class RolloutEngine:
             if d.step >= t:
                 break
             kept = d.executed[: t - d.step]
-            decisions.append(Decision(d.step, list(d.history), d.prompt, list(d.token_ids),
-                                      None if d.logprobs is None else list(d.logprobs), d.text, d.status,
-                                      list(d.actions), kept, d.encoded, cut=d.cut or len(kept) < len(d.executed)))
+            decisions.append(replace(d, executed=kept, cut=d.cut or len(kept) < len(d.executed)))
         new = Trajectory(
             episode=traj.episode, group=traj.group, member=traj.member if member is None else member,
             dataset=traj.dataset, actions=list(traj.actions[:t]), positions=list(traj.positions[: t + 1]),
@@ -250,14 +248,6 @@ class RolloutEngine:
             active = [tr for tr in active if not tr.done]
         self.stats.time_total += time.perf_counter() - t_start
 
-    def _frame(self, sim):
-        rgb = sim.observe().rgb
-        if self.cfg.image_format == "none":
-            return rgb.copy()
-        from saca.vln_ego.store import decode_image, encode_image
-
-        return decode_image(encode_image(rgb, self.cfg.image_format, self.cfg.jpeg_quality))
-
     @staticmethod
     def _bind(tr: Trajectory) -> None:
         """Point the (possibly shared) simulator at ``tr``'s episode and state."""
@@ -278,7 +268,7 @@ class RolloutEngine:
                 return False
             t = tr.steps
             if len(tr.frames) == t:
-                tr.frames.append(self._frame(sim))
+                tr.frames.append(policy_frame(sim.observe().rgb, self.cfg))
             if not tr.queue:
                 tr.snapshots[t] = tr.state
                 return True
@@ -328,12 +318,8 @@ class RolloutEngine:
         self.stats.decisions += len(need)
         self.stats.generated_tokens += sum(len(ids) for ids in gen.token_ids)
         for k, tr in enumerate(need):
-            parsed = self.counter.add(parse_actions(gen.texts[k], cfg.n_actions, tr.sim.turn_angle))
-            if parsed.ok:
-                chunk = chunk_to_execute(parsed.actions, cfg.execute_actions)
-            else:
-                chunk = [INVALID_ACTIONS[cfg.invalid_action]]
-                tr.n_invalid += 1
+            parsed, chunk, invalid = plan_chunk(gen.texts[k], cfg, tr.sim.turn_angle, self.counter)
+            tr.n_invalid += int(invalid)
             tr.queue = list(chunk)
             tr.decisions.append(Decision(
                 step=tr.steps, history=hists[k], prompt=prompts[k], token_ids=list(gen.token_ids[k]),
