@@ -124,3 +124,41 @@ def test_expert_sees_every_landmark_it_is_told_about(mini_world, dataset, turn_a
         assert all(n >= 20 for n in seen.values()), (e.episode_id, seen)
         assert np.count_nonzero(last == e.info["landmark_instances"][-1]) >= 20
     sim.close()
+
+
+def test_path_length_bounds_the_route_and_is_checked(mini_world):
+    """``datasets.*.path_length`` replaces the style's route-length limits (a world-difficulty lever, issue 12)."""
+    from saca.episodes.generate import PATH_LIMITS, DatasetConfig, generate_split
+    from saca.sim import make_simulator
+
+    cfg = DatasetConfig(turn_angle=15, style="r2r", landmarks=[1, 1], seed=5, path_length=[4.0, 6.0],
+                        episodes={"train": 4})
+    cfg.validate("datasets.mini_r2r")
+    sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
+    eps = generate_split("mini_r2r", cfg, "train", mini_world["index"]["train"], sim)
+    sim.close()
+    assert len(eps) == 4 and all(4.0 <= e.info["path_length"] <= 6.0 for e in eps)
+    assert PATH_LIMITS["r2r"] == (3.0, 16.0)  # the default when path_length is not set
+    for bad in ([2.0, 6.0], [8.0, 6.0], [5.0]):
+        with pytest.raises(SacaError, match=r"datasets\.mini_r2r\.path_length"):
+            DatasetConfig(path_length=bad).validate("datasets.mini_r2r")
+
+
+def test_max_detour_keeps_every_leg_nearly_straight(mini_world):
+    """``datasets.*.max_detour``: each leg's geodesic length is at most that multiple of its straight line."""
+    import math
+
+    from saca.episodes.generate import DatasetConfig, generate_split
+    from saca.sim import make_simulator
+
+    cfg = DatasetConfig(turn_angle=30, style="rxr", landmarks=[2, 2], seed=3, max_detour=1.1, episodes={"train": 3})
+    sim = make_simulator("embedded", mini_world["sim"], 30, mini_world["scenes"])
+    eps = generate_split("mini_rxr", cfg, "train", mini_world["index"]["train"], sim)
+    for e in eps:
+        sim.reset(e)
+        legs = [tuple(e.start_position)] + [tuple(w) for w in e.info["waypoints"]]
+        for a, b in zip(legs, legs[1:]):
+            assert sim.geodesic_distance(a, b) <= 1.1 * math.hypot(b[0] - a[0], b[2] - a[2]) + 1e-9
+    sim.close()
+    with pytest.raises(SacaError, match=r"datasets\.mini_rxr\.max_detour"):
+        DatasetConfig(max_detour=0.9).validate("datasets.mini_rxr")

@@ -186,6 +186,25 @@ def test_killed_run_resumes_to_identical_weights(tiny_dir, ego, tmp_path):
     assert [r for r in lb if r["event"] != "start"] == [r for r in la if r["event"] != "start"]
 
 
+def test_weights_are_bitwise_reproducible_at_the_workflows_thread_count(tiny_dir, ego, tmp_path):
+    """The determinism claim of docs/policy.md: same config, seed and thread count -> identical weights.
+
+    The thread count is pinned to the one the sft rule gives its job (``threads: 2`` ->
+    ``OMP_NUM_THREADS=2``); the run records it, since another count changes float summation order."""
+    rule = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "policy.smk").read_text()
+    sft_rule = rule[rule.index("rule sft:"):rule.index("rule policy_agent:")]
+    assert re.search(r"threads:\s*2\b", sft_rule) and "OMP_NUM_THREADS={threads} python -m saca sft" in sft_rule
+    cfg = small_cfg(max_steps=6)
+    runs = [_run_cli(_sft_args(tiny_dir, ego, tmp_path / f"run{i}", cfg), threads=2) for i in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = (load_file(tmp_path / f"run{i}" / "final" / "model.safetensors") for i in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for i in range(2):
+        summary = json.loads((tmp_path / f"run{i}" / "final" / "sft_summary.json").read_text())
+        assert summary["torch_threads"] == 2
+
+
 def test_checkpoints_of_another_configuration_are_not_resumed(tiny_dir, ego, tmp_path):
     out = tmp_path / "run"
     tr = SftTrainer(tiny_dir, [ego["train"]], out, small_cfg(max_steps=4, save_steps=2, keep_checkpoints=True))

@@ -212,3 +212,60 @@ def test_sharegpt_export(ego, tmp_path):
     assert gpt["value"] == ds[3]["answer"]
     n_frames = sum(len(e.gt_actions) for e in eps)
     assert len(list((tmp_path / "sg" / "images").rglob("*.jpg"))) == n_frames  # each frame written once
+
+
+# --- noise-injected expert rollouts (vln_ego.noise; DART-style recovery data, a mini-world deviation) ---
+
+
+def test_noise_free_rollout_is_the_expert(mini_world):
+    """With p = 0 the rollout is the episode's expert trajectory and every target is its VLN-Ego target."""
+    from saca.vln_ego.generate import noisy_rollout
+
+    sim = make_simulator("embedded", mini_world["sim"], 30, mini_world["scenes"])
+    for ep in load_split(mini_world["root"] / "mini_rxr" / "episodes", "train"):
+        frames, targets, executed = noisy_rollout(sim, ep, 6, 0.0, np.random.default_rng(0))
+        assert executed == ep.gt_actions
+        assert targets == [target_actions(ep.gt_actions, t, 6) for t in range(len(ep.gt_actions))]
+        assert len(frames) == len(executed)
+    sim.close()
+
+
+def test_noisy_rollout_labels_the_experts_continuation_from_where_the_agent_is(mini_world):
+    from saca.sim.base import Action
+    from saca.vln_ego.generate import noisy_rollout
+
+    sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
+    ep = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[0]
+    frames, targets, executed = noisy_rollout(sim, ep, 6, 0.3, np.random.default_rng(3))
+    assert executed != ep.gt_actions and executed[-1] == Action.STOP and targets[-1] == [0] * 6
+    deviations = [t for t, (a, tg) in enumerate(zip(executed, targets)) if a != tg[0]]
+    assert deviations and all(executed[t] != Action.STOP for t in deviations)
+    # replaying the executed actions reproduces the frames, and at a deviation the target is the
+    # expert's plan from that state: the first action of a fresh look-ahead there
+    sim.reset(ep)
+    for t, a in enumerate(executed):
+        assert np.array_equal(sim.observe().rgb, frames[t])
+        if a != Action.STOP:
+            sim.step(a)
+    assert sim.geodesic_distance(sim.state.position, ep.goals[0]["position"]) < mini_world["sim"].stop_radius + 0.3
+    sim.close()
+
+
+def test_noise_adds_rollouts_to_the_configured_splits_only(mini_world, tmp_path):
+    from saca.vln_ego.generate import NoiseConfig
+
+    eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:2]
+    sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
+    cfg = VlnEgoConfig(noise=NoiseConfig(trajectories=2, p=0.2, seed=1, splits=["train"]))
+    m = generate_vln_ego(eps, sim, cfg, 15, tmp_path / "train", split="train")
+    m_val = generate_vln_ego(eps, sim, cfg, 15, tmp_path / "val", split="val_seen")
+    sim.close()
+    assert m["noisy_trajectories"] == 4 and m_val["noisy_trajectories"] == 0
+    assert m_val["samples"] == sum(len(e.gt_actions) for e in eps)
+    ds = VlnEgoDataset(tmp_path / "train")
+    keys = {s["episode_id"] for s in ds}
+    assert keys == {str(e.episode_id) for e in eps} | {f"{e.episode_id}~{k}" for e in eps for k in (0, 1)}
+    s = next(s for s in ds if s["episode_id"].endswith("~1") and s["step"] == 3)
+    assert len(ds.images(s)) == len(s["history"]) + 1
+    with pytest.raises(SacaError, match=r"vln_ego\.noise\.p"):
+        VlnEgoConfig(noise={"p": 1.5}).validate("vln_ego")

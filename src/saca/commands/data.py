@@ -86,7 +86,7 @@ def cmd_vln_ego(args) -> int:
     episodes = load_split(args.episodes, args.split)
     sim, ds = sim_from_args(args)
     with sim:
-        m = generate_vln_ego(episodes, sim, cfg, ds.turn_angle, args.out)
+        m = generate_vln_ego(episodes, sim, cfg, ds.turn_angle, args.out, split=args.split)
     print(f"wrote {m['samples']} samples ({m['frames']} frames, {m['episodes']} episodes) to {args.out}")
     return 0
 

@@ -37,6 +37,8 @@ class DatasetConfig:
     turn_angle: float = 15
     style: str = "r2r"
     landmarks: list = field(default_factory=lambda: [1, 2])
+    path_length: list | None = None  # [min, max] metres of the route through the landmarks; None: the style's PATH_LIMITS
+    max_detour: float | None = None  # each leg's geodesic length <= max_detour x its straight-line length; None: any
     seed: int = 0
     episodes: dict = field(default_factory=lambda: {"train": 100, "val_seen": 20, "val_unseen": 20})
 
@@ -46,6 +48,11 @@ class DatasetConfig:
         lo, hi = self.landmarks
         if not 1 <= lo <= hi <= 4:
             raise SacaError(f"{where}.landmarks: need 1 <= min <= max <= 4, got {self.landmarks}")
+        if self.path_length is not None:
+            if len(self.path_length) != 2 or not MIN_START_GOAL <= self.path_length[0] <= self.path_length[1]:
+                raise SacaError(f"{where}.path_length: need {MIN_START_GOAL} <= min <= max (metres), got {self.path_length}")
+        if self.max_detour is not None and self.max_detour < 1.0:
+            raise SacaError(f"{where}.max_detour: a leg's geodesic length is at least its straight-line length (>= 1.0), got {self.max_detour}")
         for k in self.episodes:
             if k not in SPLITS:
                 raise SacaError(f"unknown config key '{where}.episodes.{k}'; splits are {', '.join(SPLITS)}")
@@ -86,6 +93,58 @@ def _room_of(scene, p) -> dict | None:
     return None
 
 
+class ExpertPlan:
+    """The expert as a state machine: walk to waypoint ``i`` (the simulator's shortest-path
+    follower), then turn to face ``face[i]``, then the next waypoint; STOP after the last.
+
+    ``next_action(sim)`` reads the simulator's current state, so the plan also gives the
+    expert's continuation from states the expert itself never visits (noise-injected
+    rollouts, :func:`saca.vln_ego.generate.noisy_rollout`). ``lookahead`` gives the next
+    ``n`` actions without changing the simulator or the plan.
+    """
+
+    def __init__(self, waypoints, face=None, turn_angle: float = 15.0):
+        self.waypoints = [tuple(w) for w in waypoints]
+        self.face = None if face is None else [tuple(f) for f in face]
+        self.turn_angle = float(turn_angle)
+        self.i = 0  # current waypoint
+        self.facing = False  # arrived at waypoint i, turning toward face[i]
+        self.face_turns = 0
+
+    def copy(self) -> "ExpertPlan":
+        c = ExpertPlan.__new__(ExpertPlan)
+        c.__dict__.update(self.__dict__)
+        return c
+
+    def next_action(self, sim) -> Action:
+        while self.i < len(self.waypoints):
+            if not self.facing:
+                a = sim.teacher_action(goal=self.waypoints[self.i])
+                if a != Action.STOP:
+                    return a
+                self.facing, self.face_turns = True, 0  # arrived at this waypoint
+            if self.face is not None and self.face_turns < int(360 / self.turn_angle):
+                s = sim.state
+                err = math.remainder(_direction(s.position, self.face[self.i]) - s.heading, 2 * math.pi)
+                if abs(err) > math.radians(self.turn_angle) / 2 + 1e-9:
+                    self.face_turns += 1
+                    return Action.TURN_LEFT if err > 0 else Action.TURN_RIGHT
+            self.i, self.facing = self.i + 1, False
+        return Action.STOP
+
+    def lookahead(self, sim, n: int) -> list[int]:
+        """The expert's next ``n`` actions from the simulator's current state (padded with STOP)."""
+        plan, start, out = self.copy(), sim.snapshot(), []
+        while len(out) < n:
+            a = plan.next_action(sim)
+            out.append(int(a))
+            if a == Action.STOP:
+                break
+            sim.step(a)
+        sim.restore(start)
+        return out + [int(Action.STOP)] * (n - len(out))
+
+
 def expert_actions(sim, waypoints, max_steps: int, face=None) -> tuple[list[int], list[list[float]]] | None:
     """Teacher actions through ``waypoints`` in order, ending with STOP; None if it does not get there.
 
@@ -95,33 +154,21 @@ def expert_actions(sim, waypoints, max_steps: int, face=None) -> tuple[list[int]
     ``locations[t]`` is the agent position at frame ``t``, before ``actions[t]``.
     """
     actions, locations = [], []
-
-    def act(a) -> None:
+    plan = ExpertPlan(waypoints, face, sim.turn_angle)
+    while True:
+        a = plan.next_action(sim)
+        if a == Action.STOP:
+            break
+        if len(actions) >= max_steps:
+            return None
         locations.append(list(sim.state.position))
         actions.append(int(a))
         sim.step(a)
-
-    for i, wp in enumerate(waypoints):
-        while True:
-            if len(actions) >= max_steps:
-                return None
-            a = sim.teacher_action(goal=wp)
-            if a == Action.STOP:
-                break  # arrived at this waypoint
-            act(a)
-            if len(actions) >= 8 and len(set(actions[-8:])) == 2 and Action.MOVE_FORWARD not in actions[-8:]:
-                return None  # oscillating between left and right: reject this route
-        if face is not None:
-            half = math.radians(sim.turn_angle) / 2
-            for _ in range(int(360 / sim.turn_angle)):
-                s = sim.state
-                err = math.remainder(_direction(s.position, face[i]) - s.heading, 2 * math.pi)
-                if abs(err) <= half + 1e-9 or len(actions) >= max_steps:
-                    break
-                act(Action.TURN_LEFT if err > 0 else Action.TURN_RIGHT)
-    if len(actions) >= max_steps + 1:
-        return None
-    act(Action.STOP)
+        if not plan.facing and len(actions) >= 8 and len(set(actions[-8:])) == 2 and Action.MOVE_FORWARD not in actions[-8:]:
+            return None  # oscillating between left and right: reject this route
+    locations.append(list(sim.state.position))
+    actions.append(int(Action.STOP))
+    sim.step(Action.STOP)
     return actions, locations
 
 
@@ -131,7 +178,7 @@ def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[st
         raise SacaError(f"dataset {name}: no scenes for split {split}")
     n = int(cfg.episodes.get(split, 0))
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, SPLIT_CODE[split]]))
-    lo_len, hi_len = PATH_LIMITS[cfg.style]
+    lo_len, hi_len = cfg.path_length or PATH_LIMITS[cfg.style]
     episodes: list[Episode] = []
     attempts = 0
     while len(episodes) < n:
@@ -163,6 +210,10 @@ def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[st
         total = sum(dists)
         if not all(math.isfinite(d) and d > 1.0 for d in dists) or not lo_len <= total <= hi_len:
             continue
+        if cfg.max_detour is not None and any(
+            d > cfg.max_detour * math.hypot(b[0] - a[0], b[2] - a[2]) for a, b, d in zip(legs, legs[1:], dists)
+        ):
+            continue  # a leg bends around walls: its landmark is out of sight from where the leg starts
         if nav.geodesic_distance(start, waypoints[-1]) < MIN_START_GOAL:
             continue
         steps_per_turn = 360 / cfg.turn_angle

@@ -384,7 +384,8 @@ class SftTrainer:
         self.journal.start(start, self.fingerprint)
         self.journal.log({"event": "start", "step": start, "total_steps": self.total_steps, "n_train": len(self.train),
                    "global_batch": self.global_batch, "world_size": self.world, "seed": cfg.seed,
-                   "deepspeed": cfg.deepspeed, "init": self.init, "fingerprint": self.fingerprint})
+                   "deepspeed": cfg.deepspeed, "init": self.init, "fingerprint": self.fingerprint,
+                   "torch_threads": torch.get_num_threads()})
         if start == 0:
             val_before = self.validate()
             self.journal.log({"event": "val", "step": 0, "val_loss": val_before})
@@ -463,6 +464,8 @@ class SftTrainer:
             "steps": self.total_steps, "global_batch": self.global_batch, "seed": cfg.seed,
             "val_loss_before": val_before if val_before is not None else self._logged_val(0),
             "val_loss_after": val_after, "config": asdict(cfg), "world_size": self.world,
+            # CPU weights are bitwise reproducible for one thread count (float summation order), see docs/policy.md
+            "torch_threads": torch.get_num_threads(),
         }
         self.save_final(summary)
         self.journal.finish()  # the finished run's log, after its final/

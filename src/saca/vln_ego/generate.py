@@ -5,6 +5,13 @@ frame ``t`` is the observation before ``a_t``. Sample ``t`` holds the
 instruction, history indices from the memory sampler, the current frame index
 ``t`` and the target ``actions[t .. t+n-1]`` padded with STOP, as option text
 with the dataset's real turn angle.
+
+Optionally (``vln_ego.noise``, a mini-world deviation; VLN-R1's VLN-Ego holds expert
+trajectories only) each episode also gets noise-injected rollouts: the expert acts,
+but each step's action is replaced by a random other move with probability ``p``,
+and every frame is labelled with the expert's next ``n`` actions *from where the
+agent actually is* (:class:`saca.episodes.generate.ExpertPlan`). This is DART-style
+data (Laskey et al., 2017): it shows the policy how to recover from its own errors.
 """
 
 from __future__ import annotations
@@ -22,6 +29,22 @@ from saca.vln_ego.store import FORMAT_VERSION, FrameShardWriter, encode_image, w
 
 
 @dataclass
+class NoiseConfig:
+    """``vln_ego.noise``: noise-injected expert rollouts added to some splits (see the module docstring)."""
+
+    trajectories: int = 0  # rollouts per episode; 0: expert trajectories only (VLN-R1)
+    p: float = 0.15  # probability that a step's action is replaced by a random other move
+    seed: int = 0
+    splits: list = field(default_factory=lambda: ["train"])
+
+    def validate(self, where: str) -> None:
+        if self.trajectories < 0:
+            raise SacaError(f"{where}.trajectories: must be >= 0")
+        if not 0.0 <= self.p < 1.0:
+            raise SacaError(f"{where}.p: must be in [0, 1)")
+
+
+@dataclass
 class VlnEgoConfig:
     """The ``vln_ego`` config section."""
 
@@ -31,6 +54,7 @@ class VlnEgoConfig:
     jpeg_quality: int = 95
     trajectories_per_shard: int = 64
     splits: list = field(default_factory=lambda: ["train", "val_seen", "val_unseen"])
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def validate(self, where: str) -> None:
         if self.n_actions < 1:
@@ -41,6 +65,11 @@ class VlnEgoConfig:
             from saca.config import from_dict
 
             self.memory = from_dict(MemoryConfig, self.memory, f"{where}.memory")
+        if isinstance(self.noise, dict):
+            from saca.config import from_dict
+
+            self.noise = from_dict(NoiseConfig, self.noise, f"{where}.noise")
+        self.noise.validate(f"{where}.noise")
 
 
 def replay_frames(sim, episode) -> list:
@@ -64,19 +93,57 @@ def replay_frames(sim, episode) -> list:
     return frames
 
 
-def episode_samples(episode, cfg: VlnEgoConfig, turn_angle: float, shard: str, row_group: int) -> list[dict]:
+def noisy_rollout(sim, episode, n: int, p: float, rng, max_steps: int | None = None) -> tuple[list, list[list[int]], list[int]]:
+    """One noise-injected expert rollout: frames, the expert's next-``n`` target at each frame, executed actions.
+
+    At frame ``t`` the target is the expert's continuation from the agent's actual state;
+    the executed action is its first action, or with probability ``p`` a random other
+    move (never STOP). The rollout ends when the expert says STOP (the last target is
+    all STOP) or after ``max_steps`` frames (default: the simulator's limit).
+    """
+    from saca.episodes.generate import ExpertPlan
+
+    info = episode.info or {}
+    if not info.get("waypoints"):
+        raise SacaError(f"episode {episode.episode_id}: no info.waypoints (noise-injected rollouts need the route)")
+    sim.reset(episode)
+    objects = {int(o["instance_id"]): o for o in sim.scene["objects"]}
+    face = [objects[int(i)]["position"] for i in info.get("landmark_instances", [])] or None
+    plan = ExpertPlan(info["waypoints"], face, sim.turn_angle)
+    limit = max_steps or sim.config.max_steps
+    moves = [int(Action.MOVE_FORWARD), int(Action.TURN_LEFT), int(Action.TURN_RIGHT)]
+    frames, targets, executed = [], [], []
+    while True:
+        frames.append(sim.observe().rgb)
+        targets.append(plan.lookahead(sim, n))
+        a = int(plan.next_action(sim))  # the target's first action; advances the plan's waypoint
+        if a == Action.STOP or len(frames) >= limit:
+            executed.append(int(Action.STOP))
+            return frames, targets, executed
+        if rng.random() < p:
+            a = int(rng.choice([m for m in moves if m != a]))
+        executed.append(a)
+        sim.step(a)
+
+
+def episode_samples(episode, cfg: VlnEgoConfig, turn_angle: float, shard: str, row_group: int,
+                    targets: list[list[int]] | None = None, key: str | None = None) -> list[dict]:
+    """Sample rows of one trajectory: the expert's (``targets`` None) or a noise-injected
+    rollout's (``targets[t]`` per frame, frames stored under ``key``)."""
     actions = episode.gt_actions
+    key = str(episode.episode_id) if key is None else key
+    T = len(actions) if targets is None else len(targets)
     rows = []
-    for t in range(len(actions)):
-        target = target_actions(actions, t, cfg.n_actions)
+    for t in range(T):
+        target = target_actions(actions, t, cfg.n_actions) if targets is None else targets[t]
         rows.append(
             {
-                "sample_id": f"{episode.episode_id}:{t}",
-                "episode_id": str(episode.episode_id),
+                "sample_id": f"{key}:{t}",
+                "episode_id": key,
                 "scene_id": episode.scene_id,
                 "instruction": episode.instruction_text,
                 "step": t,
-                "num_frames": len(actions),
+                "num_frames": T,
                 "history": history_indices(t, cfg.memory),
                 "actions": target,
                 "answer": format_actions(target, turn_angle),
@@ -88,9 +155,16 @@ def episode_samples(episode, cfg: VlnEgoConfig, turn_angle: float, shard: str, r
     return rows
 
 
-def generate_vln_ego(episodes, sim, cfg: VlnEgoConfig, turn_angle: float, out_dir: str | Path) -> dict:
-    """Write a VLN-Ego split directory atomically; returns the manifest."""
-    n_samples = n_frames = 0
+def generate_vln_ego(episodes, sim, cfg: VlnEgoConfig, turn_angle: float, out_dir: str | Path,
+                     split: str | None = None) -> dict:
+    """Write a VLN-Ego split directory atomically; returns the manifest.
+
+    ``split`` (the episodes' split) decides whether ``cfg.noise`` adds noise-injected rollouts."""
+    import numpy as np
+
+    n_samples = n_frames = n_noisy = 0
+    noise = cfg.noise if isinstance(cfg.noise, NoiseConfig) else NoiseConfig(**cfg.noise)
+    k_noisy = noise.trajectories if split in noise.splits else 0
     with atomic_dir(out_dir) as tmp:
         writer = FrameShardWriter(tmp, cfg.trajectories_per_shard)
         rows = []
@@ -101,12 +175,21 @@ def generate_vln_ego(episodes, sim, cfg: VlnEgoConfig, turn_angle: float, out_di
                 shard, rg = writer.add(str(ep.episode_id), encoded)
                 rows += episode_samples(ep, cfg, turn_angle, shard, rg)
                 n_frames += len(frames)
+                for k in range(k_noisy):
+                    rng = np.random.default_rng([noise.seed, k, *str(ep.episode_id).encode()])
+                    frames, targets, _ = noisy_rollout(sim, ep, cfg.n_actions, noise.p, rng)
+                    key = f"{ep.episode_id}~{k}"
+                    shard, rg = writer.add(key, [encode_image(f, cfg.image_format, cfg.jpeg_quality) for f in frames])
+                    rows += episode_samples(ep, cfg, turn_angle, shard, rg, targets=targets, key=key)
+                    n_frames += len(frames)
+                    n_noisy += 1
         finally:
             writer.close()
         n_samples = write_samples(tmp, rows)
         manifest = {
             "format_version": FORMAT_VERSION,
             "episodes": len(episodes),
+            "noisy_trajectories": n_noisy,
             "frames": n_frames,
             "samples": n_samples,
             "turn_angle": float(turn_angle),
@@ -117,6 +200,7 @@ def generate_vln_ego(episodes, sim, cfg: VlnEgoConfig, turn_angle: float, out_di
                 "image_format": cfg.image_format,
                 "jpeg_quality": cfg.jpeg_quality,
                 "trajectories_per_shard": cfg.trajectories_per_shard,
+                "noise": vars(noise) if k_noisy else None,
             },
         }
         write_json(Path(tmp) / "manifest.json", manifest)

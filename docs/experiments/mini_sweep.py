@@ -1,0 +1,221 @@
+"""The lever sweep of docs/policy.md ("The mini world in the paper's regime", issue 12), selected on val_seen.
+
+    python docs/experiments/mini_sweep.py --points base res112 ...   # runs the workflow for each point
+    python docs/experiments/mini_sweep.py --report-only                 # prints the table
+
+Each point is a small override of ``config/config.yaml`` (``POINTS`` below). The script writes the
+override to ``results/sweep/{point}/overlay.yaml`` and runs the workflow itself,
+
+    snakemake --cores 2 --configfile config/config.yaml results/sweep/{point}/overlay.yaml -- TARGETS
+
+with ``results: results/sweep/{point}``, for the targets: the SFT model, its evaluation on val_seen of
+both datasets (``SWEEP_VAL_SEEN`` episodes each, a larger val_seen than the default config's, since
+selection happens there) and the oracle audit of those episodes (the Appendix-A share). Points that
+leave the world and the VLN-Ego settings unchanged share the data of the point named in ``data_from``
+(symlinked), so only SFT and evaluation run again. val_unseen is never touched here.
+
+Table columns: SFT minutes (the ``sft`` rule's benchmark file, 2 cores), val_seen SR / mean episode
+length / expert length per dataset, Appendix-A share of failed episodes (rho > 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DATASETS = ("mini_r2r", "mini_rxr")
+SWEEP_VAL_SEEN = 60
+
+# the override every point shares: a larger val_seen for selection, no val_unseen data
+COMMON = {
+    "datasets": {d: {"episodes": {"val_seen": SWEEP_VAL_SEEN}} for d in DATASETS},
+    "sft": {"val_splits": ["val_seen"]},
+}
+
+POINTS: dict[str, dict] = {}
+
+
+def point(name, data_from=None, evals=None, **override):
+    """``evals``: extra evaluations of the point's SFT model, ``{run suffix: evaluation.agent_options}``
+    (decoding / execution settings that need no retraining)."""
+    POINTS[name] = {"override": override, "data_from": data_from, "evals": evals or {}}
+
+
+# the pre-issue default (4 epochs, 22 min): 56 px frames (4 image tokens), 16 frames of memory;
+# its train data are the default workflow's (results/)
+point("base", data_from="results")
+# world difficulty: shorter routes (R2R-style 4-9 m, RxR-style 6-14 m through 2-3 landmarks), more train
+# episodes so that the number of VLN-Ego samples stays about the same
+SHORT = {"mini_r2r": {"path_length": [4.0, 9.0], "episodes": {"train": 160}},
+         "mini_rxr": {"path_length": [6.0, 14.0], "landmarks": [2, 3], "episodes": {"train": 120}}}
+EXEC = {"exec1": {"execute_actions": 1}}  # re-plan after every action (closed loop) instead of after the chunk
+# the 10-minute budget on the default world: 8 frames of memory (7 history + current), 2 epochs
+point("f8_e2", data_from=None, vln_ego={"memory": {"max_frames": 8}}, sft={"num_train_epochs": 2})
+point("short_f8_e2", datasets=SHORT, vln_ego={"memory": {"max_frames": 8}}, sft={"num_train_epochs": 2}, evals=EXEC)
+# landmark visibility: every leg of the route is nearly straight (geodesic <= 1.1 x straight line), so the
+# landmark a leg walks to is in sight from where the leg starts (once the agent has turned toward it)
+DIRECT = {"mini_r2r": {"max_detour": 1.1}, "mini_rxr": {"max_detour": 1.1}}
+point("direct_f8_e2", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}}, sft={"num_train_epochs": 2}, evals=EXEC)
+# recovery data: one noise-injected expert rollout per train episode (p = 0.15), 1 epoch over the ~2.4x larger set
+point("direct_f8_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
+      sft={"num_train_epochs": 1}, evals=EXEC)
+# resolution on the direct-leg world: 112 px frames (16 image tokens: 4 horizontal bins of 22.5 deg where
+# 56 px gives 2 of 45 deg), 4 frames of memory to keep the cost per sample
+point("direct_res112_f4_e2", datasets=DIRECT, vln_ego={"memory": {"max_frames": 4}}, policy={"init": {"image_size": 112}},
+      sft={"num_train_epochs": 2}, evals=EXEC)
+point("direct_res112_f4_noise_e1", datasets=DIRECT, policy={"init": {"image_size": 112}},
+      vln_ego={"memory": {"max_frames": 4}, "noise": {"trajectories": 1, "p": 0.15}}, sft={"num_train_epochs": 1}, evals=EXEC)
+# resolution: 112 px frames (16 image tokens each) with 4 frames of memory (about the cost of 56 px with 8)
+point("short_res112_f4_e2", data_from=None, datasets=SHORT, vln_ego={"memory": {"max_frames": 4}},
+      policy={"init": {"image_size": 112}}, sft={"num_train_epochs": 2}, evals=EXEC)
+
+
+def deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def targets(res: Path) -> list[str]:
+    out = [str(res / "sft" / "r2r_rxr" / "final")]
+    for d in DATASETS:
+        out += [str(res / d / "eval" / "sft" / "val_seen" / "metrics.json"),
+                str(res / d / "audit" / "sft" / "val_seen" / "summary.json")]
+    return out
+
+
+def share_data(res: Path, src: Path) -> None:
+    """Symlink the scenes and train data of another point with the same world and VLN-Ego settings."""
+    res.mkdir(parents=True, exist_ok=True)
+    rels = ["scenes", *[f"{d}/{sub}" for d in DATASETS for sub in
+                        ("episodes/train.json.gz", "episodes/train_gt.json.gz", "vln_ego/train")]]
+    for rel in rels:
+        dst = res / rel
+        if not dst.exists() and (src / rel).exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(src / rel, dst.parent), dst)
+
+
+def run_point(name: str, cores: int) -> None:
+    p = POINTS[name]
+    res = Path("results/sweep") / name
+    overlay = deep_merge(COMMON, p["override"])
+    overlay["results"] = str(res)
+    res.mkdir(parents=True, exist_ok=True)
+    (res / "overlay.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
+    if p["data_from"]:
+        src = Path(p["data_from"]) if "/" in p["data_from"] or p["data_from"] == "results" else Path("results/sweep") / p["data_from"]
+        share_data(res, src)
+    base = ["snakemake", "--cores", str(cores), "--configfile", "config/config.yaml", str(res / "overlay.yaml")]
+    snake(name, base + ["--", *targets(res)])
+    cfg = deep_merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()), overlay)
+    for suffix, options in p["evals"].items():
+        extra_eval(res, cfg, f"sft-{suffix}", options)
+
+
+def extra_eval(res: Path, cfg: dict, run: str, options: dict) -> None:
+    """Evaluate the point's SFT agent with other agent options on val_seen, and audit it (the workflow's commands)."""
+    py = [sys.executable, "-m", "saca"]
+    sim = json.dumps(cfg["sim"])
+    for d in DATASETS:
+        ds = dict(cfg["datasets"][d])
+        ds["episodes"] = {"val_seen": ds["episodes"]["val_seen"]}
+        out = res / d / "eval" / run / "val_seen"
+        common = ["--scenes", str(res / "scenes"), "--sim", sim, "--dataset-config", json.dumps(ds)]
+        if not (out / "metrics.json").exists():
+            params = {**cfg["evaluation"], "agent_options": options}
+            shell(py + ["evaluate", "--dataset-dir", str(res / d), "--split", "val_seen", "--agent",
+                        str(res / "sft" / "r2r_rxr" / "agent.json"), "--run", run, *common,
+                        "--params", json.dumps(params), "--out", str(out)], res / "logs" / f"{d}-{run}.log")
+        audit = res / d / "audit" / run / "val_seen"
+        if not (audit / "summary.json").exists():
+            shell(py + ["audit", "--episodes", str(res / d / "episodes"), "--split", "val_seen", "--eval-dir", str(out),
+                        "--landmarks", str(res / d / "landmarks" / "val_seen.jsonl"), *common,
+                        "--params", json.dumps(cfg["auditor"]), "--out", str(audit)], res / "logs" / f"{d}-{run}.audit.log")
+
+
+def shell(cmd, log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT / "src")}
+    with open(log, "w") as fh:
+        r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    if r.returncode:
+        sys.exit(f"failed ({r.returncode}): see {log}")
+
+
+def snake(name, cmd) -> None:
+    print("+", " ".join(cmd), flush=True)
+    r = subprocess.run(cmd, cwd=ROOT)
+    if r.returncode:
+        sys.exit(f"point {name}: snakemake failed ({r.returncode})")
+
+
+def episode_lengths(path: Path, gt_path: Path) -> tuple[float, float]:
+    """Mean agent steps of an evaluation's episodes and mean expert steps of the same episodes."""
+    import gzip
+
+    gt = json.loads(gzip.open(gt_path).read())
+    steps, expert = [], []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        steps.append(row.get("steps", len(row["actions"])))
+        expert.append(len(gt[str(row["episode_id"])]["actions"]))
+    n = max(len(steps), 1)
+    return sum(steps) / n, sum(expert) / n
+
+
+def report(names) -> None:
+    head = "| point | SFT min | " + " | ".join(f"{d} SR / steps (expert) / A-share" for d in DATASETS) + " |"
+    print(head)
+    print("|" + "---|" * (2 + len(DATASETS)))
+    for name in names:
+        for run in ["sft", *[f"sft-{s}" for s in POINTS[name]["evals"]]]:
+            report_row(name, run)
+
+
+def report_row(name: str, run: str) -> None:
+    if True:
+        res = ROOT / "results/sweep" / name
+        bench = res / "benchmarks" / "sft" / "r2r_rxr.tsv"
+        minutes = float(bench.read_text().splitlines()[-1].split("\t")[0]) / 60 if bench.exists() else float("nan")
+        cells = []
+        for d in DATASETS:
+            m = res / d / "eval" / run / "val_seen" / "metrics.json"
+            a = res / d / "audit" / run / "val_seen" / "summary.json"
+            if not m.exists():
+                cells.append("-")
+                continue
+            sr = json.loads(m.read_text())["SR"]
+            steps, expert = episode_lengths(m.parent / "episodes.jsonl", res / d / "episodes" / "val_seen_gt.json.gz")
+            share = json.loads(a.read_text())["appendix_a"]["share"] if a.exists() else None
+            cells.append(f"{sr:.3f} / {steps:.0f} ({expert:.0f}) / {'-' if share is None else f'{share:.2f}'}")
+        label = name if run == "sft" else f"{name}, {run[4:]}"
+        print(f"| {label} | {minutes:.1f} | " + " | ".join(cells) + " |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--points", nargs="+", default=list(POINTS))
+    ap.add_argument("--cores", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    unknown = [n for n in args.points if n not in POINTS]
+    if unknown:
+        sys.exit(f"unknown points {unknown}; defined: {', '.join(POINTS)}")
+    if not args.report_only:
+        for name in args.points:
+            run_point(name, args.cores)
+    report(args.points)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
