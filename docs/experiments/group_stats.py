@@ -45,6 +45,7 @@ def main() -> int:
     ap.add_argument("--episodes", type=int, default=32, help="instructions per dataset")
     ap.add_argument("--batch", type=int, default=4, help="groups rolled out together")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--generation", default="{}", help="JSON overrides of rft.generation (e.g. the evaluation's temperature)")
     ap.add_argument("--auditor", default="{}", help="JSON overrides of the auditor section (e.g. patience)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -57,7 +58,7 @@ def main() -> int:
     G = int(rft["G"])
     agent_path = args.agent or res / "sft" / rft["sft_mix"] / "agent.json"
     ckpt, options = resolve_agent_spec(agent_path)
-    options["generation"] = {**rft["generation"], "seed": args.seed}
+    options["generation"] = {**rft["generation"], **json.loads(args.generation), "seed": args.seed}
     acfg = from_dict(PolicyAgentConfig, options, "policy.agent")
     policy = load_policy(ckpt, dtype=acfg.dtype, device=acfg.device, image_pixels=acfg.image_pixels)
     sim_cfg = from_dict(SimConfig, cfg["sim"], "sim")

@@ -144,7 +144,7 @@ def extra_eval(res: Path, cfg: dict, run: str, options: dict) -> None:
 
 def shell(cmd, log: Path) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(ROOT / "src")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("SACA_THREADS", "2"), "PYTHONPATH": str(ROOT / "src")}
     with open(log, "w") as fh:
         r = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     if r.returncode:
