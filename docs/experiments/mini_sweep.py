@@ -65,7 +65,7 @@ DIRECT = {"mini_r2r": {"max_detour": 1.1}, "mini_rxr": {"max_detour": 1.1}}
 point("direct_f8_e2", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}}, sft={"num_train_epochs": 2}, evals=EXEC)
 # recovery data: one noise-injected expert rollout per train episode (p = 0.15), 1 epoch over the ~2.4x larger set
 point("direct_f8_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
-      sft={"num_train_epochs": 1}, evals=EXEC)
+      sft={"num_train_epochs": 1})
 # resolution on the direct-leg world: 112 px frames (16 image tokens: 4 horizontal bins of 22.5 deg where
 # 56 px gives 2 of 45 deg), 4 frames of memory to keep the cost per sample
 point("direct_res112_f4_e2", datasets=DIRECT, vln_ego={"memory": {"max_frames": 4}}, policy={"init": {"image_size": 112}},
