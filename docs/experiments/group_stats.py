@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from saca.auditor import Auditor, AuditorConfig, Trajectory as AuditTrajectory  # noqa: E402
 from saca.auditor.run import replay  # noqa: E402
@@ -34,6 +35,8 @@ from saca.policy.model import load_policy  # noqa: E402
 from saca.sim import make_simulator  # noqa: E402
 from saca.sim.base import SimConfig  # noqa: E402
 from saca.train.rollout import RolloutEngine, group_outcomes, release  # noqa: E402
+
+from mini_sweep import deep_merge  # noqa: E402
 
 
 def main() -> int:
@@ -52,7 +55,7 @@ def main() -> int:
 
     cfg: dict = {}
     for f in args.config:
-        cfg = _merge(cfg, load_yaml(f))
+        cfg = deep_merge(cfg, load_yaml(f))
     res = Path(args.results or cfg.get("results", "results"))
     rft = cfg["rft"]
     G = int(rft["G"])
@@ -126,13 +129,6 @@ def main() -> int:
         print(d, json.dumps({k: v for k, v in out["datasets"][d].items() if k not in ("engine", "successes_per_group")}))
     write_json(args.out, out)
     return 0
-
-
-def _merge(a: dict, b: dict) -> dict:
-    o = dict(a)
-    for k, v in b.items():
-        o[k] = _merge(o[k], v) if isinstance(v, dict) and isinstance(o.get(k), dict) else v
-    return o
 
 
 if __name__ == "__main__":

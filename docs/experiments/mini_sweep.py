@@ -182,23 +182,22 @@ def report(names) -> None:
 
 
 def report_row(name: str, run: str) -> None:
-    if True:
-        res = ROOT / "results/sweep" / name
-        bench = res / "benchmarks" / "sft" / "r2r_rxr.tsv"
-        minutes = float(bench.read_text().splitlines()[-1].split("\t")[0]) / 60 if bench.exists() else float("nan")
-        cells = []
-        for d in DATASETS:
-            m = res / d / "eval" / run / "val_seen" / "metrics.json"
-            a = res / d / "audit" / run / "val_seen" / "summary.json"
-            if not m.exists():
-                cells.append("-")
-                continue
-            sr = json.loads(m.read_text())["SR"]
-            steps, expert = episode_lengths(m.parent / "episodes.jsonl", res / d / "episodes" / "val_seen_gt.json.gz")
-            share = json.loads(a.read_text())["appendix_a"]["share"] if a.exists() else None
-            cells.append(f"{sr:.3f} / {steps:.0f} ({expert:.0f}) / {'-' if share is None else f'{share:.2f}'}")
-        label = name if run == "sft" else f"{name}, {run[4:]}"
-        print(f"| {label} | {minutes:.1f} | " + " | ".join(cells) + " |")
+    res = ROOT / "results/sweep" / name
+    bench = res / "benchmarks" / "sft" / "r2r_rxr.tsv"
+    minutes = float(bench.read_text().splitlines()[-1].split("\t")[0]) / 60 if bench.exists() else float("nan")
+    cells = []
+    for d in DATASETS:
+        m = res / d / "eval" / run / "val_seen" / "metrics.json"
+        a = res / d / "audit" / run / "val_seen" / "summary.json"
+        if not m.exists():
+            cells.append("-")
+            continue
+        sr = json.loads(m.read_text())["SR"]
+        steps, expert = episode_lengths(m.parent / "episodes.jsonl", res / d / "episodes" / "val_seen_gt.json.gz")
+        share = json.loads(a.read_text())["appendix_a"]["share"] if a.exists() else None
+        cells.append(f"{sr:.3f} / {steps:.0f} ({expert:.0f}) / {'-' if share is None else f'{share:.2f}'}")
+    label = name if run == "sft" else f"{name}, {run[4:]}"
+    print(f"| {label} | {minutes:.1f} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:

@@ -13,6 +13,7 @@ different seeds); ``val_unseen`` uses the held-out houses only.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,11 +112,6 @@ class ExpertPlan:
         self.facing = False  # arrived at waypoint i, turning toward face[i]
         self.face_turns = 0
 
-    def copy(self) -> "ExpertPlan":
-        c = ExpertPlan.__new__(ExpertPlan)
-        c.__dict__.update(self.__dict__)
-        return c
-
     def next_action(self, sim) -> Action:
         while self.i < len(self.waypoints):
             if not self.facing:
@@ -132,12 +128,17 @@ class ExpertPlan:
             self.i, self.facing = self.i + 1, False
         return Action.STOP
 
-    def lookahead(self, sim, n: int) -> list[int]:
-        """The expert's next ``n`` actions from the simulator's current state (padded with STOP)."""
-        plan, start, out = self.copy(), sim.snapshot(), []
+    def lookahead(self, sim, n: int, advance: bool = False) -> list[int]:
+        """The expert's next ``n`` actions from the simulator's current state (padded with STOP).
+
+        The simulator is restored afterwards. With ``advance`` the plan itself moves on by
+        the first of those actions (as ``next_action`` would), without asking the teacher again."""
+        plan, start, out = copy.copy(self), sim.snapshot(), []
         while len(out) < n:
             a = plan.next_action(sim)
             out.append(int(a))
+            if len(out) == 1 and advance:
+                self.__dict__.update(plan.__dict__)
             if a == Action.STOP:
                 break
             sim.step(a)

@@ -115,8 +115,8 @@ def noisy_rollout(sim, episode, n: int, p: float, rng, max_steps: int | None = N
     frames, targets, executed = [], [], []
     while True:
         frames.append(sim.observe().rgb)
-        targets.append(plan.lookahead(sim, n))
-        a = int(plan.next_action(sim))  # the target's first action; advances the plan's waypoint
+        targets.append(plan.lookahead(sim, n, advance=True))  # the plan moves on by the target's first action
+        a = targets[-1][0]
         if a == Action.STOP or len(frames) >= limit:
             executed.append(int(Action.STOP))
             return frames, targets, executed
