@@ -35,6 +35,7 @@ from saca.vln_ego.samplers import MemoryConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+GRPO_ONLY = dict(soft_score=False, afr=False, rr=False)  # the rft base is SACA; plain GRPO switches it off
 
 
 @pytest.fixture(scope="module")
@@ -171,17 +172,51 @@ def test_teacher_forced_logprobs_equal_the_sampling_time_ones(policy):
 # --- variants and config -----------------------------------------------------------------------
 
 SECTION = {"G": 8, "beta": 0.04, "generation": {"temperature": 1.0, "max_new_tokens": 48},
-           "datasets": ["mini_r2r"], "sft_mix": "r2r_rxr",
-           "variants": {"grpo": {}, "vlnr1": {"mode": "offline", "generation": {"temperature": 0.9}}}}
+           "datasets": ["mini_r2r"], "sft_mix": "r2r_rxr", "runs": ["grpo"], "auditor": {"patience": 6},
+           "variants": {"grpo": GRPO_ONLY, "vlnr1": {"mode": "offline", "generation": {"temperature": 0.9}, **GRPO_ONLY},
+                        "saca": {}, "global": {"auditor": {"modules": ["global"], "oracle": {"u": 0.5}}}}}
+AUDITOR = {"backend": "oracle", "tau_hard": 0.25, "patience": 8, "modules": ["global", "box", "mask"],
+           "oracle": {"f0": 0.01, "u": 1.0}, "runs": ["sft"], "splits": ["val_unseen"], "group_size": 8}
 
 
 def test_variants_are_small_overrides_of_one_base():
-    v = resolve_variant(SECTION, "vlnr1")
+    v = resolve_variant(SECTION, "vlnr1", AUDITOR)
     assert v["mode"] == "offline" and v["generation"] == {"temperature": 0.9, "max_new_tokens": 48} and v["G"] == 8
-    assert "variants" not in v and "datasets" not in v
-    assert resolve_variant(SECTION, "grpo") == {"G": 8, "beta": 0.04, "generation": {"temperature": 1.0, "max_new_tokens": 48}}
-    with pytest.raises(SacaError, match=r"unknown variant 'sacaa'; defined variants: grpo, vlnr1"):
+    assert "variants" not in v and "datasets" not in v and "runs" not in v
+    # a variant that audits nothing gets no auditor settings: editing the auditor does not rerun it
+    assert resolve_variant(SECTION, "grpo", AUDITOR) == {"G": 8, "beta": 0.04, **GRPO_ONLY,
+                                                          "generation": {"temperature": 1.0, "max_new_tokens": 48}}
+    # SACA's auditor: the top-level section (without the audit rule's keys), the rft overrides, the variant's
+    a = resolve_variant(SECTION, "saca", AUDITOR)["auditor"]
+    assert a == {"backend": "oracle", "tau_hard": 0.25, "patience": 6, "modules": ["global", "box", "mask"],
+                 "oracle": {"f0": 0.01, "u": 1.0}}
+    g = resolve_variant(SECTION, "global", AUDITOR)["auditor"]
+    assert g["modules"] == ["global"] and g["oracle"] == {"f0": 0.01, "u": 0.5} and g["patience"] == 6
+    with pytest.raises(SacaError, match=r"unknown variant 'sacaa'; defined variants: global, grpo, saca, vlnr1"):
         resolve_variant(SECTION, "sacaa")
+
+
+def test_the_paper_tables_are_variants_of_the_config():
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    rft = cfg["rft"]
+    base = RftConfig(**{k: v for k, v in rft.items() if k not in ("variants", "runs", "datasets", "sft_mix", "generation", "auditor")})
+    assert base.soft_score and base.afr and base.rr and (base.G, base.K) == (8, 3)  # the base is SACA (Table S2)
+    want = {  # SACA Tables 2-5 (method-notes §3.4) as (key, value) overrides
+        "grpo": {"soft_score": False, "afr": False, "rr": False}, "ss": {"afr": False, "rr": False},
+        "ss_afr": {"rr": False}, "saca": {},
+        "no_align": {"lambda_align": 0.0}, "no_con": {"lambda_con": 0.0}, "no_margin": {"kappa": 1.0},
+        "no_negscale": {"eta": 1.0},
+        "g4_k3": {"G": 4}, "g16_k3": {"G": 16}, "g8_k1": {"K": 1}, "g8_k5": {"K": 5},
+        "global": {"auditor": {"modules": ["global"]}}, "global_box": {"auditor": {"modules": ["global", "box"]}},
+    }
+    for name, over in want.items():
+        assert rft["variants"][name] == over, name
+        v = resolve_variant(rft, name, cfg["auditor"])
+        from saca.config import from_dict
+
+        from_dict(RftConfig, v, f"rft.variants.{name}")  # every variant is a valid config
 
 
 def test_group_size_below_two_is_refused_naming_the_key():
@@ -197,7 +232,7 @@ def sim_args(world):
 
 def online_trainer(world, tiny_dir, out, **kw):
     base = dict(G=2, groups_per_step=2, max_steps=2, learning_rate=1e-3, eval_steps=1, eval_episodes=1,
-                save_steps=1, micro_batch_size=8, device="cpu", seed=5,
+                save_steps=1, micro_batch_size=8, device="cpu", seed=5, **GRPO_ONLY,
                 generation=SamplingConfig(do_sample=True, temperature=1.0, max_new_tokens=40))
     base.update(kw)
     cfg = RftConfig(**base)
@@ -289,7 +324,7 @@ def test_num_iterations_makes_pi_old_differ_from_pi_theta(token_rewards, mini_wo
 
 def test_offline_vlnr1_rft_uses_the_time_decayed_reward(tiny_dir, tmp_path):
     ego = make_vln_ego(tmp_path / "ego", episodes=2, steps=6, seed=1)
-    cfg = RftConfig(mode="offline", G=4, groups_per_step=2, max_steps=2, learning_rate=1e-3, eval_steps=0,
+    cfg = RftConfig(mode="offline", **GRPO_ONLY, G=4, groups_per_step=2, max_steps=2, learning_rate=1e-3, eval_steps=0,
                     eval_episodes=0, save_steps=0, device="cpu", tdr="time_decayed",
                     generation=SamplingConfig(do_sample=True, temperature=1.0, max_new_tokens=40))
     tr = RftTrainer(tiny_dir, None, tmp_path / "run", cfg, agent_cfg(), {}, {}, {}, [ego])
@@ -302,7 +337,7 @@ def test_offline_vlnr1_rft_uses_the_time_decayed_reward(tiny_dir, tmp_path):
 
 def test_a_reference_of_another_architecture_is_refused_naming_it(mini_world, tiny_dir, tmp_path):
     other = build_tiny_policy(tmp_path / "other", TinyConfig(seed=0, image_size=28, hidden_size=32, num_heads=2))
-    cfg = RftConfig(G=2, groups_per_step=1, max_steps=1, device="cpu")
+    cfg = RftConfig(G=2, groups_per_step=1, max_steps=1, device="cpu", **GRPO_ONLY)
     tr = RftTrainer(tiny_dir, other, tmp_path / "run", cfg, agent_cfg(), {"mini_r2r": episodes(mini_world, "mini_r2r")},
                     {}, sim_args(mini_world))
     with pytest.raises(SacaError, match=rf"reference checkpoint {other}.*does not match"):
@@ -352,7 +387,7 @@ def _cli(args, env_extra=None, nproc=None, rewards=False, tmp=None):
 
 
 def _online_args(world, tiny_dir, out, **params):
-    p = dict(G=2, groups_per_step=2, max_steps=3, learning_rate=1e-3, eval_steps=0, eval_episodes=0, save_steps=1,
+    p = dict(G=2, groups_per_step=2, max_steps=3, learning_rate=1e-3, eval_steps=0, eval_episodes=0, save_steps=1, **GRPO_ONLY,
              micro_batch_size=8, device="cpu", seed=3, generation={"do_sample": True, "temperature": 1.5, "max_new_tokens": 40})
     p.update(params)
     ds = {n: {"backend": "embedded", "turn_angle": c.turn_angle, "style": c.style, "landmarks": c.landmarks,
@@ -398,7 +433,7 @@ def test_two_process_gradient_equals_one_process(tiny_dir, tmp_path):
     ego = make_vln_ego(tmp_path / "ego", episodes=2, steps=6, seed=1)
 
     def args(out, B):
-        p = dict(mode="offline", G=4, groups_per_step=B, max_steps=1, eval_steps=0, eval_episodes=0, save_steps=0,
+        p = dict(mode="offline", **GRPO_ONLY, G=4, groups_per_step=B, max_steps=1, eval_steps=0, eval_episodes=0, save_steps=0,
                  device="cpu", seed=2, learning_rate=1e-3, micro_batch_size=3,
                  generation={"do_sample": True, "temperature": 1.5, "max_new_tokens": 40})
         agent = {"memory": {"sampler": "long_short", "M": 8, "d1": 1, "d2": 4, "max_frames": 16}}

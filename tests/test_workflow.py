@@ -90,17 +90,30 @@ def test_an_unknown_rft_variant_lists_the_defined_ones(tmp_path):
     r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}",
                   "--", str(out / "rft" / "gpro" / "final"))
     assert r.returncode != 0
-    assert "unknown variant 'gpro'; defined variants: grpo, vlnr1" in r.stdout + r.stderr
+    assert re.search(r"unknown variant 'gpro'; defined variants: .*\bgrpo, no_align, .*saca, ss, ss_afr, vlnr1",
+                     r.stdout + r.stderr)
 
 
-def test_each_rft_variant_is_trained_once_and_evaluated_on_every_dataset(tmp_path):
+def test_each_rft_run_is_trained_once_and_evaluated_on_every_dataset(tmp_path):
     out = tmp_path / "results"
     r = snakemake("all", "-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = _planned_jobs(r.stdout)
-    assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "vlnr1"]
+    assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "saca", "vlnr1"]  # rft.runs
     evals = {(w["run"], w["dataset"]) for rule, w in jobs if rule == "evaluate"}
-    assert {(f"rft-{v}", d) for v in ("grpo", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
+    assert {(f"rft-{v}", d) for v in ("grpo", "saca", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
+
+
+def test_an_ablation_outside_rft_runs_is_built_on_request_with_its_landmarks(tmp_path):
+    out = tmp_path / "results"
+    target = out / "mini_r2r" / "eval" / "rft-no_con" / "val_unseen" / "metrics.json"
+    r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}",
+                  "--", str(target))
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _planned_jobs(r.stdout)
+    assert [w["variant"] for rule, w in jobs if rule == "rft"] == ["no_con"]
+    assert {(w["dataset"], w["split"]) for rule, w in jobs if rule == "landmarks"} == {
+        ("mini_r2r", "train"), ("mini_rxr", "train")}
 
 
 @pytest.fixture(scope="module")

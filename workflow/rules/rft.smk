@@ -10,19 +10,26 @@ from saca.train.rft import resolve_variant
 
 RFT = config["rft"]
 RFT_VARIANTS = list(RFT.get("variants") or {})
+# the variants `all` trains and evaluates; every other variant is built on request (its eval metrics.json or
+# results/rft/{variant}/final), so editing one ablation reruns that ablation only
+RFT_RUNS = RFT.get("runs", RFT_VARIANTS)
+for _v in RFT_RUNS:
+    if _v not in RFT_VARIANTS:
+        sys.exit(f"config error: rft.runs: '{_v}' is not a variant in rft.variants ({', '.join(RFT_VARIANTS)})")
 RFT_DATASETS = RFT.get("datasets") or DATASETS
 for _d in RFT_DATASETS:
     if _d not in DATASETS:
         sys.exit(f"config error: rft.datasets: '{_d}' is not in 'datasets'")
 # the code an RFT run executes: the policy, the simulator and episodes, the trainer (not SFT, not evaluation)
-RFT_SRC = POLICY_SRC + SIM_SRC + code("train/__init__.py", "train/state.py", "train/grpo.py", "train/rollout.py",
-                                      "train/rft.py", "commands/train.py")
+RFT_SRC = sorted(set(POLICY_SRC + SIM_SRC + code("train/__init__.py", "train/state.py", "train/grpo.py",
+                                                 "train/rollout.py", "train/rft.py", "train/saca.py",
+                                                 "commands/train.py", "auditor", "landmarks.py")))
 
 
 def rft_variant(wildcards):
     """The resolved settings of one variant; an unknown name fails listing the defined ones."""
     try:
-        return resolve_variant(RFT, wildcards.variant)
+        return resolve_variant(RFT, wildcards.variant, config["auditor"])
     except SacaError as err:
         raise ValueError(str(err)) from None
 
@@ -37,6 +44,8 @@ def rft_inputs(wildcards):
     }
     if v.get("mode", "online") == "online":
         inputs["train"] = [f"{RESULTS}/{d}/episodes/train.json.gz" for d in RFT_DATASETS]
+    if "auditor" in v:  # SACA's switches audit the rollouts against the landmarks rule's output
+        inputs["landmarks"] = [f"{RESULTS}/{d}/landmarks/train.jsonl" for d in RFT_DATASETS]
     else:
         inputs["vln_ego"] = [f"{RESULTS}/{d}/vln_ego/train" for d in RFT_DATASETS]
     return inputs
@@ -55,6 +64,8 @@ rule rft:
         datasets=as_json({d: {k: config["datasets"][d][k] for k in ("backend", "turn_angle")} for d in RFT_DATASETS}),
         data=" ".join(f"{d}={RESULTS}/{d}" for d in RFT_DATASETS),
         vln_ego=lambda w, input: " ".join(input.vln_ego) if hasattr(input, "vln_ego") else "",
+        landmarks=lambda w, input: " ".join(f"{d}={f}" for d, f in zip(RFT_DATASETS, input.landmarks))
+        if hasattr(input, "landmarks") else "",
         scenes=lambda w, input: Path(input.scenes).parent,
         run=f"{RESULTS}/rft/{{variant}}",
     log:
@@ -70,7 +81,7 @@ rule rft:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
         "OMP_NUM_THREADS={threads} python -m saca rft --init {input.init} --out {params.run} --data {params.data}"
         " --datasets {params.datasets} --scenes {params.scenes} --sim {params.sim} --agent {params.agent}"
-        " --vln-ego {params.vln_ego} --params {params.cfg} > {log} 2>&1"
+        " --vln-ego {params.vln_ego} --landmarks {params.landmarks} --params {params.cfg} > {log} 2>&1"
 
 
 rule rft_agent:
@@ -94,4 +105,5 @@ rule rft_agent:
 # Evaluation of each variant as run "rft-{variant}" (rule evaluate, workflow/rules/evaluate.smk).
 for _v in RFT_VARIANTS:
     RUN_AGENTS[f"rft-{_v}"] = lambda w, _v=_v: f"{RESULTS}/rft/{_v}/agent.json"
-    TARGETS += eval_targets(f"rft-{_v}")
+    if _v in RFT_RUNS:
+        TARGETS += eval_targets(f"rft-{_v}")

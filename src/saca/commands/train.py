@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--scenes", default=None, help="directory of scene files (results/scenes)")
     p.add_argument("--sim", default=None, help="JSON of the 'sim' config section")
     p.add_argument("--vln-ego", nargs="*", default=[], help="VLN-Ego training split directories (mode offline)")
+    p.add_argument("--landmarks", nargs="*", default=[], metavar="NAME=FILE",
+                   help="landmarks of each dataset's training episodes (results/NAME/landmarks/train.jsonl); "
+                   "needed when the auditor runs (SACA's soft score, AFR, RR)")
     p.add_argument("--agent", default=None, help="JSON of the agent settings (policy.agent + VLN-Ego n_actions, memory, codec)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--params", default=None, help="JSON of the rft settings of one variant (the workflow resolves it)")
@@ -59,7 +62,7 @@ def rft_config(args):
     if args.params:
         return section_from_json(args.params, RftConfig, "rft")
     if not args.config:
-        cfg = RftConfig()  # the defaults (online GRPO), as every command without --params
+        cfg = RftConfig()  # the defaults (online SACA), as every command without --params
         cfg.validate("rft")
         return cfg
     data = section(load_yaml(args.config), "rft", args.config)
@@ -67,7 +70,8 @@ def rft_config(args):
         raise SacaError(f"{args.config}: 'rft' must be a mapping")
     if not args.variant:
         raise SacaError(f"--config {args.config}: name the variant with --variant (defined: {', '.join(sorted(data.get('variants') or {}))})")
-    resolved = resolve_variant(data, args.variant)
+    resolved = resolve_variant(data, args.variant, section(load_yaml(args.config), "auditor", args.config)
+                               if "auditor" in load_yaml(args.config) else None)
     check_section(resolved, "rft", RftConfig)
     return from_dict(RftConfig, resolved, f"rft (variant {args.variant})")
 
@@ -114,7 +118,19 @@ def cmd_rft(args: argparse.Namespace) -> int:
     for d in args.vln_ego:
         if not Path(d).is_dir():
             raise SacaError(f"--vln-ego {d}: VLN-Ego split directory does not exist")
-    trainer = RftTrainer(args.init, args.ref, args.out, cfg, agent, train, val, sim_args, args.vln_ego)
+    landmarks = {}
+    if cfg.uses_auditor:
+        from saca.landmarks import read_landmarks
+
+        for name, path in _pairs(args.landmarks, "--landmarks").items():
+            if not path.is_file():
+                raise SacaError(f"--landmarks {name}={path}: file does not exist (run the landmarks rule for the train split)")
+            landmarks[name] = read_landmarks(path)
+        missing = [n for n in train if n not in landmarks]
+        if missing:
+            raise SacaError(f"--landmarks: no landmarks file for dataset '{missing[0]}' (the auditor of SACA's "
+                            "soft score, AFR and RR needs results/NAME/landmarks/train.jsonl)")
+    trainer = RftTrainer(args.init, args.ref, args.out, cfg, agent, train, val, sim_args, args.vln_ego, landmarks)
     summary = trainer.run()
     log.info("validation SR before %s after %s", summary["val_sr_before"], summary["val_sr_after"])
     print(json.dumps({k: summary[k] for k in ("val_sr_before", "val_sr_after", "all_failure_share_mean")}, sort_keys=True))

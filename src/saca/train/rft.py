@@ -54,6 +54,7 @@ from typing import Sequence
 import numpy as np
 
 from saca import SacaError
+from saca.auditor.config import AuditorConfig
 from saca.io import atomic_dir, dumps_json, ensure_dir
 from saca.policy.generate import SamplingConfig, sampling_log_softmax
 from saca.train import grpo
@@ -90,6 +91,22 @@ class RftConfig:
     adv_eps: float = 1e-4  # epsilon of the advantage's denominator
     tdr: str = "time_decayed"  # offline reward: hard | uniform | linear | time_decayed (VLN-R1 Table 3d)
     gamma: float = 0.9  # TDR decay (reconstruction)
+    # SACA (§3.2-3.3, Table S2, method-notes §3.3); the base is the method, variant grpo turns the switches off
+    soft_score: bool = True  # mixed-group reward r = R + lambda_ss * P (Table 2 "+SS")
+    lambda_ss: float = 1.0  # reconstruction
+    afr: bool = True  # All-Failure Rescue (Eq. 6-13; Table 2 "+AFR")
+    rr: bool = True  # Repair Resampling of near-misses (Eq. 4-5; Table 2 "+RR")
+    K: int = 3  # repair attempts per near-miss (Table 4)
+    lambda_rep: float = 1.0  # weight of L_rep
+    lambda_align: float = 1.0  # weight of L_align (Eq. 12; Table 3 "w/o L_align": 0)
+    lambda_con: float = 1.0  # weight of L_con (Eq. 13; Table 3 "w/o L_con": 0)
+    lambda_hn: float = 0.5  # hard-negative score's process-score weight (Eq. 7, reconstruction)
+    n_hard_negatives: int = 3  # k of Eq. 7 (capped at G - 1)
+    delta: float = 0.1  # margin of the rescue (Eq. 9-10)
+    kappa: float = 0.5  # rescue factor (Eq. 10; Table 3 "w/o margin": 1)
+    eta: float = 0.5  # negative-only scaling (Eq. 11; Table 3 "w/o neg. scaling": 1)
+    audit_rollouts: bool = False  # audit rollouts even when no switch needs it (prefix-ratio logs of plain GRPO)
+    auditor: AuditorConfig = field(default_factory=AuditorConfig)  # the run's auditor (rho: the near-miss threshold)
     generation: SamplingConfig = field(default_factory=lambda: SamplingConfig(do_sample=True, temperature=1.0, max_new_tokens=48))
     micro_batch_size: int = 16  # decisions per forward / backward pass
     eval_steps: int = 10  # success rate on the validation subset every N updates (0: only before and after)
@@ -107,6 +124,7 @@ class RftConfig:
     datasets: list = field(default_factory=list)
     sft_mix: str = ""
     variants: dict = field(default_factory=dict)
+    runs: list = field(default_factory=list)
 
     def validate(self, where: str) -> None:
         if self.mode not in MODES:
@@ -133,34 +151,79 @@ class RftConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SacaError(f"{where}.device: auto, cpu or cuda")
         self.generation.validate(f"{where}.generation")
+        if self.uses_auditor and self.mode != "online":
+            on = [k for k in ("soft_score", "afr", "rr", "audit_rollouts") if getattr(self, k)]
+            raise SacaError(f"{where}: {', '.join(on)} need mode online (simulator rollouts); "
+                            f"set them to false for mode {self.mode}")
+        for key in ("K", "n_hard_negatives"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise SacaError(f"{where}.{key}: must be an integer >= 1, got {getattr(self, key)!r}")
+        for key in ("lambda_ss", "lambda_rep", "lambda_align", "lambda_con", "lambda_hn", "delta"):
+            if not (isinstance(getattr(self, key), (int, float)) and getattr(self, key) >= 0):
+                raise SacaError(f"{where}.{key}: must be a number >= 0, got {getattr(self, key)!r}")
+        for key in ("kappa", "eta"):
+            if not (isinstance(getattr(self, key), (int, float)) and 0 <= getattr(self, key) <= 1):
+                raise SacaError(f"{where}.{key}: must be a number in [0, 1], got {getattr(self, key)!r}")
+        if isinstance(self.auditor, dict):
+            raise SacaError(f"{where}.auditor: build with saca.config.from_dict")
+
+    @property
+    def uses_auditor(self) -> bool:
+        """Whether rollouts are audited (any SACA switch, or audit_rollouts)."""
+        return self.soft_score or self.afr or self.rr or self.audit_rollouts
+
+    def switches(self):
+        from saca.train.saca import SacaSwitches
+
+        return SacaSwitches(soft_score=self.soft_score, lambda_ss=self.lambda_ss, afr=self.afr, rr=self.rr,
+                            rho=self.auditor.rho, lambda_hn=self.lambda_hn, n_hard_negatives=self.n_hard_negatives,
+                            delta=self.delta, kappa=self.kappa, eta=self.eta, adv_eps=self.adv_eps)
 
     def fingerprint_dict(self) -> dict:
         d = asdict(self)
         for k in ("eval_steps", "eval_episodes", "eval_split", "save_steps", "save_total_limit", "keep_checkpoints",
-                  "logging_steps", "device", "datasets", "sft_mix", "variants"):
+                  "logging_steps", "device", "datasets", "sft_mix", "variants", "runs"):
             d.pop(k)
+        if not self.uses_auditor:
+            d.pop("auditor")
         return d
 
 
-WORKFLOW_KEYS = ("datasets", "sft_mix", "variants")
+WORKFLOW_KEYS = ("datasets", "sft_mix", "variants", "runs")
+AUDITOR_WORKFLOW_KEYS = ("runs", "splits", "group_size")  # the audit rule's keys, not the auditor's
 
 
-def resolve_variant(section: dict, name: str) -> dict:
+def resolve_variant(section: dict, name: str, auditor: dict | None = None) -> dict:
     """The ``rft`` section with variant ``name``'s overrides applied (nested dicts merged), workflow keys dropped.
 
+    ``auditor`` is the top-level ``auditor`` section: the run's ``auditor`` is it, updated by the section's and
+    then the variant's ``auditor`` overrides (Table 5 changes ``modules``). A variant that audits nothing (no
+    SACA switch, no ``audit_rollouts``) gets no ``auditor`` key, so editing the auditor does not touch it.
     Unknown names raise SacaError listing the defined variants."""
     variants = section.get("variants") or {}
     if name not in variants:
         known = ", ".join(sorted(variants)) or "(none defined)"
         raise SacaError(f"rft.variants: unknown variant '{name}'; defined variants: {known}")
     out = {k: v for k, v in section.items() if k not in WORKFLOW_KEYS}
+    out["auditor"] = {k: v for k, v in (auditor or {}).items() if k not in AUDITOR_WORKFLOW_KEYS}
+    out["auditor"] = _merge(out["auditor"], section.get("auditor") or {})
     for k, v in (variants[name] or {}).items():
         if k in WORKFLOW_KEYS:
             raise SacaError(f"rft.variants.{name}.{k}: a workflow key cannot be overridden per variant")
         if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = {**out[k], **v}
+            out[k] = _merge(out[k], v)
         else:
             out[k] = v
+    defaults = RftConfig()
+    if not any(out.get(k, getattr(defaults, k)) for k in ("soft_score", "afr", "rr", "audit_rollouts")):
+        out.pop("auditor")
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -179,14 +242,8 @@ class Sample:
     behav_logp: object = None  # the policy before the batch's first step (kl_mode reward)
 
 
-def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[int]], temperature: float = 1.0):
-    """``log pi(token)`` of each generated token given its prompt, by teacher forcing.
-
-    Returns ``(logp, mask)``: ``(B, T)`` tensors, ``T`` the longest generation, the
-    log-probabilities under ``logits / temperature`` with the image placeholder tokens
-    suppressed (the distribution the rollout sampled from, before top-p / top-k) and 1 on
-    real tokens. Only the generated positions go through the LM head.
-    """
+def _generated_log_softmax(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[int]], temperature: float):
+    """Teacher-forced log-softmax rows at every generated position: ``(logsm (B, T, V), targets (B, T), mask (B, T))``."""
     import torch
 
     from saca.policy.processor import Encoded
@@ -219,8 +276,80 @@ def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[
     else:  # pragma: no cover - families without the backbone / lm_head split
         full = model(**batch, use_cache=False).logits
         logits = full.gather(1, pos.unsqueeze(-1).expand(-1, -1, full.shape[-1]))
-    logp = sampling_log_softmax(logits, proc, temperature).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+    return sampling_log_softmax(logits, proc, temperature), tgt, mask
+
+
+def token_logprobs(model, proc, encoded: Sequence, token_ids: Sequence[Sequence[int]], temperature: float = 1.0):
+    """``log pi(token)`` of each generated token given its prompt, by teacher forcing.
+
+    Returns ``(logp, mask)``: ``(B, T)`` tensors, ``T`` the longest generation, the
+    log-probabilities under ``logits / temperature`` with the image placeholder tokens
+    suppressed (the distribution the rollout sampled from, before top-p / top-k) and 1 on
+    real tokens. Only the generated positions go through the LM head.
+    """
+    import torch
+
+    logsm, tgt, mask = _generated_log_softmax(model, proc, encoded, token_ids, temperature)
+    logp = logsm.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     return torch.where(mask.bool(), logp, torch.zeros_like(logp)), mask
+
+
+def option_logprobs(model, proc, samples: Sequence["ConSample"], temperature: float = 1.0):
+    """``(logp(a*), logp(a_hat))`` per contrastive pair (SACA Eq. 13): the log-probabilities of the teacher's and
+    the taken option token at the taken option's position, given the decision's prompt and its generated
+    tokens before that position. Two ``(B,)`` tensors with the graph."""
+    import torch
+
+    logsm, _, _ = _generated_log_softmax(model, proc, [c.encoded for c in samples],
+                                         [c.token_ids[: c.position + 1] for c in samples], temperature)
+    rows = logsm[torch.arange(len(samples)), torch.tensor([c.position for c in samples])]
+    teacher = rows.gather(-1, torch.tensor([[c.teacher_id] for c in samples], device=rows.device)).squeeze(-1)
+    taken = rows.gather(-1, torch.tensor([[c.taken_id] for c in samples], device=rows.device)).squeeze(-1)
+    return teacher, taken
+
+
+@dataclass
+class ConSample:
+    """One contrastive-correction pair (SACA Eq. 13): the decision that produced the anchor's divergence step,
+    the position of the taken option's letter token among its generated tokens, and the two option tokens."""
+
+    encoded: object
+    token_ids: list[int]
+    position: int
+    taken_id: int
+    teacher_id: int
+    group: object = None
+
+
+SACA_COUNTS = (
+    "role_successful", "role_near_miss", "role_repaired", "role_failed", "role_anchor", "role_hard_negative",
+    "role_discarded", "groups_mixed", "groups_all_failure", "afr_groups", "afr_margin_rescued", "afr_zero_spread",
+    "repair_attempts", "repair_successes", "rep_samples", "align_samples", "con_pairs", "con_skipped_same",
+    "con_skipped_end", "con_skipped_token", "audit_calls", "audit_pairs",
+)
+
+
+@dataclass
+class SacaBatch:
+    """What group construction adds to an update's rollouts (:meth:`RftTrainer._construct_groups`).
+
+    ``rewards``: per trajectory, the rewards GRPO normalises; ``override``: trajectory -> fixed advantage (the
+    rescue's process advantages); ``excluded``: trajectories outside ``L_GRPO`` (discarded members); ``rep``,
+    ``align``: behaviour-cloning samples of ``L_rep`` and ``L_align``; ``con``: the pairs of ``L_con``;
+    ``log``: the counts and times of the update's log row."""
+
+    rewards: list = field(default_factory=list)
+    override: dict = field(default_factory=dict)
+    excluded: set = field(default_factory=set)
+    rep: list = field(default_factory=list)
+    align: list = field(default_factory=list)
+    con: list = field(default_factory=list)
+    log: dict = field(default_factory=dict)
+
+
+def _mean(xs):
+    xs = list(xs)
+    return float(np.mean(xs)) if xs else None
 
 
 def pad_rows(rows: Sequence, T: int, device):
@@ -240,10 +369,12 @@ class RftTrainer:
     """One RFT run: SFT checkpoint -> ``out_dir/final``. See the module docstring."""
 
     def __init__(self, init: str, ref: str | None, out_dir, cfg: RftConfig, agent_cfg, train_data: dict,
-                 val_episodes: dict | None = None, sim_args: dict | None = None, vln_ego_dirs: Sequence[str] = ()):
+                 val_episodes: dict | None = None, sim_args: dict | None = None, vln_ego_dirs: Sequence[str] = (),
+                 landmarks: dict | None = None):
         """``train_data``: dataset -> list of training episodes (online); ``val_episodes``: dataset -> episodes of
         the validation subset; ``sim_args``: dataset -> (SimConfig, DatasetConfig, scenes_dir);
-        ``vln_ego_dirs``: VLN-Ego training splits (offline)."""
+        ``vln_ego_dirs``: VLN-Ego training splits (offline); ``landmarks``: dataset -> {episode id: landmarks}
+        of the training episodes (the ``landmarks`` rule's output; needed when the auditor runs)."""
         self.init = str(init)
         self.ref_path = str(ref) if ref else self.init
         self.out = Path(out_dir)
@@ -253,8 +384,10 @@ class RftTrainer:
         self.val_episodes = val_episodes or {}
         self.sim_args = sim_args or {}
         self.vln_ego_dirs = [str(d) for d in vln_ego_dirs]
+        self.landmarks = landmarks or {}
         self.dist = Dist()
         self.sims: dict = {}
+        self.auditor = None
 
     # --- setup --------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -284,6 +417,18 @@ class RftTrainer:
             self.pool = [(ds, ep) for ds in sorted(self.train_data) for ep in self.train_data[ds]]
             if not self.pool:
                 raise SacaError("rft: no training episodes (rft.datasets and their train splits)")
+            if cfg.uses_auditor:
+                from saca.auditor.auditor import Auditor
+
+                for ds, ep in self.pool:
+                    lms = self.landmarks.get(ds)
+                    if lms is None:
+                        raise SacaError(f"rft: the auditor needs the landmarks of dataset '{ds}' (--landmarks {ds}=FILE, "
+                                        "the landmarks rule's train split)")
+                    if ep.episode_id not in lms and str(ep.episode_id) not in lms:
+                        raise SacaError(f"rft: the landmarks of dataset '{ds}' have no row for training episode "
+                                        f"{ep.episode_id!r} (regenerate the landmarks file)")
+                self.auditor = Auditor(cfg.auditor)
         else:
             from saca.policy.data import PolicyData
 
@@ -310,12 +455,16 @@ class RftTrainer:
                 "pool": len(self.pool), "data": sorted(self.train_data) if self.cfg.mode == "online" else self.vln_ego_dirs}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _sim(self, dataset: str, slot: int):
+    def _sim(self, dataset: str, slot, instance: bool = False):
         key = (dataset, slot)
         if key not in self.sims:
+            from dataclasses import replace
+
             from saca.sim import make_simulator
 
             sim_cfg, ds_cfg, scenes = self.sim_args[dataset]
+            if instance and not sim_cfg.instance:  # the oracle auditor reads the instance channel
+                sim_cfg = replace(sim_cfg, instance=True)
             self.sims[key] = make_simulator(ds_cfg.backend, sim_cfg, ds_cfg.turn_angle, scenes)
         return self.sims[key]
 
@@ -344,34 +493,175 @@ class RftTrainer:
             return self._collect_online(update)
         return self._collect_offline(update)
 
-    def _engine(self, seed: int, generation: SamplingConfig | None = None):
+    def _engine(self, seed: int, generation: SamplingConfig | None = None, audit_frames: bool = False):
         from dataclasses import replace
 
         from saca.train.rollout import RolloutEngine
 
         acfg = replace(self.agent_cfg, generation=generation or self.cfg.generation)
-        return RolloutEngine(self.policy, acfg, make_sim=None, seed=seed)
+        return RolloutEngine(self.policy, acfg, make_sim=None, seed=seed, audit_frames=audit_frames)
 
     def _collect_online(self, update: int):
         from saca.train.rollout import group_outcomes, release
 
         cfg = self.cfg
         self.model.eval()
-        engine = self._engine(self._seed(update))
+        audit = self.auditor is not None
+        oracle = audit and cfg.auditor.backend == "oracle"
+        engine = self._engine(self._seed(update), audit_frames=audit)
         trajs = []
         for b, (j, i) in enumerate(self._pick(update)):
             ds, ep = self.pool[i]
-            trajs += engine.start_group(ep, cfg.G, group=j, dataset=ds, sim=self._sim(ds, b))
+            trajs += engine.start_group(ep, cfg.G, group=j, dataset=ds, sim=self._sim(ds, b, instance=oracle))
         engine.run(trajs)
-        self.model.train()
-        rewards = [tr.reward for tr in trajs]
         stats = {**group_outcomes(trajs), **{f"rollout_{k}": v for k, v in engine.stats.as_dict().items()}}
         stats["traj_steps_mean"] = float(np.mean([tr.steps for tr in trajs]))
         stats["invalid_decisions"] = int(sum(tr.n_invalid for tr in trajs))
+        stats["saca"] = self._construct_groups(engine, trajs)  # audit, routing, repair, rescue (SACA §3.2-3.3)
+        self.model.train()
+        rewards = stats["saca"].rewards
         samples_of = [[Sample(d.encoded, d.token_ids, 0.0, tr.group) for d in tr.decisions] for tr in trajs]
         groups = [tr.group for tr in trajs]
         release(trajs)
         return samples_of, rewards, groups, stats
+
+    # --- SACA group construction --------------------------------------------------------------
+    def _construct_groups(self, engine, trajs) -> "SacaBatch":
+        """Audit the rollouts, route every group, repair near-misses, build the rescue's sub-groups and the
+        samples of ``L_rep``, ``L_align`` and ``L_con`` (SACA §3.2-3.3; :mod:`saca.train.saca`)."""
+        from saca.auditor.auditor import Trajectory as AuditTrajectory
+        from saca.train.saca import plan_group
+
+        cfg, sw = self.cfg, self.cfg.switches()
+        out = SacaBatch(rewards=[tr.reward for tr in trajs])
+        log = out.log
+        res = None
+        if self.auditor is not None:
+            t0 = time.perf_counter()
+            calls, pairs = self.auditor.stats["calls"], self.auditor.stats["pairs"]
+            res = self.auditor.audit_group([AuditTrajectory(tr.audit[: tr.steps], self._landmarks(tr), tr.success)
+                                            for tr in trajs])
+            log["time_audit"] = time.perf_counter() - t0
+            log["audit_calls"] = self.auditor.stats["calls"] - calls
+            log["audit_pairs"] = self.auditor.stats["pairs"] - pairs
+            failed = [r.rho for r in res if not r.success]
+            log["failed_audited"], log["failed_rho_above"] = len(failed), sum(r > cfg.auditor.rho for r in failed)
+            log["rho_hist_failed"] = np.histogram(failed, bins=10, range=(0.0, 1.0))[0].tolist()
+            log["P_mean_success"] = _mean([r.P for r in res if r.success])
+            log["P_mean_failed"] = _mean([r.P for r in res if not r.success])
+        members: dict = {}
+        for i, tr in enumerate(trajs):
+            members.setdefault(tr.group, []).append(i)
+        roles = [""] * len(trajs)
+        plans = []
+        for g, idx in members.items():
+            plan = plan_group([trajs[i].success for i in idx], [res[i].P for i in idx] if res else None,
+                              [res[i].rho for i in idx] if res else None, [trajs[i].actions for i in idx], sw)
+            plans.append((plan, idx))
+            log[f"groups_{plan.scenario}"] = log.get(f"groups_{plan.scenario}", 0) + 1
+            for k, i in enumerate(idx):
+                out.rewards[i] = plan.rewards[k]
+                roles[i] = plan.roles[k]
+                if k not in plan.grpo:
+                    out.excluded.add(i)
+            for k, a in plan.advantages.items():
+                out.override[idx[k]] = a
+            if plan.scenario == "all_failure" and plan.anchor is not None:
+                log["afr_groups"] = log.get("afr_groups", 0) + 1
+                log["afr_margin_rescued"] = log.get("afr_margin_rescued", 0) + int(plan.rescued)
+                if all(plan.advantages[k] == 0.0 for k in plan.grpo):
+                    log["afr_zero_spread"] = log.get("afr_zero_spread", 0) + 1
+        # Repair Resampling (Eq. 4-5): branch every near-miss at t*, up to K batched attempts, first success kept
+        if cfg.rr:
+            t0 = time.perf_counter()
+            pending = [idx[k] for plan, idx in plans if plan.scenario == "mixed" for k in plan.near_miss]
+            attempts, repaired = 0, {}
+            for _ in range(cfg.K):
+                if not pending:
+                    break
+                branches = [engine.branch(trajs[i], res[i].t_star) for i in pending]
+                engine.run(branches)
+                attempts += len(branches)
+                for i, br in zip(pending, branches):
+                    if br.success:
+                        repaired[i] = br
+                pending = [i for i in pending if i not in repaired]
+            for i, br in repaired.items():
+                roles[i] = "repaired"
+                out.rep += self._clone_samples(br, br.steps)
+            log["repair_attempts"] = attempts
+            log["repair_successes"] = len(repaired)
+            log["time_repair"] = time.perf_counter() - t0
+        # All-Failure Rescue's anchor terms: L_align on [0, t*) (Eq. 12), L_con at the decision of step t* (Eq. 13)
+        for plan, idx in plans:
+            if plan.anchor is None:
+                continue
+            tr = trajs[idx[plan.anchor]]
+            t_star = res[idx[plan.anchor]].t_star
+            if cfg.lambda_align > 0:
+                out.align += self._clone_samples(tr, t_star)
+            if cfg.lambda_con > 0:
+                con, why = self._contrastive_pair(engine, tr, t_star)
+                if con is not None:
+                    out.con.append(con)
+                else:
+                    log[f"con_skipped_{why}"] = log.get(f"con_skipped_{why}", 0) + 1
+        for r in roles:
+            log[f"role_{r}"] = log.get(f"role_{r}", 0) + 1
+        log["rep_samples"], log["align_samples"], log["con_pairs"] = len(out.rep), len(out.align), len(out.con)
+        return out
+
+    def _landmarks(self, tr) -> list[str]:
+        lms = self.landmarks[tr.dataset]
+        return lms.get(tr.episode.episode_id, lms.get(str(tr.episode.episode_id)))
+
+    def _clone_samples(self, tr, t: int) -> list[Sample]:
+        """Behaviour-cloning samples of ``tr``'s steps ``[0, t)`` (``L_rep`` on a repaired trajectory with
+        ``t = T``, ``L_align`` on the anchor's valid prefix with ``t = t*``): every valid decision that started
+        before ``t``; one that runs past ``t`` (or that a branch cut) keeps the tokens of its options before ``t``
+        only. Decisions whose text did not parse (the agent's fallback action ran) are not cloned."""
+        from saca.train.saca import kept_tokens
+
+        out = []
+        tok = self.proc.tokenizer
+        for d in tr.decisions:
+            if d.step >= t:
+                break
+            if d.status != "valid":
+                continue
+            n = min(len(d.executed), t - d.step)
+            whole = n == len(d.executed) and not d.cut
+            ntok = len(d.token_ids) if whole else kept_tokens(tok, d.token_ids, n)
+            if ntok > 0:
+                out.append(Sample(d.encoded, list(d.token_ids[:ntok]), 0.0, tr.group))
+        return out
+
+    def _contrastive_pair(self, engine, tr, t_star: int):
+        """The Eq. 13 pair at the anchor's divergence step, or (None, reason): ``same`` when the taken action is
+        the teacher's, ``end`` when t* is past the last action, ``token`` when the decision's option token
+        cannot be located (its text did not parse)."""
+        from saca.action_text import LETTERS
+        from saca.sim.base import Action
+        from saca.train.saca import letter_token_variant, option_letter_positions
+
+        if t_star >= tr.steps:
+            return None, "end"
+        d = tr.decisions[tr.decision_at(t_star)]
+        k = t_star - d.step
+        taken = d.executed[k]
+        teacher = engine.teacher_action_at(tr, t_star)
+        if teacher == taken:
+            return None, "same"
+        if d.status != "valid":
+            return None, "token"
+        tok = self.proc.tokenizer
+        pos = option_letter_positions(tok, d.token_ids)
+        if len(pos) <= k or tok.decode([d.token_ids[pos[k]]]).strip() != LETTERS[Action(taken)]:
+            return None, "token"
+        teacher_id = letter_token_variant(tok, d.token_ids[pos[k]], LETTERS[Action(teacher)])
+        if teacher_id is None:
+            return None, "token"
+        return ConSample(d.encoded, list(d.token_ids), pos[k], int(d.token_ids[pos[k]]), teacher_id, tr.group), ""
 
     def _collect_offline(self, update: int):
         from saca.action_text import parse_actions
@@ -467,6 +757,34 @@ class RftTrainer:
             sums["clip_frac"] += float(st["clip_frac"]) * float(mask.sum()) / n_tokens_global
         return sums
 
+    def backward_aux(self, saca: "SacaBatch", n_rep: float, n_align: float, n_con: float) -> dict:
+        """Accumulate SACA's extra terms (weights applied here): ``lambda_rep * L_rep`` and ``lambda_align * L_align``
+        (token-mean NLL of the cloned decisions over the whole update, every rank), ``lambda_con * L_con`` (mean of
+        Eq. 13 over the update's pairs). A term with weight 0 is not computed. Returns the unweighted terms."""
+        from saca.policy.generate import logprob_temperature
+        from saca.train.saca import contrastive_correction
+
+        cfg = self.cfg
+        out = {"rep_loss": 0.0, "align_loss": 0.0, "con_loss": 0.0}
+        for name, samples, lam, n in (("rep_loss", saca.rep, cfg.lambda_rep, n_rep),
+                                      ("align_loss", saca.align, cfg.lambda_align, n_align)):
+            if lam <= 0 or not samples:
+                continue
+            for mb in self._micro(samples):
+                with self._autocast():
+                    logp, mask = self._logprobs(self.model, mb)
+                nll = -(logp * mask).sum() / max(n, 1.0)
+                (lam * nll).backward()
+                out[name] += float(nll.detach())
+        if cfg.lambda_con > 0 and saca.con:
+            for mb in self._micro(saca.con):
+                with self._autocast():
+                    teacher, taken = option_logprobs(self.model, self.proc, mb, logprob_temperature(cfg.generation))
+                loss = contrastive_correction(teacher, taken).sum() / max(n_con, 1.0)
+                (cfg.lambda_con * loss).backward()
+                out["con_loss"] += float(loss.detach())
+        return out
+
     def _autocast(self):
         import contextlib
 
@@ -500,14 +818,22 @@ class RftTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         samples_of, rewards, groups, stats = self.collect(update)
-        t_roll = time.perf_counter() - t0
+        saca = stats.pop("saca", None) or SacaBatch()
+        t_roll = time.perf_counter() - t0 - saca.log.get("time_audit", 0.0) - saca.log.get("time_repair", 0.0)
         t1 = time.perf_counter()
         r = np.asarray(rewards, dtype=np.float64)
-        # collapse is decided on the task rewards alone: a group without any spread in them gives no gradient
-        adv, collapsed = grpo.group_advantages(r, groups, eps=cfg.adv_eps)
-        dead = set(collapsed)
-        live = [ss for ss, g in zip(samples_of, groups) if g not in dead]
-        flat = [s for ss in live for s in ss]
+        # GRPO advantages per group; a group without any spread in its rewards gives no gradient. The rescue's
+        # reflection sub-groups carry their own (process) advantages instead, and discarded members train nothing.
+        adv, _ = grpo.group_advantages(r, groups, eps=cfg.adv_eps)
+        for i, a in saca.override.items():
+            adv[i] = a
+        spread = {g: False for g in groups}
+        for i, g in enumerate(groups):
+            if i not in saca.excluded:
+                spread[g] = spread[g] or adv[i] != 0.0
+        live_i = [i for i, g in enumerate(groups) if spread[g] and i not in saca.excluded]
+        dead = {g for g, v in spread.items() if not v}
+        flat = [s for i in live_i for s in samples_of[i]]
         kl_reward = cfg.kl_mode == "reward" and self.ref is not None and cfg.beta > 0
         # reference (and pi_old) log-probs of the samples that train, before any step of this batch
         t_ref0 = time.perf_counter()
@@ -515,25 +841,31 @@ class RftTrainer:
                                       need_ref=cfg.beta > 0, keep_old=cfg.num_iterations > 1)
         t_ref = time.perf_counter() - t_ref0
         t_fb = 0.0
-        if kl_reward and live:
-            lps = [[float(v) for s in ss for v in s.behav_logp] for ss in live]
-            refs = [[float(v) for s in ss for v in s.ref_logp] for ss in live]
-            r_live = np.asarray([x for x, g in zip(r, groups) if g not in dead]) - grpo.kl_reward_penalty(lps, refs, cfg.beta)
-            a_live, _ = grpo.group_advantages(r_live, [g for g in groups if g not in dead], eps=cfg.adv_eps)
-            it_live = iter(a_live)
-            adv = np.asarray([0.0 if g in dead else next(it_live) for g in groups])
+        reward_i = [i for i in live_i if i not in saca.override]  # advantages from rewards: the KL may lower them
+        if kl_reward and reward_i:
+            lps = [[float(v) for s in samples_of[i] for v in s.behav_logp] for i in reward_i]
+            refs = [[float(v) for s in samples_of[i] for v in s.ref_logp] for i in reward_i]
+            r_pen = r[reward_i] - grpo.kl_reward_penalty(lps, refs, cfg.beta)
+            a_pen, _ = grpo.group_advantages(r_pen, [groups[i] for i in reward_i], eps=cfg.adv_eps)
+            for i, a in zip(reward_i, a_pen):
+                adv[i] = a
         keep = []
-        for ss, a, g in zip(samples_of, adv, groups):
-            for s in ss:
-                s.advantage = float(a)
-            if g not in dead:
-                keep += ss  # members of a collapsed group give no gradient (not even KL)
+        for i in live_i:  # members of a collapsed group give no gradient (not even KL)
+            for s in samples_of[i]:
+                s.advantage = float(adv[i])
+            keep += samples_of[i]
         n_tok = float(sum(len(s.token_ids) for s in keep))
-        n_tok, n_seq = self.dist.all_reduce_sum([n_tok, float(len(keep))], self.device)
+        aux_counts = [float(sum(len(s.token_ids) for s in saca.rep)) if cfg.lambda_rep > 0 else 0.0,
+                      float(sum(len(s.token_ids) for s in saca.align)) if cfg.lambda_align > 0 else 0.0,
+                      float(len(saca.con)) if cfg.lambda_con > 0 else 0.0]
+        n_tok, n_seq, *aux_counts = self.dist.all_reduce_sum([n_tok, float(len(keep)), *aux_counts], self.device)
         sums_all = {}
+        zero = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0}
         for it in range(cfg.num_iterations):
             t_fb0 = time.perf_counter()
-            sums = self.backward(keep, max(n_tok, 1.0), max(n_seq, 1.0)) if keep else {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0}
+            sums = self.backward(keep, max(n_tok, 1.0), max(n_seq, 1.0)) if keep else dict(zero)
+            sums.update(self.backward_aux(saca, *aux_counts))
+            sums["loss"] += cfg.lambda_rep * sums["rep_loss"] + cfg.lambda_align * sums["align_loss"] + cfg.lambda_con * sums["con_loss"]
             t_fb += time.perf_counter() - t_fb0
             self._all_reduce_grads()
             red = self.dist.all_reduce_sum([sums[k] for k in sorted(sums)], self.device)
@@ -548,7 +880,7 @@ class RftTrainer:
                 save_file({n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().contiguous().cpu()
                            for n, p in self.model.named_parameters()}, os.environ[GRAD_DUMP_ENV])
             params = [p for p in self.model.parameters() if p.requires_grad]
-            if n_seq == 0:  # every group of every rank collapsed: no step (AdamW would still decay the weights)
+            if n_seq == 0 and not any(aux_counts):  # nothing trains on any rank: no step (AdamW would still decay the weights)
                 self.optimizer.zero_grad(set_to_none=True)
                 with warnings.catch_warnings():  # the schedule counts updates, stepped or not
                     warnings.simplefilter("ignore", UserWarning)
@@ -565,6 +897,7 @@ class RftTrainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             sums_all = {**sums, "grad_norm": grad_norm, "lr": lr}
+        collapsed = sorted(dead, key=str)
         t_train = time.perf_counter() - t1
         n_groups = len(set(groups))
         red = self.dist.all_reduce_sum([float(np.sum(rewards)), float(len(rewards)), float(len(collapsed)), float(n_groups),
@@ -583,7 +916,27 @@ class RftTrainer:
         for k in ("traj_steps_mean", "invalid_decisions", "unparseable", "rollout_rows_per_generate", "rollout_time_generate", "rollout_time_env"):
             if k in stats:
                 row[k] = stats[k]
+        if cfg.mode == "online":
+            row.update(self._saca_log(saca.log))
         return row
+
+    def _saca_log(self, log: dict) -> dict:
+        """The update's SACA counts summed over ranks (roles, scenarios, repair, rescue, the prefix-ratio histogram
+        of failed rollouts and the Appendix-A share), and this rank's audit and repair times."""
+        hist = log.get("rho_hist_failed") or [0] * 10
+        vals = [float(log.get(k, 0)) for k in SACA_COUNTS] + [float(h) for h in hist]
+        vals += [float(log.get("failed_audited", 0)), float(log.get("failed_rho_above", 0))]
+        red = self.dist.all_reduce_sum(vals, self.device)
+        n = len(SACA_COUNTS)
+        out = {k: int(v) for k, v in zip(SACA_COUNTS, red[:n])}
+        if self.auditor is not None:
+            out["rho_hist_failed"] = [int(v) for v in red[n : n + 10]]
+            failed, above = red[n + 10], red[n + 11]
+            out["appendix_a_share"] = above / failed if failed else None
+            for k in ("P_mean_success", "P_mean_failed", "time_audit"):
+                out[k] = log.get(k)
+        out["time_repair"] = log.get("time_repair", 0.0)
+        return out
 
     # --- validation (Fig. 5) ----------------------------------------------------------------
     def validate(self, update: int) -> dict:

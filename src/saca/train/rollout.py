@@ -42,6 +42,7 @@ import numpy as np
 
 from saca import SacaError
 from saca.action_text import ParseCounter
+from saca.auditor.base import Frame
 from saca.episodes import Episode
 from saca.policy.agent import PolicyAgentConfig, plan_chunk, policy_frame
 from saca.policy.generate import generate_encoded
@@ -97,6 +98,7 @@ class Trajectory:
     queue: list[int] = field(default_factory=list)
     sim: Simulator | None = None
     processed: dict = field(default_factory=dict)  # frame index -> processed pixels (per-image families)
+    audit: list = field(default_factory=list)  # audit[t]: the full observation before action t (engine.audit_frames)
 
     @property
     def steps(self) -> int:
@@ -161,8 +163,9 @@ class RolloutEngine:
     """
 
     def __init__(self, policy, cfg: PolicyAgentConfig, make_sim: Callable[[Episode], Simulator], seed: int = 0,
-                 record_logprobs: bool = True):
+                 record_logprobs: bool = True, audit_frames: bool = False):
         self.policy = policy
+        self.audit_frames = audit_frames  # keep each step's full observation (RGB, instance ids, labels) for the auditor
         self.cfg = cfg
         self.make_sim = make_sim
         self.seed = int(seed)
@@ -203,17 +206,8 @@ class RolloutEngine:
         started before ``t`` are kept, the one spanning ``t`` cut to the actions it
         executed before ``t``; the new trajectory's next action comes from a new decision.
         """
-        if not 0 <= t <= traj.steps:
-            raise SacaError(f"branch at step {t}: the trajectory has {traj.steps} steps")
-        if traj.sim is None:
-            raise SacaError("branch(): the trajectory has no simulator (it was not produced by this engine)")
-        base = max(s for s in traj.snapshots if s <= t)
+        state = self.restore_at(traj, t)
         sim = traj.sim
-        self._bind(traj)
-        sim.restore(traj.snapshots[base])
-        for a in traj.actions[base:t]:
-            sim.step(a)
-        state = sim.snapshot()
         decisions = []
         for d in traj.decisions:
             if d.step >= t:
@@ -227,9 +221,32 @@ class RolloutEngine:
             snapshots={s: v for s, v in traj.snapshots.items() if s <= t} | {t: state},
             collided=list(traj.collided[:t]), n_invalid=sum(1 for d in decisions if d.status == "invalid"),
             origin=(traj.group, traj.member, t), state=state, sim=sim,
-            processed={k: v for k, v in traj.processed.items() if k < t},
+            processed={k: v for k, v in traj.processed.items() if k < t}, audit=list(traj.audit[:t]),
         )
         return new
+
+    def restore_at(self, traj: Trajectory, t: int) -> AgentState:
+        """Put ``traj``'s simulator in the state before its action ``t``: restore the snapshot of the last
+        decision boundary at or before ``t`` and replay the actions after it. Returns that state."""
+        if not 0 <= t <= traj.steps:
+            raise SacaError(f"restore at step {t}: the trajectory has {traj.steps} steps")
+        if traj.sim is None:
+            raise SacaError("the trajectory has no simulator (it was released, or not produced by this engine)")
+        base = max(s for s in traj.snapshots if s <= t)
+        sim = traj.sim
+        self._bind(traj)
+        sim.restore(traj.snapshots[base])
+        for a in traj.actions[base:t]:
+            sim.step(a)
+        return sim.snapshot()
+
+    def teacher_action_at(self, traj: Trajectory, t: int) -> int:
+        """The simulator's shortest-path teacher action ``a*`` in the state before ``traj``'s action ``t``
+        (SACA Eq. 13)."""
+        self.restore_at(traj, t)
+        a = int(traj.sim.teacher_action())
+        traj.sim.restore(traj.state)
+        return a
 
     # --- the loop ---------------------------------------------------------------------------
     def run(self, trajs: Sequence[Trajectory]) -> None:
@@ -268,7 +285,10 @@ class RolloutEngine:
                 return False
             t = tr.steps
             if len(tr.frames) == t:
-                tr.frames.append(policy_frame(sim.observe().rgb, self.cfg))
+                ob = sim.observe()
+                tr.frames.append(policy_frame(ob.rgb, self.cfg))
+                if self.audit_frames:
+                    tr.audit.append(Frame(rgb=ob.rgb, instance=ob.instance, labels=sim.instance_labels))
             if not tr.queue:
                 tr.snapshots[t] = tr.state
                 return True
@@ -334,6 +354,7 @@ def release(trajs: Sequence[Trajectory]) -> None:
     for tr in trajs:
         tr.sim = None
         tr.processed = {}
+        tr.audit = []
 
 
 def group_outcomes(trajs: Sequence[Trajectory]) -> dict:
