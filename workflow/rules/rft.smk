@@ -1,7 +1,9 @@
 # Rules: reinforcement fine-tuning (see src/saca/train/rft.py, src/saca/commands/train.py and docs/rft.md).
 #
-# rft        results/rft/{variant}/final/     GRPO from the SFT checkpoint of mix rft.sft_mix; the variant is a
-#                                             named override of the rft base section (rft.variants)
+# rft        results/rft/{variant}/final/     SACA / GRPO / VLN-R1 RFT from the SFT checkpoint of mix rft.sft_mix;
+#                                             the variant is a named override of the rft base section (rft.variants,
+#                                             the paper's Tables 2-5); SACA variants also read the landmarks rule's
+#                                             train split (src/saca/train/saca.py: Eq. 4-13)
 # rft_agent  results/rft/{variant}/agent.json agent spec (checkpoint + agent settings) for evaluation
 # and the evaluation run "rft-{variant}": results/{dataset}/eval/rft-{variant}/{split}/metrics.json.
 # Include after policy.smk.

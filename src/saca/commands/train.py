@@ -65,13 +65,13 @@ def rft_config(args):
         cfg = RftConfig()  # the defaults (online SACA), as every command without --params
         cfg.validate("rft")
         return cfg
-    data = section(load_yaml(args.config), "rft", args.config)
+    full = load_yaml(args.config)
+    data = section(full, "rft", args.config)
     if not isinstance(data, dict):
         raise SacaError(f"{args.config}: 'rft' must be a mapping")
     if not args.variant:
         raise SacaError(f"--config {args.config}: name the variant with --variant (defined: {', '.join(sorted(data.get('variants') or {}))})")
-    resolved = resolve_variant(data, args.variant, section(load_yaml(args.config), "auditor", args.config)
-                               if "auditor" in load_yaml(args.config) else None)
+    resolved = resolve_variant(data, args.variant, full.get("auditor"))
     check_section(resolved, "rft", RftConfig)
     return from_dict(RftConfig, resolved, f"rft (variant {args.variant})")
 

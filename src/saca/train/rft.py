@@ -995,6 +995,11 @@ class RftTrainer:
             "collapsed_share_mean": float(np.mean([r["collapsed_share"] for r in train_rows])) if train_rows else None,
             "rollout_success_mean": float(np.mean([r["success_rate"] for r in train_rows])) if train_rows else None,
         }
+        if cfg.mode == "online":  # SACA's totals over the run (zero for plain GRPO)
+            for k in ("repair_attempts", "repair_successes", "afr_groups", "rep_samples", "align_samples", "con_pairs"):
+                summary[f"{k}_total"] = int(sum(r.get(k, 0) for r in train_rows))
+            shares = [r["appendix_a_share"] for r in train_rows if r.get("appendix_a_share") is not None]
+            summary["appendix_a_share_mean"] = float(np.mean(shares)) if shares else None
         self.save_final(summary)
         if self.dist.is_main:
             self.journal.finish()
