@@ -8,14 +8,12 @@
 
 AUDITOR = config["auditor"]
 AUDIT_DIR = f"{RESULTS}/{{dataset}}/audit/{{run}}/{{split}}"
-LANDMARKS_SRC = code("landmarks.py", "episodes", "sim/embedded/catalogue.py", "commands/auditor.py")
-AUDIT_SRC = sorted(set(SIM_SRC + code("auditor", "landmarks.py", "viz.py", "commands/auditor.py")))
 
 
 rule landmarks:
     input:
         episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
-        code=LANDMARKS_SRC,
+        code=code("landmarks"),
     output:
         f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl",
     params:
@@ -38,7 +36,7 @@ AUDIT_INPUTS = dict(
     landmarks=f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl",
     episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
     scenes=f"{RESULTS}/scenes/index.json",
-    code=AUDIT_SRC,
+    code=code("audit"),
 )
 AUDIT_PARAMS = dict(
     eval_dir=lambda wc, input: Path(input.eval).parent,
@@ -46,7 +44,9 @@ AUDIT_PARAMS = dict(
     scenes=lambda wc, input: Path(input.scenes).parent,
     sim=as_json(config["sim"]),
     ds=lambda wc: as_json(dataset_cfg(wc)),
-    cfg=lambda wc: as_json(AUDITOR),  # a function: the prompt's {l} is no wildcard
+    # the auditor's settings without the workflow's keys (which runs and splits, the batching): editing those
+    # reruns no audit; a function, as the prompt's {l} is no wildcard
+    cfg=lambda wc: as_json({k: v for k, v in AUDITOR.items() if k not in ("runs", "splits", "group_size")}),
 )
 AUDIT_ARGS = (
     " --episodes {params.episodes} --split {wildcards.split} --eval-dir {params.eval_dir}"
@@ -64,7 +64,10 @@ rule audit:
     params:
         **AUDIT_PARAMS,
         out=lambda wc, output: Path(output.summary).parent,
-        group=AUDITOR["group_size"],
+    resources:
+        # how many episodes one batched audit holds: batching only (the results do not depend on it), so it is a
+        # resource, which Snakemake does not compare when deciding what to rerun, not a param
+        audit_group=AUDITOR["group_size"],
     log:
         f"{RESULTS}/logs/audit/{{dataset}}/{{run}}/{{split}}.log",
     benchmark:
@@ -73,13 +76,13 @@ rule audit:
     conda:
         "../../envs/saca.yaml"
     shell:
-        f"OMP_NUM_THREADS={{threads}} python -m saca audit{AUDIT_ARGS} --group-size {{params.group}}"
+        f"OMP_NUM_THREADS={{threads}} python -m saca audit{AUDIT_ARGS} --group-size {{resources.audit_group}}"
         " --out {params.out} > {log} 2>&1"
 
 
 rule audit_figure:
     input:
-        **AUDIT_INPUTS,
+        **{**AUDIT_INPUTS, "code": code("audit-figure")},
         audit=f"{AUDIT_DIR}/audit.jsonl",
     output:
         f"{AUDIT_DIR}/figure.png",

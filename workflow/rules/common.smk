@@ -20,23 +20,21 @@ except SacaError as err:
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val_seen", "val_unseen"]
 SACA = "python -m saca"
-# The package source is an input of the rules: editing code reruns what it affects, and only that.
-SACA_SRC = sorted(str(p) for p in Path("src/saca").rglob("*.py"))
-CORE_SRC = ["src/saca/__init__.py", "src/saca/cli.py", "src/saca/config.py", "src/saca/io.py"]
+# The package code a rule's command can execute is an input of the rule: editing a module reruns the rules whose
+# commands import it, and only those. The lists are derived from the import graph (saca.codegraph), not written here.
+from functools import lru_cache
+
+from saca.codegraph import command_sources
 
 
-def code(*parts):
-    """Source files of the named package parts (directories or modules under src/saca) plus the core."""
-    files = set(CORE_SRC)
-    for part in parts:
-        p = Path("src/saca") / part
-        if not p.exists():
-            raise ValueError(f"code(): src/saca/{part} does not exist")
-        files |= {str(f) for f in p.rglob("*.py")} if p.is_dir() else {str(p)}
-    return sorted(files)
+@lru_cache(maxsize=None)
+def code(command):
+    """The source files ``python -m saca {command}`` can execute (saca.codegraph.command_sources)."""
+    try:
+        return command_sources(command)
+    except SacaError as err:
+        sys.exit(f"workflow error: {err}")
 
-
-SIM_SRC = code("sim", "episodes", "commands/data.py")
 
 TARGETS = []
 
@@ -95,7 +93,7 @@ def eval_inputs(wildcards):
         "gt": f"{RESULTS}/{wildcards.dataset}/episodes/{wildcards.split}_gt.json.gz",
         "scenes": f"{RESULTS}/scenes/index.json",
         "checkpoint": run_checkpoint(wildcards),
-        "src": SIM_SRC + code("evaluate", "commands/evaluate.py") + ([] if wildcards.run in REFERENCE_AGENTS else POLICY_SRC),
+        "src": code("evaluate"),
     }
 
 
@@ -115,7 +113,7 @@ def eval_dir(wildcards):
     return EVAL_DIR.format(dataset=wildcards.dataset, run=wildcards.run, split=wildcards.split)
 
 
-# --- policy and SFT (POLICY, SFT, POLICY_INIT and POLICY_SRC are defined in policy.smk) ---
+# --- policy and SFT (POLICY, SFT and POLICY_INIT are defined in policy.smk) ---
 
 
 def policy_base():
@@ -144,8 +142,7 @@ def sft_inputs(wildcards):
     inputs = {
         "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix],
         "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
-        # the trainer's modules only: editing the RL code (saca.train.grpo, rollout, rft) must not retrain SFT
-        "src": POLICY_SRC + code("train/__init__.py", "train/state.py", "train/sft.py"),
+        "src": code("sft"),  # not the RL code: editing saca.train.rft does not retrain SFT
     }
     if POLICY["model"] == "embedded":
         inputs["init"] = POLICY_INIT

@@ -6,7 +6,7 @@ rule scenes:
         index=f"{RESULTS}/scenes/index.json",
         scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
     input:
-        code=code("sim", "commands/data.py"),
+        code=code("scenes"),
     params:
         cfg=as_json(config["scenes"]),
         out=lambda wc, output: Path(output.index).parent,
@@ -27,7 +27,7 @@ rule episodes:
         gt=f"{RESULTS}/{{dataset}}/episodes/{{split}}_gt.json.gz",
     input:
         scenes=rules.scenes.output.index,
-        code=SIM_SRC,
+        code=code("episodes"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
@@ -53,7 +53,7 @@ rule vln_ego:
         episodes=rules.episodes.output.episodes,
         gt=rules.episodes.output.gt,
         scenes=rules.scenes.output.index,
-        code=SIM_SRC + code("vln_ego", "action_text.py"),
+        code=code("vln-ego"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
@@ -80,7 +80,7 @@ rule preview:
         episodes=f"{RESULTS}/{{dataset}}/episodes/val_unseen.json.gz",
         gt=f"{RESULTS}/{{dataset}}/episodes/val_unseen_gt.json.gz",
         scenes=rules.scenes.output.index,
-        code=SIM_SRC + code("vln_ego", "viz.py"),
+        code=code("preview"),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc, "val_unseen")),

@@ -8,8 +8,9 @@
 # and add their metrics paths to TARGETS (eval_targets(run) gives them).
 
 EVAL = config["evaluation"]
-# code a policy checkpoint's evaluation depends on (beyond the simulator and the runner)
-POLICY_SRC = code("policy", "prompt.py", "action_text.py", "vln_ego")
+# what an evaluation job reads: the section without the workflow's keys (which runs and splits, how many plots,
+# how many shards), so that editing them reruns nothing but what they select (plots: eval_plots only)
+EVAL_JOB = {k: v for k, v in EVAL.items() if k not in ("runs", "splits", "plots", "shards")}
 REFERENCE_AGENTS = ("random", "forward", "oracle")
 RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
 EVAL_DIR = f"{RESULTS}/{{dataset}}/eval/{{run}}/{{split}}"
@@ -32,7 +33,7 @@ EVAL_PARAMS = dict(
     agent=run_agent,
     sim=as_json(config["sim"]),
     ds=lambda w: as_json(dataset_cfg(w)),
-    cfg=as_json(EVAL),
+    cfg=as_json(EVAL_JOB),
 )
 
 if EVAL["shards"] == 1:
@@ -102,11 +103,12 @@ rule eval_plots:
         eval_episodes=f"{EVAL_DIR}/episodes.jsonl",
         episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
         scenes=f"{RESULTS}/scenes/index.json",
-        src=SIM_SRC + code("evaluate", "viz.py", "commands/evaluate.py"),
+        src=code("plot-episodes"),
     output:
         directory(f"{EVAL_DIR}/plots"),
     params:
         **EVAL_PARAMS,
+        n=EVAL["plots"],
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.plots.log",
     conda:
@@ -114,7 +116,7 @@ rule eval_plots:
     shell:
         "python -m saca plot-episodes --dataset-dir {params.dataset_dir} --split {wildcards.split}"
         " --scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"
-        " --eval-dir {params.out} --out {output} > {log} 2>&1"
+        " --eval-dir {params.out} --n {params.n} --out {output} > {log} 2>&1"
 
 
 for _run in EVAL["runs"]:

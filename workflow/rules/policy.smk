@@ -11,15 +11,6 @@ POLICY = config["policy"]
 SFT = config["sft"]
 VLN_EGO = config["vln_ego"]
 POLICY_INIT = f"{RESULTS}/policy/init"
-POLICY_SRC = code(
-    "policy",
-    "action_text.py",
-    "prompt.py",
-    "vln_ego",
-    "commands/policy.py",
-    "sim/base.py",
-    "sim/embedded/catalogue.py",
-)
 SFT_MIXES = list(SFT["mixes"])
 
 
@@ -40,7 +31,7 @@ rule policy_init:
     output:
         directory(POLICY_INIT),
     input:
-        POLICY_SRC,
+        code("policy-init"),
     params:
         cfg=as_json(POLICY["init"]),
     log:
@@ -80,7 +71,7 @@ rule sft:
 rule policy_agent:
     input:
         ckpt=f"{RESULTS}/sft/{{mix}}/final",
-        src=POLICY_SRC,
+        src=code("policy-agent"),
     output:
         f"{RESULTS}/sft/{{mix}}/agent.json",
     params:

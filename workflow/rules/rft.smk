@@ -22,11 +22,6 @@ RFT_DATASETS = RFT.get("datasets") or DATASETS
 for _d in RFT_DATASETS:
     if _d not in DATASETS:
         sys.exit(f"config error: rft.datasets: '{_d}' is not in 'datasets'")
-# the code an RFT run executes: the policy, the simulator and episodes, the trainer (not SFT, not evaluation)
-RFT_SRC = sorted(set(POLICY_SRC + SIM_SRC + code("train/__init__.py", "train/state.py", "train/grpo.py",
-                                                 "train/rollout.py", "train/rft.py", "train/saca.py",
-                                                 "commands/train.py", "auditor", "landmarks.py")))
-
 
 def rft_variant(wildcards):
     """The resolved settings of one variant; an unknown name fails listing the defined ones."""
@@ -42,7 +37,7 @@ def rft_inputs(wildcards):
         "init": f"{RESULTS}/sft/{RFT['sft_mix']}/final",
         "scenes": f"{RESULTS}/scenes/index.json",
         "val": [f"{RESULTS}/{d}/episodes/{v.get('eval_split', 'val_seen')}.json.gz" for d in RFT_DATASETS],
-        "src": RFT_SRC,
+        "src": code("rft"),
     }
     if v.get("mode", "online") == "online":
         inputs["train"] = [f"{RESULTS}/{d}/episodes/train.json.gz" for d in RFT_DATASETS]
@@ -89,7 +84,7 @@ rule rft:
 rule rft_agent:
     input:
         ckpt=f"{RESULTS}/rft/{{variant}}/final",
-        src=POLICY_SRC,
+        src=code("policy-agent"),
     output:
         f"{RESULTS}/rft/{{variant}}/agent.json",
     params:
