@@ -191,9 +191,13 @@ def test_weights_are_bitwise_reproducible_at_the_workflows_thread_count(tiny_dir
 
     The thread count is pinned to the one the sft rule gives its job (``threads: 2`` ->
     ``OMP_NUM_THREADS=2``); the run records it, since another count changes float summation order."""
-    rule = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "policy.smk").read_text()
-    sft_rule = rule[rule.index("rule sft:"):rule.index("rule policy_agent:")]
-    assert re.search(r"threads:\s*2\b", sft_rule) and "OMP_NUM_THREADS={threads} python -m saca sft" in sft_rule
+    repo = Path(__file__).resolve().parents[1]
+    # the command the workflow runs (a dry run prints it): 2 threads, one process on the laptop default
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--forceall", "--cores", "2", "--nolock",
+                        "--config", f"results={tmp_path / 'dry'}", "--", str(tmp_path / "dry" / "sft" / "r2r_rxr" / "final")],
+                       cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "OMP_NUM_THREADS=2 python -m saca sft" in r.stdout, r.stdout[-3000:]
     cfg = small_cfg(max_steps=6)
     runs = [_run_cli(_sft_args(tiny_dir, ego, tmp_path / f"run{i}", cfg), threads=2) for i in range(2)]
     for r in runs:

@@ -204,3 +204,104 @@ def test_nothing_to_do_after_a_complete_run(smoke_run):
     r = snakemake("all", "-n", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock", "--config", f"results={smoke_run}")
     assert r.returncode == 0
     assert "Nothing to be done" in r.stdout + r.stderr, r.stdout[-3000:]
+
+
+def _edited(tmp_path, edit) -> Path:
+    cfg = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    edit(cfg)
+    path = tmp_path / "edited.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.slow
+def test_editing_evaluation_plots_reruns_only_the_plots(smoke_run, tmp_path):
+    edited = _edited(tmp_path, lambda c: c.setdefault("evaluation", {}).update(plots=2))
+    r = snakemake("all", "-n", "--cores", "2", "--configfile", str(edited), "--nolock", "--config", f"results={smoke_run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rules = {rule for rule, _ in _planned_jobs(r.stdout)} - {"all"}
+    assert rules == {"eval_plots"}, rules
+
+
+@pytest.mark.slow
+def test_editing_one_variant_reruns_only_that_variant(smoke_run, tmp_path):
+    def edit(c):
+        base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["rft"]["variants"]
+        c["rft"]["variants"] = {**base, "saca": {"lambda_con": 0.5}}
+
+    r = snakemake("all", "-n", "--cores", "2", "--configfile", str(_edited(tmp_path, edit)), "--nolock",
+                  "--config", f"results={smoke_run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = [(rule, w) for rule, w in _planned_jobs(r.stdout) if rule != "all"]
+    assert jobs
+    for rule, w in jobs:
+        assert w.get("variant") == "saca" or w.get("run") == "rft-saca", (rule, w)
+
+
+@pytest.mark.slow
+def test_auditing_one_more_run_reruns_no_existing_audit(smoke_run, tmp_path):
+    edited = _edited(tmp_path, lambda c: c.setdefault("auditor", {}).update(runs=["sft", "random", "oracle", "forward"],
+                                                                            group_size=3))
+    r = snakemake("all", "-n", "--cores", "2", "--configfile", str(edited), "--nolock", "--config", f"results={smoke_run}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = [(rule, w) for rule, w in _planned_jobs(r.stdout) if rule != "all"]
+    assert jobs and all(w.get("run") == "forward" for _, w in jobs), jobs
+
+
+@pytest.mark.slow
+def test_editing_a_module_reruns_only_the_rules_that_import_it(smoke_run):
+    import os
+
+    path = REPO / "src" / "saca" / "train" / "saca.py"
+    st = path.stat()
+    try:
+        os.utime(path, (st.st_atime, st.st_mtime + 3600))  # an edit, as Snakemake sees it
+        r = snakemake("all", "-n", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock",
+                      "--config", f"results={smoke_run}")
+    finally:
+        os.utime(path, (st.st_atime, st.st_mtime))
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = [(rule, w) for rule, w in _planned_jobs(r.stdout) if rule != "all"]
+    # the rft command imports SACA's group construction: every RFT variant retrains, and its evaluations follow;
+    # the data, SFT and the reference evaluations do not
+    assert {rule for rule, _ in jobs} <= {"rft", "rft_agent", "evaluate", "eval_plots", "audit", "audit_figure"}
+    assert any(rule == "rft" for rule, _ in jobs)
+    for rule, w in jobs:
+        assert w.get("variant") or w.get("run", "").startswith("rft-"), (rule, w)
+
+
+def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):
+    """`snakemake --profile slurm` from the repository root finds profiles/slurm (through ./slurm) and submits the
+    heavy rules with their GPUs. A dry run needs no cluster; `--sdm env-modules` replaces the profile's conda
+    deployment, as this machine has no conda."""
+    gpus = tmp_path / "gpus.yaml"
+    gpus.write_text(yaml.safe_dump({"resources": {
+        "gpu_model": "a100", "sft": {"gpu": 8, "cpus_per_gpu": 8, "mem_mb": 256000, "runtime": 1440},
+        "rft": {"gpu": 4, "cpus_per_gpu": 8, "mem_mb": 256000, "runtime": 2880},
+        "evaluate": {"gpu": 1, "cpus_per_gpu": 8, "mem_mb": 64000, "runtime": 240},
+        "audit": {"gpu": 1, "cpus_per_gpu": 8, "mem_mb": 64000, "runtime": 240}}}))
+    r = snakemake("--profile", "slurm", "-n", "all", "--sdm", "env-modules", "--configfile", "config/smoke.yaml",
+                  str(gpus), "--nolock", "--config", f"results={tmp_path / 'results'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "Using profiles slurm" in out
+    blocks = {}
+    for block in re.split(r"\n(?=\[[^\n]*\]\n(?:local)?rule )", out):
+        m = re.search(r"rule (\w+):", block)
+        w = re.search(r"wildcards: ([^\n]*)", block)
+        res = re.search(r"resources: ([^\n]*)", block)
+        if m and res:
+            blocks.setdefault((m.group(1), w.group(1) if w else ""), (res.group(1), block))
+    sft_res, sft_block = blocks[("sft", "mix=r2r_rxr")]
+    assert "gpu=8" in sft_res and "gpu_model=a100" in sft_res and "cpus_per_gpu=8" in sft_res
+    assert "torchrun --standalone --nproc_per_node 8 -m saca sft" in sft_block
+    rft_res, rft_block = blocks[("rft", "variant=saca")]
+    assert "gpu=4" in rft_res and "torchrun --standalone --nproc_per_node 4 -m saca rft" in rft_block
+    policy_eval = next(v[0] for k, v in blocks.items() if k[0] == "evaluate" and "run=sft" in k[1])
+    reference_eval = next(v[0] for k, v in blocks.items() if k[0] == "evaluate" and "run=random" in k[1])
+    assert "gpu=1" in policy_eval and "gpu=0" in reference_eval and "cpus_per_task=2" in reference_eval
+    assert "gpu=0" in next(v[0] for k, v in blocks.items() if k[0] == "audit")  # the oracle backend needs none
+    # the laptop default asks for no GPU and runs one process
+    r = snakemake("-n", "-p", "all", "--cores", "2", "--nolock", "--configfile", "config/smoke.yaml",
+                  "--config", f"results={tmp_path / 'laptop'}")
+    assert r.returncode == 0 and "torchrun" not in r.stdout and "OMP_NUM_THREADS=2 python -m saca rft" in r.stdout

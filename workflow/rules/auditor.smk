@@ -65,6 +65,7 @@ rule audit:
         **AUDIT_PARAMS,
         out=lambda wc, output: Path(output.summary).parent,
     resources:
+        **rule_resources("audit", gpu=AUDITOR["backend"] == "foundation"),
         # how many episodes one batched audit holds: batching only (the results do not depend on it), so it is a
         # resource, which Snakemake does not compare when deciding what to rerun, not a param
         audit_group=AUDITOR["group_size"],

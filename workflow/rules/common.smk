@@ -39,6 +39,33 @@ def code(command):
 TARGETS = []
 
 
+# --- cluster resources (config `resources`; profiles/slurm maps gpu + gpu_model to --gpus) ---
+RESOURCES = config.get("resources", {})
+
+
+def rule_resources(kind, gpu=True):
+    """The ``resources:`` of a heavy rule from ``resources.{kind}``: ``gpu`` (with ``gpu_model``; the SLURM
+    executor turns them into ``--gpus``), ``cpus_per_gpu`` for a GPU job or ``cpus_per_task`` for a CPU job (the
+    other is 0: the executor takes the first that is set), ``mem_mb``, ``runtime`` (minutes). ``gpu=False`` (a
+    reference agent's evaluation, an oracle audit) asks for CPUs only. Resources never trigger a rerun."""
+    r = RESOURCES.get(kind, {})
+    n = int(r.get("gpu", 0)) if gpu else 0
+    return {
+        "gpu": n,
+        "gpu_model": RESOURCES.get("gpu_model", "") if n else "",
+        "cpus_per_gpu": int(r.get("cpus_per_gpu", 8)) if n else 0,
+        "cpus_per_task": 0 if n else int(r.get("cpus_per_task", 2)),
+        "mem_mb": int(r.get("mem_mb", 8000)),
+        "runtime": int(r.get("runtime", 60)),
+    }
+
+
+def launcher(kind):
+    """``python`` for one process, ``torchrun`` with one process per GPU when the rule's job has several."""
+    n = int(RESOURCES.get(kind, {}).get("gpu", 0))
+    return f"torchrun --standalone --nproc_per_node {n}" if n > 1 else "python"
+
+
 def all_targets():
     return TARGETS
 

@@ -26,6 +26,9 @@ EVAL_CMD = (
     " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {params.scenes}"
     " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out}"
 )
+# a policy's evaluation runs on a GPU where resources.evaluate asks for one; a reference agent's never does
+EVAL_RESOURCES = {k: (lambda w, _k=k: rule_resources("evaluate", gpu=w.run not in REFERENCE_AGENTS)[_k])
+                  for k in rule_resources("evaluate")}
 EVAL_PARAMS = dict(
     out=eval_dir,
     dataset_dir=lambda w, input: Path(input.episodes).parent.parent,
@@ -51,6 +54,8 @@ if EVAL["shards"] == 1:
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.tsv"
         threads: 2
+        resources:
+            **EVAL_RESOURCES,
         conda:
             "../../envs/saca.yaml"
         shell:
@@ -71,6 +76,8 @@ else:
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.{{shard}}-of-{{nshards}}.tsv"
         threads: 2
+        resources:
+            **EVAL_RESOURCES,
         wildcard_constraints:
             shard=r"\d+",
             nshards=r"\d+",

@@ -58,13 +58,16 @@ rule sft:
     benchmark:
         f"{RESULTS}/benchmarks/sft/{{mix}}.tsv"
     threads: 2
+    resources:
+        **rule_resources("sft"),
     wildcard_constraints:
         mix="|".join(SFT_MIXES),
     conda:
         "../../envs/train.yaml"
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
-        "OMP_NUM_THREADS={threads} python -m saca sft --init {params.init} --train {input.train} --val {params.val}"
+        f"OMP_NUM_THREADS={{threads}} {launcher('sft')} -m saca sft --init {{params.init}} --train {{input.train}}"
+        " --val {params.val}"
         " --out {params.run} --params {params.cfg} > {log} 2>&1"
 
 

@@ -70,13 +70,16 @@ rule rft:
     benchmark:
         f"{RESULTS}/benchmarks/rft/{{variant}}.tsv"
     threads: 2
+    resources:
+        **rule_resources("rft"),
     wildcard_constraints:
         variant=r"[A-Za-z0-9_]+",
     conda:
         "../../envs/train.yaml"
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
-        "OMP_NUM_THREADS={threads} python -m saca rft --init {input.init} --out {params.run} --data {params.data}"
+        f"OMP_NUM_THREADS={{threads}} {launcher('rft')} -m saca rft --init {{input.init}} --out {{params.run}}"
+        " --data {params.data}"
         " --datasets {params.datasets} --scenes {params.scenes} --sim {params.sim} --agent {params.agent}"
         " --vln-ego {params.vln_ego} --landmarks {params.landmarks} --params {params.cfg} > {log} 2>&1"
 
