@@ -138,6 +138,12 @@ def test_smoke_workflow_writes_every_dataset(smoke_run):
         assert set(metrics) == {"TL", "NE", "OS", "SR", "SPL", "nDTW", "SDTW", "episodes"}
         assert metrics["SR"] == 1.0
     assert (out / "logs").is_dir() and (out / "benchmarks").is_dir()
+    # every result directory records what made it
+    dirs = [out / "sft" / "r2r_rxr" / "final", out / "rft" / "saca" / "final", out / "mini_r2r" / "vln_ego" / "train",
+            out / "mini_r2r" / "eval" / "rft-saca" / "val_unseen", out / "mini_rxr" / "audit" / "sft" / "val_unseen"]
+    for d in dirs:
+        rec = json.loads((d / "provenance.json").read_text())
+        assert len(rec["config_sha256"]) == 16 and rec["versions"]["torch"] and "git" in rec, d
 
 
 def policy_runs() -> set:

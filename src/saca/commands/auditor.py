@@ -104,6 +104,9 @@ def cmd_audit(args) -> int:
     summary["run"] = {"eval": str(eval_path), "split": args.split, "landmarks": str(args.landmarks)}
     summary["auditor"] = to_dict(cfg)
     write_json(out / "summary.json", summary)
+    from saca.provenance import write_provenance
+
+    write_provenance(out, summary["auditor"], device=cfg.foundation.device if cfg.backend == "foundation" else "cpu")
     a = summary["appendix_a"]
     share = "n/a" if a["share"] is None else f"{a['share']:.3f}"
     print(f"audited {len(rows)} episodes ({summary['failed']} failed) -> {out}; "

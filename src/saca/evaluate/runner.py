@@ -30,7 +30,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -269,6 +269,10 @@ def evaluate_split(
                 steps = _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress_every)
         records = sorted(done.values(), key=lambda r: r["index"])
         summary = M.aggregate(r["metrics"] for r in records)
+        from saca.provenance import write_provenance
+
+        write_provenance(out, {"run": identity, "evaluation": asdict(cfg), "agent": agent_spec}, seed=cfg.seed,
+                         device=str(getattr(agent, "device", "cpu")))
         write_json(run_path, identity)
         write_jsonl(out / EPISODES, records)
         write_json(out / METRICS, summary)

@@ -1017,6 +1017,10 @@ class RftTrainer:
                 self.model.save_pretrained(str(tmp))
                 self.proc.save_pretrained(tmp)
                 (tmp / "rft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
+                from saca.provenance import write_provenance
+
+                write_provenance(tmp, {"rft": self.cfg, "agent": self.agent_cfg}, seed=self.cfg.seed,
+                                 device=str(self.device), init=self.init, world_size=self.dist.world)
             self.model.config.use_cache = False
         self.dist.barrier()
         return final

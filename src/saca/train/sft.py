@@ -496,6 +496,9 @@ class SftTrainer:
                 if self.journal.partial.exists():
                     shutil.copyfile(self.journal.partial, tmp / "train_log.jsonl")
                 (tmp / "sft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
+                from saca.provenance import write_provenance
+
+                write_provenance(tmp, self.cfg, seed=self.cfg.seed, device=str(self.device), init=str(self.init))
         self.dist.barrier()
         return final
 

@@ -204,4 +204,7 @@ def generate_vln_ego(episodes, sim, cfg: VlnEgoConfig, turn_angle: float, out_di
             },
         }
         write_json(Path(tmp) / "manifest.json", manifest)
+        from saca.provenance import write_provenance
+
+        write_provenance(tmp, manifest["config"])
     return manifest
