@@ -8,14 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from saca import SacaError
+from saca.config import params_from_args
 
 log = logging.getLogger(__name__)
-
-
-def _section(args, cls, name: str, attr: str = "params"):
-    from saca.config import params_from_args
-
-    return params_from_args(args, cls, name, attr)
 
 
 def cmd_landmarks(args) -> int:
@@ -23,7 +18,7 @@ def cmd_landmarks(args) -> int:
     from saca.io import write_jsonl
     from saca.landmarks import LandmarkConfig, extract_split
 
-    cfg = _section(args, LandmarkConfig, "landmarks")
+    cfg = params_from_args(args, LandmarkConfig, "landmarks")
     path = Path(args.episodes) / f"{args.split}.json.gz"
     episodes = read_episodes(path)
     rows = extract_split(episodes, cfg)
@@ -75,7 +70,7 @@ def cmd_audit(args) -> int:
     from saca.config import to_dict
     from saca.io import atomic_path, write_json
 
-    cfg = _section(args, AuditorConfig, "auditor")
+    cfg = params_from_args(args, AuditorConfig, "auditor")
     eval_path, records, episodes, landmarks = _load_inputs(args)
     if args.limit:
         records = records[: args.limit]
@@ -122,7 +117,7 @@ def cmd_audit_figure(args) -> int:
     from saca.auditor.run import record_success, replay
     from saca.io import read_jsonl
 
-    cfg = replace(_section(args, AuditorConfig, "auditor"), keep_masks=True)
+    cfg = replace(params_from_args(args, AuditorConfig, "auditor"), keep_masks=True)
     eval_path, records, episodes, landmarks = _load_inputs(args)
     if not records:
         raise SacaError(f"{eval_path}: no episodes")

@@ -5,13 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from saca import SacaError
-
-
-def _json_section(text: str | None, cls, section: str, flag: str = "--params"):
-    """Dataclass ``cls`` from a JSON config section on the command line, checked by the workflow's schema."""
-    from saca.config import section_from_json
-
-    return section_from_json(text, cls, section, flag)
+from saca.config import section_from_json
 
 
 def add_sim_args(p) -> None:
@@ -26,8 +20,8 @@ def sim_configs(args):
     from saca.episodes.generate import DatasetConfig
     from saca.sim.base import SimConfig
 
-    sim_cfg = _json_section(args.sim, SimConfig, "sim", "--sim")
-    ds_cfg = _json_section(args.dataset_config, DatasetConfig, "datasets.<dataset>", "--dataset-config")
+    sim_cfg = section_from_json(args.sim, SimConfig, "sim", "--sim")
+    ds_cfg = section_from_json(args.dataset_config, DatasetConfig, "datasets.<dataset>", "--dataset-config")
     return sim_cfg, ds_cfg
 
 
@@ -43,7 +37,7 @@ def cmd_scenes(args) -> int:
     from saca.io import write_json
     from saca.sim.embedded.world import SceneGenConfig, generate_scene, scene_seed
 
-    cfg = _json_section(args.params, SceneGenConfig, "scenes")
+    cfg = section_from_json(args.params, SceneGenConfig, "scenes")
     out = Path(args.out)
     index = cfg.scene_ids()
     for split, ids in index.items():
@@ -82,7 +76,7 @@ def cmd_vln_ego(args) -> int:
     from saca.episodes import load_split
     from saca.vln_ego.generate import VlnEgoConfig, generate_vln_ego
 
-    cfg = _json_section(args.params, VlnEgoConfig, "vln_ego")
+    cfg = section_from_json(args.params, VlnEgoConfig, "vln_ego")
     episodes = load_split(args.episodes, args.split)
     sim, ds = sim_from_args(args)
     with sim:
