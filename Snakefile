@@ -21,6 +21,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/policy.smk"
 include: "workflow/rules/rft.smk"
 include: "workflow/rules/auditor.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

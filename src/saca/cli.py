@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "saca.commands.policy",
     "saca.commands.train",
     "saca.commands.auditor",
+    "saca.commands.report",
 )
 
 

@@ -86,7 +86,8 @@ rule audit_figure:
         **{**AUDIT_INPUTS, "code": code("audit-figure")},
         audit=f"{AUDIT_DIR}/audit.jsonl",
     output:
-        f"{AUDIT_DIR}/figure.png",
+        report(f"{AUDIT_DIR}/figure.png", category="PGSA auditor", subcategory="{dataset}",
+               labels={"run": "{run}", "split": "{split}"}),
     params:
         **AUDIT_PARAMS,
     log:

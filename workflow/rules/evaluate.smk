@@ -45,7 +45,8 @@ if EVAL["shards"] == 1:
         input:
             unpack(eval_inputs),
         output:
-            metrics=f"{EVAL_DIR}/metrics.json",
+            metrics=report(f"{EVAL_DIR}/metrics.json", category="Metrics", subcategory="{dataset}",
+                           labels={"run": "{run}", "split": "{split}"}),
             episodes=f"{EVAL_DIR}/episodes.jsonl",
         params:
             **EVAL_PARAMS,
@@ -93,7 +94,8 @@ else:
                 allow_missing=True,
             ),
         output:
-            metrics=f"{EVAL_DIR}/metrics.json",
+            metrics=report(f"{EVAL_DIR}/metrics.json", category="Metrics", subcategory="{dataset}",
+                           labels={"run": "{run}", "split": "{split}"}),
             episodes=f"{EVAL_DIR}/episodes.jsonl",
         params:
             out=eval_dir,

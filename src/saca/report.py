@@ -1,0 +1,174 @@
+"""Reports: the paper's numbers beside the reproduced ones (issue 14; the notebooks in workflow/notebooks/).
+
+The logic lives here, importable and tested; the notebooks only call it and draw.
+
+* :func:`paper_numbers` reads ``config/paper-numbers.csv`` (every number of the
+  paper's tables, one row per table x row x benchmark x metric);
+* :func:`comparison` puts a table's paper numbers beside the reproduced metrics
+  (``results/{dataset}/eval/{run}/{split}/metrics.json``, run ``sft`` or
+  ``rft-{variant}``), converting the reproduced fractions to the paper's percent;
+* :func:`fig5_curves` reads the validation success rate against the RFT update
+  from each variant's ``train_log.jsonl`` (SACA Fig. 5);
+* :func:`appendix_a` reads the share of failed episodes with ``rho > 0.5`` from
+  the audits (SACA Appendix A);
+* :func:`run_notebook` executes a parameterised notebook with papermill and
+  renders it to HTML (code cells hidden), atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from saca import SacaError
+
+COLUMNS = ("table", "group", "row", "label", "variant", "benchmark", "split", "metric", "value", "note")
+PERCENT = ("SR", "OS", "SPL", "nDTW", "SDTW")  # the paper reports them in %, the metrics files as fractions
+TABLES = ("table1", "table2", "table3", "table4", "table5")
+
+
+def paper_numbers(path) -> list[dict]:
+    """The rows of the paper-numbers CSV; a missing column or a non-numeric value names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SacaError(f"{path}: the paper-numbers file does not exist")
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise SacaError(f"{path}: missing column(s) {', '.join(missing)} (expected {', '.join(COLUMNS)})")
+        rows = []
+        for n, r in enumerate(reader, 2):
+            try:
+                r["value"] = float(r["value"])
+            except ValueError as err:
+                raise SacaError(f"{path}:{n}: value {r['value']!r} is not a number") from err
+            rows.append(r)
+    return rows
+
+
+def run_name(variant: str) -> str:
+    """The evaluation run of a paper row's variant: ``sft`` or ``rft-{variant}``."""
+    return "sft" if variant == "sft" else f"rft-{variant}"
+
+
+def table_variants(paper: Sequence[Mapping], table: str) -> list[str]:
+    """The reproducible rows of ``table`` (those with a variant), in the paper's row order, without repeats."""
+    out = []
+    for r in sorted((r for r in paper if r["table"] == table and r["variant"]), key=lambda r: int(r["row"] or 0)):
+        if r["variant"] not in out:
+            out.append(r["variant"])
+    return out
+
+
+def metrics_path(results, dataset: str, variant: str, split: str = "val_unseen") -> Path:
+    return Path(results) / dataset / "eval" / run_name(variant) / split / "metrics.json"
+
+
+def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mapping[str, str],
+               split: str = "val_unseen", built: Sequence[str] | None = None) -> list[dict]:
+    """One dict per (row, benchmark, metric) of ``table``: the paper's value, the reproduced one (percent for
+    :data:`PERCENT`, metres for NE) and the difference. ``benchmarks`` maps a paper benchmark (``R2R-CE``) to a
+    dataset of this config (``mini_r2r``); rows without a variant (other published methods, Table 1) carry the
+    paper's number only. ``built``: the variants this workflow built; others are marked ``not built``, and a
+    built variant whose metrics file is missing is an error naming it."""
+    rows = [r for r in paper if r["table"] == table]
+    if not rows:
+        raise SacaError(f"paper numbers: no rows for table '{table}' (tables: {', '.join(sorted({r['table'] for r in paper}))})")
+    cache: dict = {}
+    out = []
+    for r in sorted(rows, key=lambda r: (int(r["row"] or 0), r["benchmark"], r["metric"])):
+        rec = {"row": int(r["row"] or 0), "label": r["label"], "variant": r["variant"], "benchmark": r["benchmark"],
+               "metric": r["metric"], "paper": r["value"], "reproduced": None, "delta": None, "status": "paper only"}
+        dataset = benchmarks.get(r["benchmark"])
+        if r["variant"] and dataset:
+            if built is not None and r["variant"] not in built:
+                rec["status"] = "not built"
+            else:
+                key = (dataset, r["variant"])
+                if key not in cache:
+                    p = metrics_path(results, dataset, r["variant"], split)
+                    if not p.is_file():
+                        raise SacaError(f"report {table}: missing input {p} (the evaluation of row '{r['label']}')")
+                    cache[key] = json.loads(p.read_text())
+                m = cache[key].get(r["metric"])
+                if m is not None:
+                    val = float(m) * (100.0 if r["metric"] in PERCENT else 1.0)
+                    rec.update(reproduced=val, delta=val - r["value"], status="reproduced")
+                else:
+                    rec["status"] = "metric not computed"
+        out.append(rec)
+    return out
+
+
+def fig5_curves(results, variants: Sequence[str]) -> dict:
+    """``{variant: [(update, mean validation SR over datasets, {dataset: SR})]}`` from each RFT run's journal
+    (``results/rft/{variant}/train_log.jsonl``, its ``val`` rows); a missing journal names it."""
+    out = {}
+    for v in variants:
+        path = Path(results) / "rft" / v / "train_log.jsonl"
+        if not path.is_file():
+            raise SacaError(f"report fig5: missing input {path} (the training log of variant '{v}')")
+        pts = []
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            if row.get("event") == "val" and row.get("val_sr"):
+                sr = {k: float(x) for k, x in row["val_sr"].items()}
+                pts.append((int(row["step"]), sum(sr.values()) / len(sr), sr))
+        out[v] = pts
+    return out
+
+
+def appendix_a(results, datasets: Sequence[str], run: str = "sft", split: str = "val_unseen") -> dict:
+    """``{dataset: {"share", "near_miss", "failed"}}`` from ``results/{dataset}/audit/{run}/{split}/summary.json``."""
+    out = {}
+    for d in datasets:
+        path = Path(results) / d / "audit" / run / split / "summary.json"
+        if not path.is_file():
+            raise SacaError(f"report appendix_a: missing input {path} (the audit of run '{run}' on {d})")
+        a = json.loads(path.read_text())["appendix_a"]
+        out[d] = {"share": a["share"], "near_miss": a["near_miss"], "failed": a["failed"]}
+    return out
+
+
+def fmt(x, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def run_notebook(notebook, out_html, parameters: Mapping, kernel: str = "python3", timeout: int = 600) -> Path:
+    """Execute ``notebook`` with papermill (``parameters`` injected), keep the executed notebook next to the HTML
+    (``.ipynb``), render HTML without the code cells; both written atomically."""
+    import nbformat
+    import papermill as pm
+    from nbconvert import HTMLExporter
+
+    from saca.io import atomic_path, write_text
+
+    notebook, out_html = Path(notebook), Path(out_html)
+    if not notebook.is_file():
+        raise SacaError(f"{notebook}: the report notebook does not exist")
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    executed = out_html.with_suffix(".ipynb")
+    with atomic_path(executed, suffix=".ipynb") as tmp:
+        try:
+            pm.execute_notebook(str(notebook), str(tmp), parameters=dict(parameters), kernel_name=kernel,
+                                progress_bar=False, execution_timeout=timeout, cwd=str(Path.cwd()))
+        except pm.PapermillExecutionError as err:
+            raise SacaError(f"{notebook}: cell {err.exec_count} failed: {err.ename}: {err.evalue}") from err
+    nb = nbformat.read(str(executed), as_version=4)
+    html, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    write_text(out_html, html)
+    return out_html
+
+
+def index_html(reports: Sequence[tuple[str, str]], title: str = "SACA / VLN-R1 reproduction: reports") -> str:
+    """The index page: one link per ``(file name, description)``."""
+    import html
+
+    items = "\n".join(f'  <li><a href="{html.escape(f)}">{html.escape(d)}</a></li>' for f, d in reports)
+    return (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;max-width:50em;margin:2em auto}li{margin:.4em 0}</style></head>\n"
+            f"<body><h1>{html.escape(title)}</h1>\n<ul>\n{items}\n</ul></body></html>\n")

@@ -1,0 +1,108 @@
+"""Reports: the paper's numbers beside the reproduced ones, executed notebooks rendered to HTML (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saca import SacaError
+from saca.report import appendix_a, comparison, fig5_curves, paper_numbers, table_variants
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "config" / "paper-numbers.csv"
+BENCH = {"R2R-CE": "mini_r2r", "RxR-CE": "mini_rxr"}
+
+
+def fake_results(root: Path, variants=("sft", "grpo", "ss", "ss_afr", "saca")) -> Path:
+    for k, v in enumerate(variants):
+        for d in ("mini_r2r", "mini_rxr"):
+            p = root / d / "eval" / ("sft" if v == "sft" else f"rft-{v}") / "val_unseen" / "metrics.json"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps({"SR": 0.1 + 0.01 * k, "OS": 0.2, "SPL": 0.05, "NE": 6.25, "nDTW": 0.4,
+                                     "SDTW": 0.1, "TL": 5.0, "episodes": 150}))
+    return root
+
+
+def test_the_paper_numbers_are_data_with_every_table():
+    rows = paper_numbers(PAPER)
+    assert {r["table"] for r in rows} >= {"table1", "table2", "table3", "table4", "table5", "appendix_a"}
+    assert table_variants(rows, "table2") == ["sft", "grpo", "ss", "ss_afr", "saca"]
+    assert table_variants(rows, "table5") == ["global", "global_box", "saca"]
+    sr = {(r["variant"], r["benchmark"]): r["value"] for r in rows if r["table"] == "table2" and r["metric"] == "SR"}
+    assert sr[("saca", "R2R-CE")] == 60.3 and sr[("sft", "RxR-CE")] == 48.6
+
+
+def test_every_reproducible_row_is_a_variant_of_the_config():
+    import yaml
+
+    variants = set(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["rft"]["variants"]) | {"sft"}
+    rows = paper_numbers(PAPER)
+    for t in ("table2", "table3", "table4", "table5"):
+        assert set(table_variants(rows, t)) <= variants, t
+
+
+def test_comparison_puts_percent_beside_percent(tmp_path):
+    res = fake_results(tmp_path)
+    rows = comparison(paper_numbers(PAPER), "table2", res, BENCH)
+    by = {(r["variant"], r["benchmark"], r["metric"]): r for r in rows}
+    r = by[("saca", "R2R-CE", "SR")]
+    assert r["paper"] == 60.3 and r["reproduced"] == pytest.approx(14.0) and r["delta"] == pytest.approx(14.0 - 60.3)
+    ne = by[("sft", "RxR-CE", "NE")]
+    assert ne["reproduced"] == 6.25 and ne["delta"] == pytest.approx(6.25 - 6.72)  # metres, not percent
+    assert by[("grpo", "RxR-CE", "nDTW")]["reproduced"] == pytest.approx(40.0)
+    # a variant this configuration did not build is shown as such; one it built but lost is an error
+    rows = comparison(paper_numbers(PAPER), "table2", res, BENCH, built=["sft", "grpo"])
+    assert {r["status"] for r in rows if r["variant"] == "ss"} == {"not built"}
+    (res / "mini_rxr" / "eval" / "rft-grpo" / "val_unseen" / "metrics.json").unlink()
+    with pytest.raises(SacaError, match=r"report table2: missing input .*mini_rxr/eval/rft-grpo/val_unseen/metrics.json"):
+        comparison(paper_numbers(PAPER), "table2", res, BENCH)
+
+
+def test_table1_shows_other_methods_as_the_papers_numbers_only(tmp_path):
+    res = fake_results(tmp_path, ("saca", "vlnr1"))
+    rows = comparison(paper_numbers(PAPER), "table1", res, BENCH, built=["saca", "vlnr1"])
+    others = [r for r in rows if not r["variant"]]
+    assert others and all(r["status"] == "paper only" and r["reproduced"] is None for r in others)
+    assert any(r["variant"] == "saca" and r["status"] == "reproduced" for r in rows)
+
+
+def test_fig5_and_appendix_a_read_their_inputs(tmp_path):
+    log = tmp_path / "rft" / "grpo" / "train_log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"event": "val", "step": 0, "val_sr": {"mini_r2r": 0.2, "mini_rxr": 0.1}},
+        {"event": "train", "step": 1},
+        {"event": "val", "step": 4, "val_sr": {"mini_r2r": 0.3, "mini_rxr": 0.3}}]))
+    c = fig5_curves(tmp_path, ["grpo"])["grpo"]
+    assert [(s, round(m, 3)) for s, m, _ in c] == [(0, 0.15), (4, 0.3)]
+    with pytest.raises(SacaError, match=r"missing input .*rft/saca/train_log.jsonl"):
+        fig5_curves(tmp_path, ["saca"])
+    s = tmp_path / "mini_r2r" / "audit" / "sft" / "val_unseen" / "summary.json"
+    s.parent.mkdir(parents=True)
+    s.write_text(json.dumps({"appendix_a": {"share": 0.25, "near_miss": 3, "failed": 12}}))
+    assert appendix_a(tmp_path, ["mini_r2r"]) == {"mini_r2r": {"share": 0.25, "near_miss": 3, "failed": 12}}
+
+
+@pytest.mark.slow
+def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
+    res = fake_results(tmp_path / "results")
+    out = tmp_path / "reports" / "table2.html"
+    params = {"table": "table2", "results": str(res), "paper_csv": str(PAPER), "benchmarks": BENCH,
+              "built": ["sft", "grpo", "ss", "ss_afr", "saca"], "title": "Table 2"}
+    r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
+                        "--params", json.dumps(params), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = out.read_text()
+    assert "paper, for reference" in html and "+SS +AFR +RR (SACA)" in html and "60.3" in html and "14.0" in html
+    assert "import pandas" not in html  # code cells hidden
+    assert out.with_suffix(".ipynb").is_file()
+    # a missing input is named, and nothing is written
+    (res / "mini_r2r" / "eval" / "rft-ss" / "val_unseen" / "metrics.json").unlink()
+    bad = tmp_path / "reports" / "bad.html"
+    r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
+                        "--params", json.dumps(params), "--out", str(bad)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "rft-ss/val_unseen/metrics.json" in r.stderr and not bad.exists()
