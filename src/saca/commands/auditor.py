@@ -79,14 +79,15 @@ def cmd_audit(args) -> int:
     auditor = Auditor(cfg)
     sim = _audit_sim(args, cfg)
     rows = []
-    with sim, atomic_path(out / "audit.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for n, (rec, res) in enumerate(audit_records(records, episodes, landmarks, sim, auditor,
-                                                     args.group_size, str(eval_path)), 1):
+    from saca.progress import Progress
+
+    with sim, atomic_path(out / "audit.jsonl") as tmp, open(tmp, "w", encoding="utf-8") as fh, \
+            Progress(len(records), f"audit {eval_path.parent.name}/{eval_path.name}", unit="episode") as progress:
+        for rec, res in audit_records(records, episodes, landmarks, sim, auditor, args.group_size, str(eval_path)):
             row = audit_row(rec, res, with_components=args.components)
             fh.write(json.dumps(row, sort_keys=True) + "\n")
             rows.append(row)
-            if n % 50 == 0:
-                log.info("audited %d of %d episodes", n, len(records))
+            progress.update(1)
     if len(rows) != len(records):
         raise SacaError(f"{eval_path}: {len(records)} records but {len(rows)} audits")
     summary = summarize(rows, cfg.rho)

@@ -297,7 +297,11 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
     while len(sims) < min(cfg.batch_size, len(pending)):
         sims.append(make_sim())
     slots = [_Slot(sim) for sim in sims]
-    steps, last_log, n_total = 0, time.perf_counter(), len(pending)
+    steps = 0
+    from saca.progress import Progress
+
+    progress = Progress(len(pending) + len(done), f"evaluate {source}", unit="episode", every=progress_every,
+                        initial=len(done))
 
     def start(slot: _Slot) -> bool:
         if not queue:
@@ -315,6 +319,7 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
     while True:
         active = [s for s in slots if s.ctx is not None]
         if not active:
+            progress.close()
             return steps
         actions = agent.act([s.ctx for s in active])
         if len(actions) != len(active):
@@ -337,15 +342,11 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
                 rec = _finish(slot, cfg, source)
                 _append(fh, rec)
                 done[rec["episode_id"]] = rec
+                progress.update(1)
                 if start(slot):
                     started.append(slot.ctx)
         if started:
             agent.reset(started)
-        now = time.perf_counter()
-        if now - last_log > progress_every:
-            left = len(queue) + sum(s.ctx is not None for s in slots)
-            log.info("%d of %d episodes finished, %d environment steps", n_total - left, n_total, steps)
-            last_log = now
 
 
 # --- merge -------------------------------------------------------------------------------------------

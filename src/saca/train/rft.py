@@ -973,7 +973,11 @@ class RftTrainer:
                           "init": self.init, "ref": self.ref_path, "fingerprint": self.fingerprint})
         if start == 0:
             self.journal.log({"event": "val", "step": 0, "val_sr": self.validate(0)})
-        for update in range(start, cfg.max_steps):
+        from saca.progress import Progress
+
+        progress = Progress(cfg.max_steps, f"rft ({cfg.mode})", unit="update", initial=start,
+                            mode=None if self.dist.is_main else "off")
+        for update in progress.iterate(range(start, cfg.max_steps)):
             row = self.update(update)
             done = update + 1
             if done % max(1, cfg.logging_steps) == 0 or done == cfg.max_steps:

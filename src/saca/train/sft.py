@@ -393,7 +393,10 @@ class SftTrainer:
             val_before = None
         params = [p for p in self.model.parameters() if p.requires_grad]
         window = {"loss": 0.0, "tokens": 0, "answer_tokens": 0, "samples": 0, "time": 0.0, "steps": 0}
-        for step in range(start, self.total_steps):
+        from saca.progress import Progress
+
+        progress = Progress(self.total_steps, "sft", unit="step", initial=start, mode=None if self.rank == 0 else "off")
+        for step in progress.iterate(range(start, self.total_steps)):
             t0 = time.perf_counter()
             lr = self.optimizer.param_groups[0]["lr"]
             micro = []

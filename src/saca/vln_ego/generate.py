@@ -169,7 +169,10 @@ def generate_vln_ego(episodes, sim, cfg: VlnEgoConfig, turn_angle: float, out_di
         writer = FrameShardWriter(tmp, cfg.trajectories_per_shard)
         rows = []
         try:
-            for ep in episodes:
+            from saca.progress import Progress
+
+            episodes = list(episodes)
+            for ep in Progress(len(episodes), f"vln-ego {split or ''}".strip(), unit="episode").iterate(episodes):
                 frames = replay_frames(sim, ep)
                 encoded = [encode_image(f, cfg.image_format, cfg.jpeg_quality) for f in frames]
                 shard, rg = writer.add(str(ep.episode_id), encoded)
