@@ -7,7 +7,11 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 # the package of this checkout (the one the rules run), also where it is not installed
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+SRC = Path(workflow.basedir) / "src"
+sys.path.insert(0, str(SRC))
+# ... and in every job: rules with `conda:` run in envs that hold the dependencies, not the package (envs/*.yaml),
+# and Snakemake does not pass PYTHONPATH into them; the prefix keeps Snakemake's default strict mode
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 configfile: "config/config.yaml"
 
 

@@ -82,6 +82,8 @@ else:
         wildcard_constraints:
             shard=r"\d+",
             nshards=r"\d+",
+        conda:
+            "../../envs/saca.yaml"
         shell:
             f"{EVAL_CMD} --shard {{wildcards.shard}}/{{wildcards.nshards}} > {{log}} 2>&1"
 
