@@ -3,7 +3,7 @@
 PYTHON ?= python3
 CORES ?= 2
 
-.PHONY: install workflow smoke test bench clean
+.PHONY: install workflow smoke test lint bench clean
 
 install: .installed
 
@@ -24,6 +24,11 @@ smoke: .installed
 
 test: .installed
 	$(PYTHON) -m pytest
+
+# the workflow's conventions: Snakemake's linter and snakefmt (line length in pyproject.toml)
+lint: .installed
+	$(PYTHON) -m snakemake --lint --nolock --config results=.lint-results
+	$(PYTHON) -m snakefmt --check Snakefile workflow/rules/
 
 bench: .installed
 	$(PYTHON) benchmarks/sim_fps.py

@@ -12,6 +12,8 @@ sys.path.insert(0, str(SRC))
 # ... and in every job: rules with `conda:` run in envs that hold the dependencies, not the package (envs/*.yaml),
 # and Snakemake does not pass PYTHONPATH into them; the prefix keeps Snakemake's default strict mode
 shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+
 configfile: "config/config.yaml"
 
 
@@ -20,6 +22,13 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    split="|".join(SPLITS),
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/policy.smk"
@@ -29,6 +38,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -16,16 +16,16 @@ rule landmarks:
         code=code("landmarks"),
     output:
         f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl",
-    params:
-        cfg=as_json(config["landmarks"]),
-        episodes=lambda wc, input: Path(input.episodes).parent,
     log:
         f"{RESULTS}/logs/{{dataset}}/landmarks_{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/landmarks_{{split}}.tsv"
-    threads: 1
     conda:
         "../../envs/saca.yaml"
+    threads: 1
+    params:
+        cfg=as_json(config["landmarks"]),
+        episodes=lambda wc, input: Path(input.episodes).parent,
     shell:
         "python -m saca landmarks --episodes {params.episodes} --split {wildcards.split}"
         " --params {params.cfg} --out {output} > {log} 2>&1"
@@ -61,21 +61,21 @@ rule audit:
     output:
         audit=f"{AUDIT_DIR}/audit.jsonl",
         summary=f"{AUDIT_DIR}/summary.json",
-    params:
-        **AUDIT_PARAMS,
-        out=lambda wc, output: Path(output.summary).parent,
+    log:
+        f"{RESULTS}/logs/audit/{{dataset}}/{{run}}/{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/audit/{{dataset}}/{{run}}/{{split}}.tsv"
+    conda:
+        "../../envs/saca.yaml"
+    threads: 2
     resources:
         **rule_resources("audit", gpu=AUDITOR["backend"] == "foundation"),
         # how many episodes one batched audit holds: batching only (the results do not depend on it), so it is a
         # resource, which Snakemake does not compare when deciding what to rerun, not a param
         audit_group=AUDITOR["group_size"],
-    log:
-        f"{RESULTS}/logs/audit/{{dataset}}/{{run}}/{{split}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/audit/{{dataset}}/{{run}}/{{split}}.tsv"
-    threads: 2
-    conda:
-        "../../envs/saca.yaml"
+    params:
+        **AUDIT_PARAMS,
+        out=lambda wc, output: Path(output.summary).parent,
     shell:
         f"OMP_NUM_THREADS={{threads}} python -m saca audit{AUDIT_ARGS} --group-size {{resources.audit_group}}"
         " --out {params.out} > {log} 2>&1"
@@ -86,15 +86,19 @@ rule audit_figure:
         **{**AUDIT_INPUTS, "code": code("audit-figure")},
         audit=f"{AUDIT_DIR}/audit.jsonl",
     output:
-        report(f"{AUDIT_DIR}/figure.png", category="PGSA auditor", subcategory="{dataset}",
-               labels={"run": "{run}", "split": "{split}"}),
-    params:
-        **AUDIT_PARAMS,
+        report(
+            f"{AUDIT_DIR}/figure.png",
+            category="PGSA auditor",
+            subcategory="{dataset}",
+            labels={"run": "{run}", "split": "{split}"},
+        ),
     log:
         f"{RESULTS}/logs/audit/{{dataset}}/{{run}}/{{split}}.figure.log",
-    threads: 1
     conda:
         "../../envs/saca.yaml"
+    threads: 1
+    params:
+        **AUDIT_PARAMS,
     shell:
         f"python -m saca audit-figure{AUDIT_ARGS} --audit {{input.audit}} --out {{output}} > {{log}} 2>&1"
 

@@ -9,8 +9,8 @@ from saca.external import check_config_paths
 
 RESULTS = config.get("results", "results")
 
-# External checkpoints and model directories (policy.model, sft.deepspeed, landmarks.model_path, the auditor's
-# foundation models) are checked now, when the workflow is parsed: a typo must fail before any job starts, not
+# External checkpoints and model directories (policy.model, sft.deepspeed, landmarks.model_path, the foundation
+# models of the auditor) are checked now, when the workflow is parsed: a typo must fail before any job starts, not
 # after Snakemake has deleted the outputs (a trained model) of the job that reads the path.
 try:
     check_config_paths(config, produced_under=RESULTS)
@@ -20,8 +20,8 @@ except SacaError as err:
 DATASETS = list(config["datasets"])
 SPLITS = ["train", "val_seen", "val_unseen"]
 SACA = "python -m saca"
-# The package code a rule's command can execute is an input of the rule: editing a module reruns the rules whose
-# commands import it, and only those. The lists are derived from the import graph (saca.codegraph), not written here.
+# The package code a job can execute is one of its inputs: editing a module reruns the jobs whose commands
+# import it, and only those; the lists come from the import graph (saca.codegraph), not from this file.
 from functools import lru_cache
 
 from saca.codegraph import command_sources
@@ -44,10 +44,10 @@ RESOURCES = config.get("resources", {})
 
 
 def rule_resources(kind, gpu=True):
-    """The ``resources:`` of a heavy rule from ``resources.{kind}``: ``gpu`` (with ``gpu_model``; the SLURM
+    """The ``resources:`` of a heavy job, from ``resources.{kind}``: ``gpu`` (with ``gpu_model``; the SLURM
     executor turns them into ``--gpus``), ``cpus_per_gpu`` for a GPU job or ``cpus_per_task`` for a CPU job (the
     other is 0: the executor takes the first that is set), ``mem_mb``, ``runtime`` (minutes). ``gpu=False`` (a
-    reference agent's evaluation, an oracle audit) asks for CPUs only. Resources never trigger a rerun."""
+    reference-agent evaluation, an oracle audit) asks for CPUs only. Resources never trigger a rerun."""
     r = RESOURCES.get(kind, {})
     n = int(r.get("gpu", 0)) if gpu else 0
     return {
@@ -61,7 +61,7 @@ def rule_resources(kind, gpu=True):
 
 
 def launcher(kind):
-    """``python`` for one process, ``torchrun`` with one process per GPU when the rule's job has several."""
+    """``python`` for one process, ``torchrun`` with one process per GPU when a job has several."""
     n = int(RESOURCES.get(kind, {}).get("gpu", 0))
     return f"torchrun --standalone --nproc_per_node {n}" if n > 1 else "python"
 
@@ -76,10 +76,10 @@ def as_json(obj):
 
 
 def dataset_cfg(wildcards, split=None):
-    """The dataset's config entry as the rules of one split see it.
+    """The config entry of a dataset as the rules of one split see it.
 
-    ``episodes`` keeps only that split's count (each split is generated from its own
-    seed), so editing one split's count reruns that split's jobs, not the others'.
+    ``episodes`` keeps only the count of that split (each split is generated from its own
+    seed), so editing the count of one split reruns the jobs of that split only.
     """
     cfg = dict(config["datasets"][wildcards.dataset])
     split = split or wildcards.split
@@ -92,19 +92,13 @@ def scene_ids():
     return [f"house_{i:03d}" for i in range(sc["train"] + sc["val_unseen"])]
 
 
-wildcard_constraints:
-    dataset="|".join(DATASETS),
-    split="|".join(SPLITS),
-
-
 # --- evaluation runs (RUN_AGENTS, REFERENCE_AGENTS and EVAL_DIR are defined in evaluate.smk) ---
 
 
 def run_agent(wildcards):
     if wildcards.run not in RUN_AGENTS:
-        raise ValueError(
-            f"evaluation run '{wildcards.run}' has no agent; known runs: {', '.join(RUN_AGENTS)} (see RUN_AGENTS)"
-        )
+        known = ", ".join(RUN_AGENTS)
+        raise ValueError(f"evaluation run {wildcards.run!r} has no agent; known runs: {known} (see RUN_AGENTS)")
     spec = RUN_AGENTS[wildcards.run]
     return str(spec(wildcards)) if callable(spec) else spec
 
@@ -150,17 +144,18 @@ def policy_base():
 
 def sft_mix(name):
     if name not in SFT["mixes"]:
-        raise ValueError(f"unknown SFT mix '{name}'; sft.mixes defines {', '.join(SFT['mixes'])}")
+        known = ", ".join(SFT["mixes"])
+        raise ValueError(f"unknown SFT mix {name!r}; sft.mixes defines {known}")
     unknown = [d for d in SFT["mixes"][name] if d not in DATASETS]
     if unknown:
-        raise ValueError(f"sft.mixes.{name}: datasets {unknown} are not in 'datasets'")
+        raise ValueError(f"sft.mixes.{name}: datasets {unknown} are not in the datasets section")
     return SFT["mixes"][name]
 
 
 def eval_mix(dataset):
     mix = SFT["eval_mix"].get(dataset, dataset)
     if mix not in SFT["mixes"]:
-        raise ValueError(f"sft.eval_mix: no SFT mix for dataset '{dataset}' (set sft.eval_mix.{dataset})")
+        raise ValueError(f"sft.eval_mix: no SFT mix for dataset {dataset!r} (set sft.eval_mix.{dataset})")
     return mix
 
 
@@ -180,3 +175,81 @@ def sft_inputs(wildcards):
 
 def sft_val_args(wildcards):
     return " ".join(f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"])
+
+
+# --- RFT (RFT, RFT_VARIANTS and RFT_DATASETS are defined in rft.smk) ---
+
+
+def rft_variant(wildcards):
+    """The resolved settings of one variant; an unknown name fails listing the defined ones."""
+    try:
+        return resolve_variant(RFT, wildcards.variant, config["auditor"])
+    except SacaError as err:
+        raise ValueError(str(err)) from None
+
+
+def rft_inputs(wildcards):
+    v = rft_variant(wildcards)
+    mix, eval_split = RFT["sft_mix"], v.get("eval_split", "val_seen")
+    inputs = {
+        "init": f"{RESULTS}/sft/{mix}/final",
+        "scenes": f"{RESULTS}/scenes/index.json",
+        "val": [f"{RESULTS}/{d}/episodes/{eval_split}.json.gz" for d in RFT_DATASETS],
+        "src": code("rft"),
+    }
+    if v.get("mode", "online") == "online":
+        inputs["train"] = [f"{RESULTS}/{d}/episodes/train.json.gz" for d in RFT_DATASETS]
+    if "auditor" in v:  # the SACA switches audit the rollouts against the output of the landmarks rule
+        inputs["landmarks"] = [f"{RESULTS}/{d}/landmarks/train.jsonl" for d in RFT_DATASETS]
+    else:
+        inputs["vln_ego"] = [f"{RESULTS}/{d}/vln_ego/train" for d in RFT_DATASETS]
+    return inputs
+
+
+# --- reports (PAPER, BENCHMARKS, FIG5, REPORT_NAMES are defined in report.smk) ---
+
+
+def table_rows(table):
+    """The variants of the rows of a table that this config defines (the others: numbers of the paper only)."""
+    return [v for v in table_variants(PAPER, table) if v == "sft" or v in RFT_VARIANTS]
+
+
+def report_inputs(wildcards):
+    name = wildcards.name
+    notebook = "table" if name in TABLES else name
+    inputs = {
+        "notebook": f"workflow/notebooks/{notebook}.ipynb",
+        "paper": PAPER_CSV,
+        "code": code("report"),
+    }
+    if name in TABLES:
+        inputs["metrics"] = [
+            f"{RESULTS}/{d}/eval/{run_name(v)}/val_unseen/metrics.json"
+            for v in table_rows(name)
+            for d in BENCHMARKS.values()
+        ]
+    elif name == "fig5":
+        inputs["runs"] = [f"{RESULTS}/rft/{v}/final" for v in FIG5]
+    elif name == "appendix_a":
+        inputs["audits"] = [f"{RESULTS}/{d}/audit/sft/val_unseen/summary.json" for d in DATASETS]
+    return inputs
+
+
+def report_params(wildcards):
+    name = wildcards.name
+    if name in TABLES:
+        return {
+            "table": name,
+            "results": RESULTS,
+            "paper_csv": PAPER_CSV,
+            "benchmarks": BENCHMARKS,
+            "split": "val_unseen",
+            "built": table_rows(name),
+            "title": REPORT_NAMES[name],
+            "paper_label": (
+                "paper, for reference" if config["datasets"][DATASETS[0]]["backend"] == "embedded" else "paper"
+            ),
+        }
+    if name == "fig5":
+        return {"results": RESULTS, "variants": FIG5}
+    return {"results": RESULTS, "datasets": DATASETS, "run": "sft", "split": "val_unseen"}

@@ -2,44 +2,44 @@
 
 
 rule scenes:
+    input:
+        code=code("scenes"),
     output:
         index=f"{RESULTS}/scenes/index.json",
         scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
-    input:
-        code=code("scenes"),
-    params:
-        cfg=as_json(config["scenes"]),
-        out=lambda wc, output: Path(output.index).parent,
     log:
         f"{RESULTS}/logs/scenes.log",
     benchmark:
         f"{RESULTS}/benchmarks/scenes.tsv"
-    threads: 1
     conda:
         "../../envs/saca.yaml"
+    threads: 1
+    params:
+        cfg=as_json(config["scenes"]),
+        out=lambda wc, output: Path(output.index).parent,
     shell:
         "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule episodes:
-    output:
-        episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
-        gt=f"{RESULTS}/{{dataset}}/episodes/{{split}}_gt.json.gz",
     input:
         scenes=rules.scenes.output.index,
         code=code("episodes"),
+    output:
+        episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
+        gt=f"{RESULTS}/{{dataset}}/episodes/{{split}}_gt.json.gz",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/episodes_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/episodes_{{split}}.tsv"
+    conda:
+        "../../envs/saca.yaml"
+    threads: 1
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
         scenes=lambda wc, input: Path(input.scenes).parent,
         out=lambda wc, output: Path(output.episodes).parent,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/episodes_{{split}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/episodes_{{split}}.tsv"
-    threads: 1
-    conda:
-        "../../envs/saca.yaml"
     shell:
         "python -m saca episodes --dataset {wildcards.dataset} --split {wildcards.split} "
         "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
@@ -47,26 +47,26 @@ rule episodes:
 
 
 rule vln_ego:
-    output:
-        directory(f"{RESULTS}/{{dataset}}/vln_ego/{{split}}"),
     input:
         episodes=rules.episodes.output.episodes,
         gt=rules.episodes.output.gt,
         scenes=rules.scenes.output.index,
         code=code("vln-ego"),
+    output:
+        directory(f"{RESULTS}/{{dataset}}/vln_ego/{{split}}"),
+    log:
+        f"{RESULTS}/logs/{{dataset}}/vln_ego_{{split}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/{{dataset}}/vln_ego_{{split}}.tsv"
+    conda:
+        "../../envs/saca.yaml"
+    threads: 1
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
         cfg=as_json(config["vln_ego"]),
         scenes=lambda wc, input: Path(input.scenes).parent,
         episodes=lambda wc, input: Path(input.episodes).parent,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/vln_ego_{{split}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/{{dataset}}/vln_ego_{{split}}.tsv"
-    threads: 1
-    conda:
-        "../../envs/saca.yaml"
     shell:
         "python -m saca vln-ego --episodes {params.episodes} --split {wildcards.split} "
         "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
@@ -74,23 +74,23 @@ rule vln_ego:
 
 
 rule preview:
-    output:
-        f"{RESULTS}/{{dataset}}/preview.png",
     input:
         episodes=f"{RESULTS}/{{dataset}}/episodes/val_unseen.json.gz",
         gt=f"{RESULTS}/{{dataset}}/episodes/val_unseen_gt.json.gz",
         scenes=rules.scenes.output.index,
         code=code("preview"),
+    output:
+        f"{RESULTS}/{{dataset}}/preview.png",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/preview.log",
+    conda:
+        "../../envs/saca.yaml"
+    threads: 1
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc, "val_unseen")),
         scenes=lambda wc, input: Path(input.scenes).parent,
         episodes=lambda wc, input: Path(input.episodes).parent,
-    log:
-        f"{RESULTS}/logs/{{dataset}}/preview.log",
-    threads: 1
-    conda:
-        "../../envs/saca.yaml"
     shell:
         "python -m saca preview --episodes {params.episodes} --split val_unseen "
         "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --out {output} > {log} 2>&1"

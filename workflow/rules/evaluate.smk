@@ -20,15 +20,16 @@ wildcard_constraints:
     run=r"[A-Za-z0-9_.-]+",
 
 
-
 EVAL_CMD = (
     "OMP_NUM_THREADS={threads} python -m saca evaluate --dataset-dir {params.dataset_dir}"
     " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {params.scenes}"
     " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out}"
 )
 # a policy's evaluation runs on a GPU where resources.evaluate asks for one; a reference agent's never does
-EVAL_RESOURCES = {k: (lambda w, _k=k: rule_resources("evaluate", gpu=w.run not in REFERENCE_AGENTS)[_k])
-                  for k in rule_resources("evaluate")}
+EVAL_RESOURCES = {
+    k: (lambda w, _k=k: rule_resources("evaluate", gpu=w.run not in REFERENCE_AGENTS)[_k])
+    for k in rule_resources("evaluate")
+}
 EVAL_PARAMS = dict(
     out=eval_dir,
     dataset_dir=lambda w, input: Path(input.episodes).parent.parent,
@@ -45,20 +46,24 @@ if EVAL["shards"] == 1:
         input:
             unpack(eval_inputs),
         output:
-            metrics=report(f"{EVAL_DIR}/metrics.json", category="Metrics", subcategory="{dataset}",
-                           labels={"run": "{run}", "split": "{split}"}),
+            metrics=report(
+                f"{EVAL_DIR}/metrics.json",
+                category="Metrics",
+                subcategory="{dataset}",
+                labels={"run": "{run}", "split": "{split}"},
+            ),
             episodes=f"{EVAL_DIR}/episodes.jsonl",
-        params:
-            **EVAL_PARAMS,
         log:
             f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.tsv"
+        conda:
+            "../../envs/saca.yaml"
         threads: 2
         resources:
             **EVAL_RESOURCES,
-        conda:
-            "../../envs/saca.yaml"
+        params:
+            **EVAL_PARAMS,
         shell:
             f"{EVAL_CMD} > {{log}} 2>&1"
 
@@ -70,20 +75,20 @@ else:
         output:
             metrics=f"{EVAL_DIR}/shards/{{shard}}-of-{{nshards}}/metrics.json",
             episodes=f"{EVAL_DIR}/shards/{{shard}}-of-{{nshards}}/episodes.jsonl",
-        params:
-            **EVAL_PARAMS,
         log:
             f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.{{shard}}-of-{{nshards}}.log",
         benchmark:
             f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.{{shard}}-of-{{nshards}}.tsv"
-        threads: 2
-        resources:
-            **EVAL_RESOURCES,
         wildcard_constraints:
             shard=r"\d+",
             nshards=r"\d+",
         conda:
             "../../envs/saca.yaml"
+        threads: 2
+        resources:
+            **EVAL_RESOURCES,
+        params:
+            **EVAL_PARAMS,
         shell:
             f"{EVAL_CMD} --shard {{wildcards.shard}}/{{wildcards.nshards}} > {{log}} 2>&1"
 
@@ -96,15 +101,19 @@ else:
                 allow_missing=True,
             ),
         output:
-            metrics=report(f"{EVAL_DIR}/metrics.json", category="Metrics", subcategory="{dataset}",
-                           labels={"run": "{run}", "split": "{split}"}),
+            metrics=report(
+                f"{EVAL_DIR}/metrics.json",
+                category="Metrics",
+                subcategory="{dataset}",
+                labels={"run": "{run}", "split": "{split}"},
+            ),
             episodes=f"{EVAL_DIR}/episodes.jsonl",
-        params:
-            out=eval_dir,
         log:
             f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.merge.log",
         conda:
             "../../envs/saca.yaml"
+        params:
+            out=eval_dir,
         shell:
             "python -m saca eval-merge --out {params.out} > {log} 2>&1"
 
@@ -117,13 +126,13 @@ rule eval_plots:
         src=code("plot-episodes"),
     output:
         directory(f"{EVAL_DIR}/plots"),
-    params:
-        **EVAL_PARAMS,
-        n=EVAL["plots"],
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/{{run}}/{{split}}.plots.log",
     conda:
         "../../envs/saca.yaml"
+    params:
+        **EVAL_PARAMS,
+        n=EVAL["plots"],
     shell:
         "python -m saca plot-episodes --dataset-dir {params.dataset_dir} --split {wildcards.split}"
         " --scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"

@@ -28,17 +28,17 @@ AGENT_PARAMS = {
 
 
 rule policy_init:
-    output:
-        directory(POLICY_INIT),
     input:
         code("policy-init"),
-    params:
-        cfg=as_json(POLICY["init"]),
+    output:
+        directory(POLICY_INIT),
     log:
         f"{RESULTS}/logs/policy/init.log",
-    threads: 1
     conda:
         "../../envs/saca.yaml"
+    threads: 1
+    params:
+        cfg=as_json(POLICY["init"]),
     shell:
         "OMP_NUM_THREADS={threads} python -m saca policy-init --params {params.cfg} --out {output} > {log} 2>&1"
 
@@ -48,22 +48,22 @@ rule sft:
         unpack(sft_inputs),
     output:
         directory(f"{RESULTS}/sft/{{mix}}/final"),
+    log:
+        f"{RESULTS}/logs/sft/{{mix}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sft/{{mix}}.tsv"
+    wildcard_constraints:
+        mix="|".join(SFT_MIXES),
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **rule_resources("sft"),
     params:
         init=policy_base(),
         val=sft_val_args,
         cfg=as_json(SFT_PARAMS),
         run=f"{RESULTS}/sft/{{mix}}",
-    log:
-        f"{RESULTS}/logs/sft/{{mix}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/sft/{{mix}}.tsv"
-    threads: 2
-    resources:
-        **rule_resources("sft"),
-    wildcard_constraints:
-        mix="|".join(SFT_MIXES),
-    conda:
-        "../../envs/train.yaml"
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
         f"OMP_NUM_THREADS={{threads}} {launcher('sft')} -m saca sft --init {{params.init}} --train {{input.train}}"
@@ -77,14 +77,14 @@ rule policy_agent:
         src=code("policy-agent"),
     output:
         f"{RESULTS}/sft/{{mix}}/agent.json",
-    params:
-        cfg=as_json(AGENT_PARAMS),
     log:
         f"{RESULTS}/logs/sft/{{mix}}.agent.log",
     wildcard_constraints:
         mix="|".join(SFT_MIXES),
     conda:
         "../../envs/saca.yaml"
+    params:
+        cfg=as_json(AGENT_PARAMS),
     shell:
         "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
 

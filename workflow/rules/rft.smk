@@ -23,36 +23,23 @@ for _d in RFT_DATASETS:
     if _d not in DATASETS:
         sys.exit(f"config error: rft.datasets: '{_d}' is not in 'datasets'")
 
-def rft_variant(wildcards):
-    """The resolved settings of one variant; an unknown name fails listing the defined ones."""
-    try:
-        return resolve_variant(RFT, wildcards.variant, config["auditor"])
-    except SacaError as err:
-        raise ValueError(str(err)) from None
-
-
-def rft_inputs(wildcards):
-    v = rft_variant(wildcards)
-    inputs = {
-        "init": f"{RESULTS}/sft/{RFT['sft_mix']}/final",
-        "scenes": f"{RESULTS}/scenes/index.json",
-        "val": [f"{RESULTS}/{d}/episodes/{v.get('eval_split', 'val_seen')}.json.gz" for d in RFT_DATASETS],
-        "src": code("rft"),
-    }
-    if v.get("mode", "online") == "online":
-        inputs["train"] = [f"{RESULTS}/{d}/episodes/train.json.gz" for d in RFT_DATASETS]
-    if "auditor" in v:  # SACA's switches audit the rollouts against the landmarks rule's output
-        inputs["landmarks"] = [f"{RESULTS}/{d}/landmarks/train.jsonl" for d in RFT_DATASETS]
-    else:
-        inputs["vln_ego"] = [f"{RESULTS}/{d}/vln_ego/train" for d in RFT_DATASETS]
-    return inputs
-
 
 rule rft:
     input:
         unpack(rft_inputs),
     output:
         directory(f"{RESULTS}/rft/{{variant}}/final"),
+    log:
+        f"{RESULTS}/logs/rft/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/rft/{{variant}}.tsv"
+    wildcard_constraints:
+        variant=r"[A-Za-z0-9_]+",
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    resources:
+        **rule_resources("rft"),
     params:
         cfg=lambda w: as_json(rft_variant(w)),
         agent=as_json(AGENT_PARAMS),
@@ -61,21 +48,11 @@ rule rft:
         datasets=as_json({d: {k: config["datasets"][d][k] for k in ("backend", "turn_angle")} for d in RFT_DATASETS}),
         data=" ".join(f"{d}={RESULTS}/{d}" for d in RFT_DATASETS),
         vln_ego=lambda w, input: " ".join(input.vln_ego) if hasattr(input, "vln_ego") else "",
-        landmarks=lambda w, input: " ".join(f"{d}={f}" for d, f in zip(RFT_DATASETS, input.landmarks))
-        if hasattr(input, "landmarks") else "",
+        landmarks=lambda w, input: (
+            " ".join(f"{d}={f}" for d, f in zip(RFT_DATASETS, input.landmarks)) if hasattr(input, "landmarks") else ""
+        ),
         scenes=lambda w, input: Path(input.scenes).parent,
         run=f"{RESULTS}/rft/{{variant}}",
-    log:
-        f"{RESULTS}/logs/rft/{{variant}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/rft/{{variant}}.tsv"
-    threads: 2
-    resources:
-        **rule_resources("rft"),
-    wildcard_constraints:
-        variant=r"[A-Za-z0-9_]+",
-    conda:
-        "../../envs/train.yaml"
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
         f"OMP_NUM_THREADS={{threads}} {launcher('rft')} -m saca rft --init {{input.init}} --out {{params.run}}"
@@ -90,14 +67,14 @@ rule rft_agent:
         src=code("policy-agent"),
     output:
         f"{RESULTS}/rft/{{variant}}/agent.json",
-    params:
-        cfg=as_json(AGENT_PARAMS),
     log:
         f"{RESULTS}/logs/rft/{{variant}}.agent.log",
     wildcard_constraints:
         variant=r"[A-Za-z0-9_]+",
     conda:
         "../../envs/saca.yaml"
+    params:
+        cfg=as_json(AGENT_PARAMS),
     shell:
         "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
 
