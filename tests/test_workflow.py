@@ -99,9 +99,11 @@ def test_each_rft_run_is_trained_once_and_evaluated_on_every_dataset(tmp_path):
     r = snakemake("all", "-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}")
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = _planned_jobs(r.stdout)
-    assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "saca", "vlnr1"]  # rft.runs
+    # rft.runs (grpo, saca, vlnr1) and the rows of the reports `all` renders (Table 2: + ss, ss_afr), once each
+    assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "saca", "ss", "ss_afr", "vlnr1"]
     evals = {(w["run"], w["dataset"]) for rule, w in jobs if rule == "evaluate"}
-    assert {(f"rft-{v}", d) for v in ("grpo", "saca", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
+    assert {(f"rft-{v}", d) for v in ("grpo", "ss", "ss_afr", "saca", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
+    assert {w["name"] for rule, w in jobs if rule == "report"} == {"table2", "fig5", "appendix_a"}
 
 
 def test_an_ablation_outside_rft_runs_is_built_on_request_with_its_landmarks(tmp_path):
