@@ -242,8 +242,10 @@ def test_editing_one_variant_reruns_only_that_variant(smoke_run, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     jobs = [(rule, w) for rule, w in _planned_jobs(r.stdout) if rule != "all"]
     assert jobs
-    for rule, w in jobs:
-        assert w.get("variant") == "saca" or w.get("run") == "rft-saca", (rule, w)
+    for rule, w in jobs:  # the variant's jobs and the reports that show it
+        assert (w.get("variant") == "saca" or w.get("run") == "rft-saca" or rule == "report_index"
+                or (rule == "report" and w["name"] in ("table2", "fig5"))), (rule, w)
+    assert ("report", {"name": "appendix_a"}) not in jobs
 
 
 @pytest.mark.slow
@@ -272,10 +274,12 @@ def test_editing_a_module_reruns_only_the_rules_that_import_it(smoke_run):
     jobs = [(rule, w) for rule, w in _planned_jobs(r.stdout) if rule != "all"]
     # the rft command imports SACA's group construction: every RFT variant retrains, and its evaluations follow;
     # the data, SFT and the reference evaluations do not
-    assert {rule for rule, _ in jobs} <= {"rft", "rft_agent", "evaluate", "eval_plots", "audit", "audit_figure"}
+    assert {rule for rule, _ in jobs} <= {"rft", "rft_agent", "evaluate", "eval_plots", "audit", "audit_figure",
+                                          "report", "report_index"}
     assert any(rule == "rft" for rule, _ in jobs)
     for rule, w in jobs:
-        assert w.get("variant") or w.get("run", "").startswith("rft-"), (rule, w)
+        assert (w.get("variant") or w.get("run", "").startswith("rft-") or rule == "report_index"
+                or (rule == "report" and w["name"] in ("table2", "fig5"))), (rule, w)
 
 
 def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):
