@@ -40,6 +40,8 @@ COMMANDS = {
               "--out": OUT_DIR},
     "audit-figure": {"--episodes": IN, "--split": "val_unseen", "--eval-dir": IN, "--landmarks": IN, "--scenes": IN,
                      "--audit": IN, "--out": OUT_FILE},
+    "report": {"--notebook": IN, "--out": OUT_FILE},
+    "report-index": {"--reports": "table2.html=Table 2", "--out": OUT_FILE},
 }
 # the config section each command's --params holds
 PARAMS_SECTION = {

@@ -94,7 +94,7 @@ def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
     params = {"table": "table2", "results": str(res), "paper_csv": str(PAPER), "benchmarks": BENCH,
               "built": ["sft", "grpo", "ss", "ss_afr", "saca"], "title": "Table 2"}
     r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
-                        "--params", json.dumps(params), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+                        "--parameters", json.dumps(params), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     html = out.read_text()
     assert "paper, for reference" in html and "+SS +AFR +RR (SACA)" in html and "60.3" in html and "14.0" in html
@@ -104,5 +104,5 @@ def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
     (res / "mini_r2r" / "eval" / "rft-ss" / "val_unseen" / "metrics.json").unlink()
     bad = tmp_path / "reports" / "bad.html"
     r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
-                        "--params", json.dumps(params), "--out", str(bad)], cwd=REPO, capture_output=True, text=True)
+                        "--parameters", json.dumps(params), "--out", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "rft-ss/val_unseen/metrics.json" in r.stderr and not bad.exists()

@@ -40,7 +40,7 @@ rule report:
     params:
         cfg=lambda w: as_json(report_params(w)),
     shell:
-        "python -m saca report --notebook {input.notebook} --params {params.cfg} --out {output} > {log} 2>&1"
+        "python -m saca report --notebook {input.notebook} --parameters {params.cfg} --out {output} > {log} 2>&1"
 
 
 BUILT_REPORTS = REPORTS.get("build", ["table2", "fig5", "appendix_a"])

@@ -11,11 +11,11 @@ log = logging.getLogger(__name__)
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="execute a report notebook with papermill and render it to HTML",
-                       description="Run NOTEBOOK (workflow/notebooks/*.ipynb) with the parameters of --params "
+                       description="Run NOTEBOOK (workflow/notebooks/*.ipynb) with the parameters of --parameters "
                        "injected (papermill), keep the executed notebook as OUT with .ipynb and write OUT (HTML, "
                        "code cells hidden). Inputs the notebook reads that are missing are named.")
     p.add_argument("--notebook", required=True, type=Path)
-    p.add_argument("--params", default="{}", help="JSON object of the notebook's parameters")
+    p.add_argument("--parameters", default="{}", help="JSON object of the notebook's parameters (papermill)")
     p.add_argument("--out", required=True, type=Path, help="the HTML file (results/reports/NAME.html)")
     p.set_defaults(func=cmd_report)
     q = sub.add_parser("report-index", help="the index page of the reports")
@@ -31,11 +31,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from saca.report import run_notebook
 
     try:
-        params = json.loads(args.params)
+        params = json.loads(args.parameters)
     except json.JSONDecodeError as err:
-        raise SacaError(f"--params: malformed JSON ({err})") from err
+        raise SacaError(f"--parameters: malformed JSON ({err})") from err
     if not isinstance(params, dict):
-        raise SacaError("--params: expected a JSON object of notebook parameters")
+        raise SacaError("--parameters: expected a JSON object of notebook parameters")
     out = run_notebook(args.notebook, args.out, params)
     log.info("wrote %s", out)
     return 0
