@@ -18,6 +18,13 @@ configfile: "config/config.yaml"
 
 
 # workflow/schemas/config.schema.yaml links to the package's copy (src/saca/resources), which the CLI checks --params with
+from saca import SacaError  # noqa: E402
+from saca.config import unknown_keys  # noqa: E402
+
+try:  # a misspelled key: its dotted path and the closest known key (jsonschema only says it was unexpected)
+    unknown_keys(config)
+except SacaError as err:
+    sys.exit(f"config error: {err}")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 

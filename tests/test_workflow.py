@@ -318,3 +318,18 @@ def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):
     r = snakemake("-n", "-p", "all", "--cores", "2", "--nolock", "--configfile", "config/smoke.yaml",
                   "--config", f"results={tmp_path / 'laptop'}")
     assert r.returncode == 0 and "torchrun" not in r.stdout and "OMP_NUM_THREADS=2 python -m saca rft" in r.stdout
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("rft: {lamda_con: 0.5}", "unknown config key 'rft.lamda_con' (did you mean 'lambda_con'?)"),
+    ("evaluaton: {plots: 2}", "unknown config key 'evaluaton' (did you mean 'evaluation'?)"),
+    ("rft: {variants: {my_ablation: {kapa: 0.25}}}", "rft.variants.my_ablation: unknown key 'kapa' (did you mean 'kappa'?)"),
+    ("rft: {variants: {my_ablation: {kappa: 1.5}}}", "rft.variants.my_ablation: rft.kappa: 1.5 is greater than the maximum of 1"),
+])
+def test_a_misspelled_key_or_bad_variant_is_named_at_parse_time(tmp_path, extra, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(extra + "\n")
+    r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", str(bad),
+                  "--config", f"results={tmp_path / 'results'}")
+    assert r.returncode != 0 and f"config error: {message}" in r.stderr, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr

@@ -189,3 +189,25 @@ def params_from_args(args, cls: type[T], section_name: str, attr: str = "params"
             raise SacaError(f"{args.config}: '{section_name}' must be a mapping")
         check_section(data, section_name, cls)
     return from_dict(cls, data, section_name)
+
+
+def unknown_keys(data: dict, schema: dict | None = None, where: str = "") -> None:
+    """SacaError for the first key of ``data`` that the schema does not allow, naming its dotted path and the
+    closest known key (the workflow's config; jsonschema alone says only that a property was unexpected)."""
+    node = schema if schema is not None else load_schema()
+    props = node.get("properties", {})
+    if not isinstance(data, dict):
+        return
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key in props:
+            sub = props[key]
+            if "$ref" in sub:
+                sub = load_schema()["definitions"][sub["$ref"].rsplit("/", 1)[-1]]
+            unknown_keys(value, sub, path)
+        elif node.get("additionalProperties") is False:
+            close = difflib.get_close_matches(str(key), list(props), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SacaError(f"unknown config key '{path}'{hint}; known keys: {', '.join(sorted(props))}")
+        elif isinstance(node.get("additionalProperties"), dict) and isinstance(value, dict):
+            unknown_keys(value, node["additionalProperties"], path)

@@ -8,7 +8,7 @@
 # and the evaluation run "rft-{variant}": results/{dataset}/eval/rft-{variant}/{split}/metrics.json.
 # Include after policy.smk.
 
-from saca.train.rft import resolve_variant
+from saca.train.rft import check_variant, resolve_variant
 
 RFT = config["rft"]
 RFT_VARIANTS = list(RFT.get("variants") or {})
@@ -18,6 +18,12 @@ RFT_RUNS = RFT.get("runs", RFT_VARIANTS)
 for _v in RFT_RUNS:
     if _v not in RFT_VARIANTS:
         sys.exit(f"config error: rft.runs: '{_v}' is not a variant in rft.variants ({', '.join(RFT_VARIANTS)})")
+# every variant is a valid rft config, checked now: a misspelled key fails naming the variant, before any job runs
+for _v in RFT_VARIANTS:
+    try:
+        check_variant(RFT, _v, config["auditor"])
+    except SacaError as err:
+        sys.exit(f"config error: {err}")
 RFT_DATASETS = RFT.get("datasets") or DATASETS
 for _d in RFT_DATASETS:
     if _d not in DATASETS:

@@ -220,6 +220,29 @@ def resolve_variant(section: dict, name: str, auditor: dict | None = None) -> di
     return out
 
 
+def check_variant(section: dict, name: str, auditor: dict | None = None) -> "RftConfig":
+    """Variant ``name`` resolved and built as an :class:`RftConfig` (schema and dataclass checks); an unknown or
+    invalid key raises SacaError naming ``rft.variants.{name}.{key}`` (with a did-you-mean hint)."""
+    import dataclasses
+    import difflib
+
+    from saca.config import check_section, from_dict
+
+    resolved = resolve_variant(section, name, auditor)
+    where = f"rft.variants.{name}"
+    known = [f.name for f in dataclasses.fields(RftConfig)]
+    for key in section.get("variants", {}).get(name) or {}:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SacaError(f"{where}: unknown key '{key}'{hint}")
+    try:
+        check_section({k: v for k, v in resolved.items() if k != "auditor"}, "rft", RftConfig)
+    except SacaError as err:
+        raise SacaError(f"{where}: {err}") from None
+    return from_dict(RftConfig, resolved, where)
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = dict(base)
     for k, v in over.items():
