@@ -375,8 +375,6 @@ def test_contrastive_pair_at_exactly_the_divergence_decision(monkeypatch, mini_w
 
 
 def test_one_saca_update_routes_repairs_rescues_and_logs(monkeypatch, mini_world, tiny_dir, tmp_path):
-    from safetensors.torch import load_file
-
     # member 0 follows the teacher (success); 1 and 3 turn in place from step 6 on (T = 19), 2 from step 0 (T = 13)
     scripted_decide(monkeypatch, wander_after=lambda tr: [None, 6, 0, 6][tr.member])
     # rho: member 1 15/19 (a near-miss), member 2 1/13, member 3 2/19

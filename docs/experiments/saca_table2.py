@@ -46,11 +46,7 @@ def run_dir(res: Path, tag: str, variant: str, seed: int) -> Path:
 def train(res: Path, cfg: dict, tag: str, variant: str, seed: int, overrides: dict) -> Path:
     run = run_dir(res, tag, variant, seed)
     py = [sys.executable, "-m", "saca"]
-    params = {**resolve_variant(cfg["rft"], variant, cfg["auditor"]), **overrides, "seed": seed}
-    if "auditor" in params and "auditor" in overrides:
-        params["auditor"] = deep_merge(resolve_variant(cfg["rft"], variant, cfg["auditor"])["auditor"], overrides["auditor"])
-    if not params.get("soft_score") and not params.get("afr") and not params.get("rr") and not params.get("audit_rollouts"):
-        params.pop("auditor", None)
+    params = {**deep_merge(resolve_variant(cfg["rft"], variant, cfg["auditor"]), overrides), "seed": seed}
     ds = {d: {k: cfg["datasets"][d][k] for k in ("backend", "turn_angle")} for d in DATASETS}
     if not (run / "final").exists():
         shell(py + ["rft", "--init", str(res / "sft" / "r2r_rxr" / "final"), "--out", str(run),

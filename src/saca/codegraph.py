@@ -45,14 +45,6 @@ def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
-def _module_name(path: Path, root: Path) -> str:
-    rel = path.relative_to(root).with_suffix("")
-    parts = ["saca", *rel.parts]
-    if parts[-1] == "__init__":
-        parts = parts[:-1]
-    return ".".join(parts)
-
-
 def _top_functions(module: str, root: Path) -> dict:
     path = module_file(module, root)
     if path is None:
@@ -153,16 +145,22 @@ def reachable(start, root: Path = PACKAGE_DIR) -> set[str]:
     return {n if isinstance(n, str) else n[0] for n in seen}
 
 
-def command_handler(command: str) -> tuple[str, str]:
-    """``(module, function)`` of the handler of ``saca <command>``; an unknown command is an error naming the known."""
+@lru_cache(maxsize=1)
+def _handlers() -> dict:
+    """``{command: (module, function)}`` of every ``saca`` command (the CLI parser, built once)."""
     from saca.cli import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    if command not in sub.choices:
-        raise SacaError(f"unknown saca command {command!r}; known: {', '.join(sorted(sub.choices))}")
-    func = sub.choices[command].get_default("func")
-    return func.__module__, func.__name__
+    return {name: (p.get_default("func").__module__, p.get_default("func").__name__) for name, p in sub.choices.items()}
+
+
+def command_handler(command: str) -> tuple[str, str]:
+    """``(module, function)`` of the handler of ``saca <command>``; an unknown command is an error naming the known."""
+    handlers = _handlers()
+    if command not in handlers:
+        raise SacaError(f"unknown saca command {command!r}; known: {', '.join(sorted(handlers))}")
+    return handlers[command]
 
 
 def command_sources(command: str, root: Path = PACKAGE_DIR) -> list[str]:

@@ -56,8 +56,8 @@ def _pairs(items, flag):
 def rft_config(args):
     """The resolved RftConfig from ``--params`` or ``--config`` + ``--variant``."""
     from saca import SacaError
-    from saca.config import check_section, from_dict, load_yaml, section, section_from_json
-    from saca.train.rft import RftConfig, resolve_variant
+    from saca.config import load_yaml, section, section_from_json
+    from saca.train.rft import RftConfig, check_variant
 
     if args.params:
         return section_from_json(args.params, RftConfig, "rft")
@@ -71,9 +71,7 @@ def rft_config(args):
         raise SacaError(f"{args.config}: 'rft' must be a mapping")
     if not args.variant:
         raise SacaError(f"--config {args.config}: name the variant with --variant (defined: {', '.join(sorted(data.get('variants') or {}))})")
-    resolved = resolve_variant(data, args.variant, full.get("auditor"))
-    check_section(resolved, "rft", RftConfig)
-    return from_dict(RftConfig, resolved, f"rft (variant {args.variant})")
+    return check_variant(data, args.variant, full.get("auditor"))
 
 
 def cmd_rft(args: argparse.Namespace) -> int:

@@ -166,6 +166,7 @@ class RolloutEngine:
                  record_logprobs: bool = True, audit_frames: bool = False):
         self.policy = policy
         self.audit_frames = audit_frames  # keep each step's full observation (RGB, instance ids, labels) for the auditor
+        self._labels: dict = {}  # scene id -> instance labels (the audit frames')
         self.cfg = cfg
         self.make_sim = make_sim
         self.seed = int(seed)
@@ -288,7 +289,10 @@ class RolloutEngine:
                 ob = sim.observe()
                 tr.frames.append(policy_frame(ob.rgb, self.cfg))
                 if self.audit_frames:
-                    tr.audit.append(Frame(rgb=ob.rgb, instance=ob.instance, labels=sim.instance_labels))
+                    labels = self._labels.get(tr.episode.scene_id)
+                    if labels is None:  # per scene, shared by its frames
+                        labels = self._labels[tr.episode.scene_id] = sim.instance_labels
+                    tr.audit.append(Frame(rgb=ob.rgb, instance=ob.instance, labels=labels))
             if not tr.queue:
                 tr.snapshots[t] = tr.state
                 return True
