@@ -62,6 +62,37 @@ def test_comparison_puts_percent_beside_percent(tmp_path):
         comparison(paper_numbers(PAPER), "table2", res, BENCH)
 
 
+def test_several_seeds_give_mean_and_sample_spread(tmp_path):
+    # rft-saca-s0 / -s1 / -s2 with SR 0.10, 0.14, 0.15: mean 13.0 %, sample sd sqrt(((-3)^2 + 1 + 2^2) / 2) = 2.6458 %
+    for seed, sr in ((0, 0.10), (1, 0.14), (2, 0.15)):
+        for d in ("mini_r2r", "mini_rxr"):
+            p = tmp_path / d / "eval" / f"rft-saca-s{seed}" / "val_unseen" / "metrics.json"
+            p.parent.mkdir(parents=True)
+            p.write_text(json.dumps({"SR": sr, "NE": 6.0 + seed}))
+    fake_results(tmp_path, ("sft",))
+    rows = comparison(paper_numbers(PAPER), "table2", tmp_path, BENCH, built=["sft", "saca"], seeds=[0, 1, 2])
+    by = {(r["variant"], r["benchmark"], r["metric"]): r for r in rows}
+    r = by[("saca", "R2R-CE", "SR")]
+    assert r["reproduced"] == pytest.approx(13.0) and r["spread"] == pytest.approx(2.6457513) and r["seeds"] == 3
+    assert by[("saca", "RxR-CE", "NE")]["reproduced"] == pytest.approx(7.0)
+    assert by[("saca", "RxR-CE", "NE")]["spread"] == pytest.approx(1.0)
+    sft = by[("sft", "R2R-CE", "SR")]  # the one SFT run: no spread
+    assert sft["seeds"] == 1 and sft["spread"] is None and sft["reproduced"] == pytest.approx(10.0)
+    with pytest.raises(SacaError, match=r"missing input .*rft-saca-s3/val_unseen/metrics.json"):
+        comparison(paper_numbers(PAPER), "table2", tmp_path, BENCH, built=["sft", "saca"], seeds=[0, 3])
+    # Fig. 5: the seeds' curves averaged at the updates every seed validated
+    for seed, sr in ((0, 0.2), (1, 0.4)):
+        log = tmp_path / "rft" / "saca" / f"s{seed}" / "train_log.jsonl"
+        log.parent.mkdir(parents=True)
+        rows = [{"event": "val", "step": 0, "val_sr": {"mini_r2r": sr, "mini_rxr": 0.0}}]
+        if seed == 0:
+            rows.append({"event": "val", "step": 4, "val_sr": {"mini_r2r": 1.0, "mini_rxr": 1.0}})
+        log.write_text("\n".join(json.dumps(r) for r in rows))
+    curve = fig5_curves(tmp_path, ["saca"], seeds=[0, 1])["saca"]
+    assert [(s, round(m, 3)) for s, m, _ in curve] == [(0, 0.15)]
+    assert curve[0][2] == pytest.approx({"mini_r2r": 0.3, "mini_rxr": 0.0})
+
+
 def test_table1_shows_other_methods_as_the_papers_numbers_only(tmp_path):
     res = fake_results(tmp_path, ("saca", "vlnr1"))
     rows = comparison(paper_numbers(PAPER), "table1", res, BENCH, built=["saca", "vlnr1"])

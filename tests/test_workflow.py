@@ -88,7 +88,7 @@ def test_a_valid_policy_checkpoint_passes_the_parse_time_check(tmp_path):
 def test_an_unknown_rft_variant_lists_the_defined_ones(tmp_path):
     out = tmp_path / "results"
     r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}",
-                  "--", str(out / "rft" / "gpro" / "final"))
+                  "--", str(out / "rft" / "gpro" / "s0" / "final"))
     assert r.returncode != 0
     assert re.search(r"unknown variant 'gpro'; defined variants: .*\bgrpo, no_align, .*saca, ss, ss_afr, vlnr1",
                      r.stdout + r.stderr)
@@ -102,13 +102,29 @@ def test_each_rft_run_is_trained_once_and_evaluated_on_every_dataset(tmp_path):
     # rft.runs (grpo, saca, vlnr1) and the rows of the reports `all` renders (Table 2: + ss, ss_afr), once each
     assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "saca", "ss", "ss_afr", "vlnr1"]
     evals = {(w["run"], w["dataset"]) for rule, w in jobs if rule == "evaluate"}
-    assert {(f"rft-{v}", d) for v in ("grpo", "ss", "ss_afr", "saca", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
+    assert {(f"rft-{v}-s0", d) for v in ("grpo", "ss", "ss_afr", "saca", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
     assert {w["name"] for rule, w in jobs if rule == "report"} == {"table2", "fig5", "appendix_a"}
+
+
+def test_every_rft_run_is_trained_and_evaluated_once_per_seed(tmp_path):
+    out = tmp_path / "results"
+    seeds = _edited(tmp_path, lambda c: c.update(seeds=[0, 3]))
+    r = snakemake("all", "-n", "-p", "--cores", "1", "--nolock", "--configfile", str(seeds), "--config", f"results={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _planned_jobs(r.stdout)
+    assert sorted((w["variant"], w["seed"]) for rule, w in jobs if rule == "rft") == sorted(
+        (v, s) for v in ("grpo", "saca", "ss", "ss_afr", "vlnr1") for s in ("0", "3"))
+    evals = {w["run"] for rule, w in jobs if rule == "evaluate"}
+    assert {"sft", "rft-saca-s0", "rft-saca-s3"} <= evals and "rft-saca" not in evals
+    # the training seed and the evaluation seed of run rft-saca-s3 are both 3
+    assert re.search(r"saca rft .*--out \S+/rft/saca/s3 .*--params .*\"seed\": 3\b", r.stdout)
+    assert re.search(r"saca evaluate .*--run rft-saca-s3 .*--params .*\"seed\": 3\b", r.stdout)
+    assert re.search(r"saca evaluate .*--run sft .*--params .*\"seed\": 0\b", r.stdout)
 
 
 def test_an_ablation_outside_rft_runs_is_built_on_request_with_its_landmarks(tmp_path):
     out = tmp_path / "results"
-    target = out / "mini_r2r" / "eval" / "rft-no_con" / "val_unseen" / "metrics.json"
+    target = out / "mini_r2r" / "eval" / "rft-no_con-s0" / "val_unseen" / "metrics.json"
     r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}",
                   "--", str(target))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -141,8 +157,8 @@ def test_smoke_workflow_writes_every_dataset(smoke_run):
         assert metrics["SR"] == 1.0
     assert (out / "logs").is_dir() and (out / "benchmarks").is_dir()
     # every result directory records what made it
-    dirs = [out / "sft" / "r2r_rxr" / "final", out / "rft" / "saca" / "final", out / "mini_r2r" / "vln_ego" / "train",
-            out / "mini_r2r" / "eval" / "rft-saca" / "val_unseen", out / "mini_rxr" / "audit" / "sft" / "val_unseen"]
+    dirs = [out / "sft" / "r2r_rxr" / "final", out / "rft" / "saca" / "s0" / "final", out / "mini_r2r" / "vln_ego" / "train",
+            out / "mini_r2r" / "eval" / "rft-saca-s0" / "val_unseen", out / "mini_rxr" / "audit" / "sft" / "val_unseen"]
     for d in dirs:
         rec = json.loads((d / "provenance.json").read_text())
         assert len(rec["config_sha256"]) == 16 and rec["versions"]["torch"] and "git" in rec, d
@@ -151,7 +167,7 @@ def test_smoke_workflow_writes_every_dataset(smoke_run):
 def policy_runs() -> set:
     """Evaluation runs of trained policies: SFT and every RFT variant (trained on both datasets)."""
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
-    return {"sft"} | {f"rft-{v}" for v in cfg["rft"]["variants"]}
+    return {"sft"} | {f"rft-{v}-s{s}" for v in cfg["rft"]["variants"] for s in cfg["seeds"]}
 
 
 def _planned_jobs(stdout: str) -> list[tuple[str, dict]]:
@@ -243,7 +259,7 @@ def test_editing_one_variant_reruns_only_that_variant(smoke_run, tmp_path):
     jobs = [(rule, w) for rule, w in _planned_jobs(r.stdout) if rule != "all"]
     assert jobs
     for rule, w in jobs:  # the variant's jobs and the reports that show it
-        assert (w.get("variant") == "saca" or w.get("run") == "rft-saca" or rule == "report_index"
+        assert (w.get("variant") == "saca" or w.get("run") == "rft-saca-s0" or rule == "report_index"
                 or (rule == "report" and w["name"] in ("table2", "fig5"))), (rule, w)
     assert ("report", {"name": "appendix_a"}) not in jobs
 

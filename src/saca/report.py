@@ -50,9 +50,12 @@ def paper_numbers(path) -> list[dict]:
     return rows
 
 
-def run_name(variant: str) -> str:
-    """The evaluation run of a paper row's variant: ``sft`` or ``rft-{variant}``."""
-    return "sft" if variant == "sft" else f"rft-{variant}"
+def run_name(variant: str, seed: int | None = None) -> str:
+    """The evaluation run of a paper row's variant: ``sft``, or ``rft-{variant}-s{seed}`` (one per entry of the
+    config's ``seeds``; the RFT training seed and the evaluation seed are both ``seed``)."""
+    if variant == "sft":
+        return "sft"
+    return f"rft-{variant}" if seed is None else f"rft-{variant}-s{seed}"
 
 
 def table_variants(paper: Sequence[Mapping], table: str) -> list[str]:
@@ -64,61 +67,90 @@ def table_variants(paper: Sequence[Mapping], table: str) -> list[str]:
     return out
 
 
-def metrics_path(results, dataset: str, variant: str, split: str = "val_unseen") -> Path:
-    return Path(results) / dataset / "eval" / run_name(variant) / split / "metrics.json"
+def metrics_path(results, dataset: str, variant: str, split: str = "val_unseen", seed: int | None = None) -> Path:
+    return Path(results) / dataset / "eval" / run_name(variant, seed) / split / "metrics.json"
+
+
+def mean_spread(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (``None`` for one value) of the per-seed numbers of a row."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mapping[str, str],
-               split: str = "val_unseen", built: Sequence[str] | None = None) -> list[dict]:
+               split: str = "val_unseen", built: Sequence[str] | None = None,
+               seeds: Sequence[int] | None = None) -> list[dict]:
     """One dict per (row, benchmark, metric) of ``table``: the paper's value, the reproduced one (percent for
     :data:`PERCENT`, metres for NE) and the difference. ``benchmarks`` maps a paper benchmark (``R2R-CE``) to a
     dataset of this config (``mini_r2r``); rows without a variant (other published methods, Table 1) carry the
     paper's number only. ``built``: the variants this workflow built; others are marked ``not built``, and a
-    built variant whose metrics file is missing is an error naming it."""
+    built variant whose metrics file is missing is an error naming it. ``seeds``: the RFT rows are the mean over
+    the runs ``rft-{variant}-s{seed}`` with their sample standard deviation as ``spread`` (``None`` for one
+    seed); the SFT row is the one SFT run (``seeds`` None: the unseeded run names ``rft-{variant}``)."""
     rows = [r for r in paper if r["table"] == table]
     if not rows:
         raise SacaError(f"paper numbers: no rows for table '{table}' (tables: {', '.join(sorted({r['table'] for r in paper}))})")
     cache: dict = {}
+
+    def load(dataset, variant, seed, label):
+        key = (dataset, variant, seed)
+        if key not in cache:
+            p = metrics_path(results, dataset, variant, split, seed)
+            if not p.is_file():
+                raise SacaError(f"report {table}: missing input {p} (the evaluation of row '{label}')")
+            cache[key] = json.loads(p.read_text())
+        return cache[key]
+
     out = []
     for r in sorted(rows, key=lambda r: (int(r["row"] or 0), r["benchmark"], r["metric"])):
         rec = {"row": int(r["row"] or 0), "label": r["label"], "variant": r["variant"], "benchmark": r["benchmark"],
-               "metric": r["metric"], "paper": r["value"], "reproduced": None, "delta": None, "status": "paper only"}
+               "metric": r["metric"], "paper": r["value"], "reproduced": None, "spread": None, "seeds": 0,
+               "delta": None, "status": "paper only"}
         dataset = benchmarks.get(r["benchmark"])
         if r["variant"] and dataset:
             if built is not None and r["variant"] not in built:
                 rec["status"] = "not built"
             else:
-                key = (dataset, r["variant"])
-                if key not in cache:
-                    p = metrics_path(results, dataset, r["variant"], split)
-                    if not p.is_file():
-                        raise SacaError(f"report {table}: missing input {p} (the evaluation of row '{r['label']}')")
-                    cache[key] = json.loads(p.read_text())
-                m = cache[key].get(r["metric"])
-                if m is not None:
-                    val = float(m) * (100.0 if r["metric"] in PERCENT else 1.0)
-                    rec.update(reproduced=val, delta=val - r["value"], status="reproduced")
+                run_seeds = [None] if r["variant"] == "sft" or seeds is None else list(seeds)
+                vals = [load(dataset, r["variant"], s, r["label"]).get(r["metric"]) for s in run_seeds]
+                if all(m is not None for m in vals):
+                    scale = 100.0 if r["metric"] in PERCENT else 1.0
+                    mean, spread = mean_spread([float(m) * scale for m in vals])
+                    rec.update(reproduced=mean, spread=spread, seeds=len(vals), delta=mean - r["value"],
+                               status="reproduced")
                 else:
                     rec["status"] = "metric not computed"
         out.append(rec)
     return out
 
 
-def fig5_curves(results, variants: Sequence[str]) -> dict:
-    """``{variant: [(update, mean validation SR over datasets, {dataset: SR})]}`` from each RFT run's journal
-    (``results/rft/{variant}/train_log.jsonl``, its ``val`` rows); a missing journal names it."""
+def fig5_curves(results, variants: Sequence[str], seeds: Sequence[int] | None = None) -> dict:
+    """``{variant: [(update, mean validation SR over datasets and seeds, {dataset: SR})]}`` from each RFT run's
+    journal (``results/rft/{variant}/s{seed}/train_log.jsonl``, its ``val`` rows; ``seeds`` None: the unseeded
+    ``results/rft/{variant}/``); an update is kept where every seed validated. A missing journal names it."""
     out = {}
     for v in variants:
-        path = Path(results) / "rft" / v / "train_log.jsonl"
-        if not path.is_file():
-            raise SacaError(f"report fig5: missing input {path} (the training log of variant '{v}')")
-        pts = []
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row.get("event") == "val" and row.get("val_sr"):
-                sr = {k: float(x) for k, x in row["val_sr"].items()}
-                pts.append((int(row["step"]), sum(sr.values()) / len(sr), sr))
-        out[v] = pts
+        per_seed = []
+        for seed in [None] if seeds is None else seeds:
+            run = Path(results) / "rft" / v
+            path = (run if seed is None else run / f"s{seed}") / "train_log.jsonl"
+            if not path.is_file():
+                raise SacaError(f"report fig5: missing input {path} (the training log of variant '{v}')")
+            pts = {}
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if row.get("event") == "val" and row.get("val_sr"):
+                    pts[int(row["step"])] = {k: float(x) for k, x in row["val_sr"].items()}
+            per_seed.append(pts)
+        steps = sorted(set.intersection(*(set(p) for p in per_seed)))
+        curve = []
+        for step in steps:
+            sr = {d: sum(p[step][d] for p in per_seed) / len(per_seed) for d in per_seed[0][step]}
+            curve.append((step, sum(sr.values()) / len(sr), sr))
+        out[v] = curve
     return out
 
 

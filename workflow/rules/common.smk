@@ -1,6 +1,7 @@
 # Shared helpers for the rules. Each rules file adds its final outputs to TARGETS.
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -8,6 +9,8 @@ from saca import SacaError
 from saca.external import check_config_paths
 
 RESULTS = config.get("results", "results")
+# the seeds of every RFT run (training and evaluation): results/rft/{variant}/s{seed}, run rft-{variant}-s{seed}
+SEEDS = list(config.get("seeds", [0]))
 
 # External checkpoints and model directories (policy.model, sft.deepspeed, landmarks.model_path, the foundation
 # models of the auditor) are checked now, when the workflow is parsed: a typo must fail before any job starts, not
@@ -130,6 +133,12 @@ def eval_targets(run, with_plots=True):
     return out
 
 
+def eval_job(wildcards):
+    """What an evaluation job reads of the evaluation section: an RFT run evaluates with its own seed."""
+    m = re.fullmatch(r"rft-.+-s(\d+)", wildcards.run)
+    return {**EVAL_JOB, "seed": int(m.group(1))} if m else EVAL_JOB
+
+
 def eval_dir(wildcards):
     return EVAL_DIR.format(dataset=wildcards.dataset, run=wildcards.run, split=wildcards.split)
 
@@ -181,11 +190,12 @@ def sft_val_args(wildcards):
 
 
 def rft_variant(wildcards):
-    """The resolved settings of one variant; an unknown name fails listing the defined ones."""
+    """The resolved settings of one variant and seed; an unknown name fails listing the defined ones."""
     try:
-        return resolve_variant(RFT, wildcards.variant, config["auditor"])
+        v = resolve_variant(RFT, wildcards.variant, config["auditor"])
     except SacaError as err:
         raise ValueError(str(err)) from None
+    return {**v, "seed": int(wildcards.seed)}
 
 
 def rft_inputs(wildcards):
@@ -224,12 +234,13 @@ def report_inputs(wildcards):
     }
     if name in TABLES:
         inputs["metrics"] = [
-            f"{RESULTS}/{d}/eval/{run_name(v)}/val_unseen/metrics.json"
+            f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/metrics.json"
             for v in table_rows(name)
+            for s in SEEDS
             for d in BENCHMARKS.values()
         ]
     elif name == "fig5":
-        inputs["runs"] = [f"{RESULTS}/rft/{v}/final" for v in FIG5]
+        inputs["runs"] = [f"{RESULTS}/rft/{v}/s{s}/final" for v in FIG5 for s in SEEDS]
     elif name == "appendix_a":
         inputs["audits"] = [f"{RESULTS}/{d}/audit/sft/val_unseen/summary.json" for d in DATASETS]
     return inputs
@@ -245,11 +256,12 @@ def report_params(wildcards):
             "benchmarks": BENCHMARKS,
             "split": "val_unseen",
             "built": table_rows(name),
+            "seeds": SEEDS,
             "title": REPORT_NAMES[name],
             "paper_label": (
                 "paper, for reference" if config["datasets"][DATASETS[0]]["backend"] == "embedded" else "paper"
             ),
         }
     if name == "fig5":
-        return {"results": RESULTS, "variants": FIG5}
+        return {"results": RESULTS, "variants": FIG5, "seeds": SEEDS}
     return {"results": RESULTS, "datasets": DATASETS, "run": "sft", "split": "val_unseen"}

@@ -37,7 +37,7 @@ EVAL_PARAMS = dict(
     agent=run_agent,
     sim=as_json(config["sim"]),
     ds=lambda w: as_json(dataset_cfg(w)),
-    cfg=as_json(EVAL_JOB),
+    cfg=lambda w: as_json(eval_job(w)),
 )
 
 if EVAL["shards"] == 1:

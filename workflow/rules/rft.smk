@@ -1,11 +1,13 @@
 # Rules: reinforcement fine-tuning (see src/saca/train/rft.py, src/saca/commands/train.py and docs/rft.md).
 #
-# rft        results/rft/{variant}/final/     SACA / GRPO / VLN-R1 RFT from the SFT checkpoint of mix rft.sft_mix;
-#                                             the variant is a named override of the rft base section (rft.variants,
-#                                             the paper's Tables 2-5); SACA variants also read the landmarks rule's
-#                                             train split (src/saca/train/saca.py: Eq. 4-13)
-# rft_agent  results/rft/{variant}/agent.json agent spec (checkpoint + agent settings) for evaluation
-# and the evaluation run "rft-{variant}": results/{dataset}/eval/rft-{variant}/{split}/metrics.json.
+# rft        results/rft/{variant}/s{seed}/final/     SACA / GRPO / VLN-R1 RFT from the SFT checkpoint of mix
+#                                                    rft.sft_mix; the variant is a named override of the rft base
+#                                                    section (rft.variants, the paper's Tables 2-5), the seed one
+#                                                    of the top-level `seeds`; SACA variants also read the
+#                                                    landmarks rule's train split (src/saca/train/saca.py: Eq. 4-13)
+# rft_agent  results/rft/{variant}/s{seed}/agent.json agent spec (checkpoint + agent settings) for evaluation
+# and the evaluation run "rft-{variant}-s{seed}": results/{dataset}/eval/rft-{variant}-s{seed}/{split}/metrics.json
+# (evaluated with the same seed).
 # Include after policy.smk.
 
 from saca.train.rft import check_variant, resolve_variant
@@ -13,7 +15,7 @@ from saca.train.rft import check_variant, resolve_variant
 RFT = config["rft"]
 RFT_VARIANTS = list(RFT.get("variants") or {})
 # the variants `all` trains and evaluates; every other variant is built on request (its eval metrics.json or
-# results/rft/{variant}/final), so editing one ablation reruns that ablation only
+# results/rft/{variant}/s{seed}/final), so editing one ablation reruns that ablation only
 RFT_RUNS = RFT.get("runs", RFT_VARIANTS)
 for _v in RFT_RUNS:
     if _v not in RFT_VARIANTS:
@@ -34,13 +36,14 @@ rule rft:
     input:
         unpack(rft_inputs),
     output:
-        directory(f"{RESULTS}/rft/{{variant}}/final"),
+        directory(f"{RESULTS}/rft/{{variant}}/s{{seed}}/final"),
     log:
-        f"{RESULTS}/logs/rft/{{variant}}.log",
+        f"{RESULTS}/logs/rft/{{variant}}/s{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/rft/{{variant}}.tsv"
+        f"{RESULTS}/benchmarks/rft/{{variant}}/s{{seed}}.tsv"
     wildcard_constraints:
         variant=r"[A-Za-z0-9_]+",
+        seed=r"\d+",
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -58,7 +61,7 @@ rule rft:
             " ".join(f"{d}={f}" for d, f in zip(RFT_DATASETS, input.landmarks)) if hasattr(input, "landmarks") else ""
         ),
         scenes=lambda w, input: Path(input.scenes).parent,
-        run=f"{RESULTS}/rft/{{variant}}",
+        run=f"{RESULTS}/rft/{{variant}}/s{{seed}}",
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
         f"OMP_NUM_THREADS={{threads}} {launcher('rft')} -m saca rft --init {{input.init}} --out {{params.run}}"
@@ -69,14 +72,15 @@ rule rft:
 
 rule rft_agent:
     input:
-        ckpt=f"{RESULTS}/rft/{{variant}}/final",
+        ckpt=f"{RESULTS}/rft/{{variant}}/s{{seed}}/final",
         src=code("policy-agent"),
     output:
-        f"{RESULTS}/rft/{{variant}}/agent.json",
+        f"{RESULTS}/rft/{{variant}}/s{{seed}}/agent.json",
     log:
-        f"{RESULTS}/logs/rft/{{variant}}.agent.log",
+        f"{RESULTS}/logs/rft/{{variant}}/s{{seed}}.agent.log",
     wildcard_constraints:
         variant=r"[A-Za-z0-9_]+",
+        seed=r"\d+",
     conda:
         "../../envs/saca.yaml"
     params:
@@ -85,8 +89,9 @@ rule rft_agent:
         "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
 
 
-# Evaluation of each variant as run "rft-{variant}" (rule evaluate, workflow/rules/evaluate.smk).
+# Evaluation of each variant and seed as run "rft-{variant}-s{seed}" (rule evaluate, workflow/rules/evaluate.smk).
 for _v in RFT_VARIANTS:
-    RUN_AGENTS[f"rft-{_v}"] = lambda w, _v=_v: f"{RESULTS}/rft/{_v}/agent.json"
-    if _v in RFT_RUNS:
-        TARGETS += eval_targets(f"rft-{_v}")
+    for _s in SEEDS:
+        RUN_AGENTS[f"rft-{_v}-s{_s}"] = lambda w, _v=_v, _s=_s: f"{RESULTS}/rft/{_v}/s{_s}/agent.json"
+        if _v in RFT_RUNS:
+            TARGETS += eval_targets(f"rft-{_v}-s{_s}")
