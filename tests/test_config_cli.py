@@ -161,3 +161,50 @@ def test_every_section_given_in_full_with_its_defaults_is_accepted(module, name,
     assert section_schema(section) is not None
     cfg = section_from_json(json.dumps(dataclasses.asdict(cls())), cls, section)
     assert dataclasses.asdict(cfg) == dataclasses.asdict(cls())
+
+
+# keys a rule fills in from another section (n_actions, memory and the image codec come from vln_ego; the agent's
+# name and seed from the evaluation), so the schema of the section the user writes does not list them
+DERIVED = {"policy.agent": {"n_actions", "memory", "image_format", "jpeg_quality", "name", "seed"}, "sft": {"n_actions"}}
+
+
+@pytest.mark.parametrize("module,name,section", SECTIONS + [("saca.train.rft", "RftConfig", "rft")],
+                         ids=[s for _, _, s in SECTIONS] + ["rft"])
+def test_the_dataclass_is_the_one_source_of_defaults_and_the_schema_agrees_with_it(module, name, section):
+    # defaults live in the dataclasses only (the schema validates and holds none); every key the schema knows is a
+    # field, every field is in the schema unless a rule derives it, and the defaults themselves pass the schema
+    import dataclasses
+    import importlib
+
+    import jsonschema
+
+    from saca.config import load_schema, section_schema
+
+    cls = getattr(importlib.import_module(module), name)
+    node = section_schema(section)
+    props = set(node.get("properties", {}))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    assert props <= fields, f"{section}: schema keys without a field: {sorted(props - fields)}"
+    assert fields - props <= DERIVED.get(section, set()), f"{section}: fields the schema does not know: {sorted(fields - props)}"
+    defaults = {k: v for k, v in dataclasses.asdict(cls()).items() if k in props}
+    if section == "sft":
+        defaults.pop("mixes")  # the workflow's mix table (required): no default can name this config's datasets
+    schema = {**node, "required": [k for k in node.get("required", []) if k != "mixes"],
+              "definitions": load_schema().get("definitions", {})}
+    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(defaults))
+    assert not errors, [(list(e.absolute_path), e.message) for e in errors]
+
+
+def test_the_schema_holds_no_defaults():
+    from saca.config import load_schema
+
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            assert "default" not in node, f"schema default at {path or '/'}: defaults live in the dataclasses"
+            for k, v in node.items():
+                walk(v, f"{path}/{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}/{i}")
+
+    walk(load_schema())
