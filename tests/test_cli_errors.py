@@ -24,6 +24,7 @@ OUT_FILE = "<out-file>"
 COMMANDS = {
     "scenes": {"--out": OUT_DIR},
     "episodes": {"--dataset": "mini_r2r", "--split": "train", "--scenes": IN, "--out": OUT_DIR},
+    "episodes-import": {"--format": "r2r_ce", "--src": IN, "--split": "val_unseen", "--out": OUT_DIR},
     "vln-ego": {"--episodes": IN, "--split": "train", "--scenes": IN, "--out": OUT_DIR},
     "export-sharegpt": {"--vln-ego": IN, "--out": OUT_DIR},
     "preview": {"--episodes": IN, "--scenes": IN, "--out": OUT_FILE},

@@ -186,6 +186,29 @@ def test_replay_divergence_is_an_error(mini_world):
     sim.close()
 
 
+def test_replay_checks_vlnce_gt_locations_recorded_per_forward_step(mini_world):
+    # R2R-CE / RxR-CE _gt files: the start, then one location per forward step (not one per action)
+    from saca.vln_ego.generate import _replay_reference
+
+    F, L, R, S = 1, 2, 3, 0
+    start, a, b = [0.0, 0.0, 0.0], [0.0, 0.0, -0.25], [0.1, 0.0, -0.5]
+    assert _replay_reference([L, F, L, F, S], [start, a, b]) == [start, start, a, a, b]
+    assert _replay_reference([F, F], [start, a]) == [start, a]  # one per action: the mini world's layout
+    assert _replay_reference([F, F, R], [start]) is None  # cannot be aligned: no check
+    assert _replay_reference([F], []) is None
+    ep = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[0]
+    per_forward = [list(ep.gt_locations[0])] + [
+        list(ep.gt_locations[t + 1]) for t, x in enumerate(ep.gt_actions[:-1]) if x == F]
+    ep.gt_locations = per_forward
+    sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
+    assert len(replay_frames(sim, ep)) == len(ep.gt_actions)  # the real layout replays without divergence
+    k = len(per_forward) // 2
+    ep.gt_locations[k] = [p + 1.0 for p in ep.gt_locations[k]]
+    with pytest.raises(SacaError, match="replay diverged at step"):
+        replay_frames(sim, ep)
+    sim.close()
+
+
 def test_failed_generation_leaves_no_output(mini_world, tmp_path):
     eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")
     eps[-1].gt_actions = None

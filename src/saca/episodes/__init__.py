@@ -1,14 +1,23 @@
 """Episodes in the VLN-CE layout: ``{split}.json.gz`` and ``{split}_gt.json.gz``.
 
 The same reader serves the embedded mini datasets and the real R2R-CE / RxR-CE
-files (method-notes §1)::
+files (method-notes §1; the real files are imported by :mod:`saca.episodes.vlnce`,
+docs/vlnce.md)::
 
-    {"episodes": [{"episode_id", "trajectory_id", "scene_id", "start_position",
+    {"episodes": [{"episode_id", "trajectory_id"?, "scene_id", "start_position",
                    "start_rotation": [x, y, z, w], "goals": [{"position", "radius"}],
                    "reference_path", "instruction": {"instruction_text",
-                   "instruction_tokens"}, "info": {...}}, ...],
+                   "instruction_tokens", ...RxR: "instruction_id", "language",
+                   "annotator_id", "edit_distance", "timed_instruction"},
+                   "info": {...}}, ...],
      "instruction_vocab": {...}}
-    {"<episode_id>": {"actions": [...], "locations": [...]}}
+    {"<episode_id>": {"actions": [...], "locations": [...], "forward_steps": n}}
+
+``trajectory_id`` is optional (RxR-CE follower episodes have none; VLN-CE's
+``VLNExtendedEpisode`` defaults it to None). Instruction fields other than the
+text and tokens are kept verbatim in :attr:`Episode.instruction_meta`. A gt record
+needs ``actions`` or ``locations``; ``forward_steps`` is kept as read. A split
+without ground truth (a test split) has no ``_gt`` file.
 """
 
 from __future__ import annotations
@@ -30,7 +39,6 @@ EPISODE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": [
         "episode_id",
-        "trajectory_id",
         "scene_id",
         "start_position",
         "start_rotation",
@@ -40,7 +48,7 @@ EPISODE_SCHEMA: dict[str, Any] = {
     ],
     "properties": {
         "episode_id": {"type": ["integer", "string"]},
-        "trajectory_id": {"type": ["integer", "string"]},
+        "trajectory_id": {"type": ["integer", "string", "null"]},
         "scene_id": {"type": "string", "minLength": 1},
         "start_position": _VEC3,
         "start_rotation": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4},
@@ -60,6 +68,8 @@ EPISODE_SCHEMA: dict[str, Any] = {
             "properties": {
                 "instruction_text": {"type": "string", "minLength": 1},
                 "instruction_tokens": {"type": "array", "items": {"type": "integer"}},
+                "instruction_id": {"type": ["integer", "string"]},
+                "language": {"type": "string", "minLength": 1},
             },
         },
         "info": {"type": "object"},
@@ -77,10 +87,11 @@ GT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": {
         "type": "object",
-        "required": ["actions"],
+        "anyOf": [{"required": ["actions"]}, {"required": ["locations"]}],
         "properties": {
             "actions": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 3}},
             "locations": {"type": "array", "items": _VEC3},
+            "forward_steps": {"type": "integer", "minimum": 0},
         },
     },
 }
@@ -89,7 +100,7 @@ GT_SCHEMA: dict[str, Any] = {
 @dataclass
 class Episode:
     episode_id: int | str
-    trajectory_id: int | str
+    trajectory_id: int | str | None
     scene_id: str
     start_position: list[float]
     start_rotation: list[float]
@@ -100,6 +111,15 @@ class Episode:
     info: dict = field(default_factory=dict)
     gt_actions: list[int] | None = None
     gt_locations: list[list[float]] | None = None
+    # instruction fields besides text and tokens, verbatim (RxR: instruction_id, language, annotator_id,
+    # edit_distance, timed_instruction); VLN-CE's gt ``forward_steps`` as read (None where the gt has none)
+    instruction_meta: dict = field(default_factory=dict)
+    gt_forward_steps: int | None = None
+
+    @property
+    def language(self) -> str | None:
+        """The instruction's language (RxR: en-US, en-IN, hi-IN, te-IN); None where the file has none (R2R)."""
+        return self.instruction_meta.get("language")
 
     @property
     def goal_position(self) -> list[float]:
@@ -125,6 +145,7 @@ class Episode:
             "goals": self.goals,
             "reference_path": [list(p) for p in self.reference_path],
             "instruction": {
+                **self.instruction_meta,
                 "instruction_text": self.instruction_text,
                 "instruction_tokens": list(self.instruction_tokens),
             },
@@ -136,15 +157,16 @@ class Episode:
         instr = d["instruction"]
         return cls(
             episode_id=d["episode_id"],
-            trajectory_id=d["trajectory_id"],
+            trajectory_id=d.get("trajectory_id"),
             scene_id=d["scene_id"],
             start_position=[float(v) for v in d["start_position"]],
             start_rotation=[float(v) for v in d["start_rotation"]],
             goals=d["goals"],
             reference_path=[[float(v) for v in p] for p in d["reference_path"]],
             instruction_text=instr["instruction_text"],
-            instruction_tokens=list(instr.get("instruction_tokens", [])),
+            instruction_tokens=list(instr.get("instruction_tokens") or []),
             info=dict(d.get("info") or {}),
+            instruction_meta={k: v for k, v in instr.items() if k not in ("instruction_text", "instruction_tokens")},
         )
 
 
@@ -161,12 +183,8 @@ def episode_paths(episodes_dir: str | Path, split: str) -> tuple[Path, Path]:
     return d / f"{split}.json.gz", d / f"{split}_gt.json.gz"
 
 
-def read_episodes(path: str | Path, gt_path: str | Path | None = None, validate: bool = True) -> list[Episode]:
-    """Read a VLN-CE ``{split}.json.gz`` (and optionally its ``_gt`` file).
-
-    Truncated or malformed files and schema violations raise SacaError naming
-    the file and the offending field.
-    """
+def read_episode_file(path: str | Path, validate: bool = True) -> tuple[list[Episode], dict]:
+    """The episodes of a VLN-CE ``{split}.json.gz`` and the whole decoded file (for ``instruction_vocab``)."""
     path = Path(path)
     data = read_json(path)
     if validate:
@@ -177,22 +195,41 @@ def read_episodes(path: str | Path, gt_path: str | Path | None = None, validate:
         if e.episode_id in seen:
             raise SacaError(f"{path}: duplicate episode_id {e.episode_id!r}")
         seen.add(e.episode_id)
+    return episodes, data
+
+
+def attach_gt(episodes: list[Episode], gt_path: str | Path, validate: bool = True) -> None:
+    """Attach a VLN-CE ``_gt`` file's records (keyed by ``str(episode_id)``) to ``episodes``."""
+    gt_path = Path(gt_path)
+    gt = read_json(gt_path)
+    if validate:
+        _validate(gt, GT_SCHEMA, gt_path)
+    for e in episodes:
+        rec = gt.get(str(e.episode_id))
+        if rec is None:
+            raise SacaError(f"{gt_path}: no ground truth for episode_id {e.episode_id!r}")
+        e.gt_actions = [int(a) for a in rec["actions"]] if "actions" in rec else None
+        e.gt_locations = rec.get("locations")
+        e.gt_forward_steps = rec.get("forward_steps")
+
+
+def read_episodes(path: str | Path, gt_path: str | Path | None = None, validate: bool = True) -> list[Episode]:
+    """Read a VLN-CE ``{split}.json.gz`` (and optionally its ``_gt`` file).
+
+    Reads this project's files and R2R-CE's ``R2R_VLNCE_v1-3_preprocessed`` files
+    alike. Truncated or malformed files and schema violations raise SacaError naming
+    the file and the offending field.
+    """
+    episodes, _ = read_episode_file(path, validate)
     if gt_path is not None:
-        gt_path = Path(gt_path)
-        gt = read_json(gt_path)
-        if validate:
-            _validate(gt, GT_SCHEMA, gt_path)
-        for e in episodes:
-            rec = gt.get(str(e.episode_id))
-            if rec is None:
-                raise SacaError(f"{gt_path}: no ground truth for episode_id {e.episode_id!r}")
-            e.gt_actions = [int(a) for a in rec["actions"]]
-            e.gt_locations = rec.get("locations")
+        attach_gt(episodes, gt_path, validate)
     return episodes
 
 
 def load_split(episodes_dir: str | Path, split: str, with_gt: bool = True) -> list[Episode]:
     ep, gt = episode_paths(episodes_dir, split)
+    if with_gt and ep.exists() and not gt.exists():
+        raise SacaError(f"{gt}: file does not exist (split '{split}' has no ground truth, e.g. a test split)")
     return read_episodes(ep, gt if with_gt else None)
 
 
@@ -216,14 +253,44 @@ def tokenize(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+|[^\sa-z0-9]", text.lower())
 
 
-def write_episodes(episodes_dir: str | Path, split: str, episodes: list[Episode]) -> tuple[Path, Path]:
-    """Write ``{split}.json.gz`` and ``{split}_gt.json.gz`` atomically (validated first)."""
+def _gt_record(e: Episode) -> dict | None:
+    if e.gt_actions is None and e.gt_locations is None:
+        return None
+    rec: dict = {}
+    if e.gt_actions is not None:
+        rec["actions"] = list(e.gt_actions)
+    if e.gt_locations is not None:
+        rec["locations"] = [list(p) for p in e.gt_locations]
+    if e.gt_forward_steps is not None:
+        rec["forward_steps"] = e.gt_forward_steps
+    return rec
+
+
+def write_episodes(episodes_dir: str | Path, split: str, episodes: list[Episode],
+                   vocab: dict | None = None) -> tuple[Path, Path | None]:
+    """Write ``{split}.json.gz`` and ``{split}_gt.json.gz`` atomically (validated first).
+
+    ``vocab``: the source's ``instruction_vocab``, written as given with the episodes'
+    ``instruction_tokens`` kept (R2R-CE); None builds this project's vocabulary and
+    re-tokenises (the mini datasets, RxR-CE, whose files have none). Episodes without
+    ground truth (a test split) write no ``_gt`` file (a stale one is removed) and
+    return None for its path; a split where only some episodes have it is refused.
+    """
     ep_path, gt_path = episode_paths(episodes_dir, split)
-    vocab = build_vocab(episodes)
+    records = {str(e.episode_id): _gt_record(e) for e in episodes}
+    missing = [k for k, r in records.items() if r is None]
+    if missing and len(missing) < len(records):
+        raise SacaError(f"{gt_path}: {len(missing)} of {len(records)} episodes have no ground truth "
+                        f"(e.g. episode_id {missing[0]}); a split has it for all episodes or none")
+    if vocab is None:
+        vocab = build_vocab(episodes)
     data = {"episodes": [e.to_json() for e in episodes], "instruction_vocab": vocab}
-    gt = {str(e.episode_id): {"actions": e.gt_actions or [], "locations": e.gt_locations or []} for e in episodes}
+    gt = None if missing else records
     _validate(json.loads(json.dumps(data)), DATASET_SCHEMA, ep_path)
-    _validate(json.loads(json.dumps(gt)), GT_SCHEMA, gt_path)
+    if gt is not None:
+        _validate(json.loads(json.dumps(gt)), GT_SCHEMA, gt_path)
+        write_json(gt_path, gt, indent=None)
+    else:
+        gt_path.unlink(missing_ok=True)
     write_json(ep_path, data, indent=None)
-    write_json(gt_path, gt, indent=None)
-    return ep_path, gt_path
+    return ep_path, (gt_path if gt is not None else None)

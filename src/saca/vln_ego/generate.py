@@ -72,16 +72,42 @@ class VlnEgoConfig:
         self.noise.validate(f"{where}.noise")
 
 
+def _replay_reference(actions, locations) -> list | None:
+    """The ``_gt`` location expected before each expert action, or None where the file allows no check.
+
+    The mini world writes one location per action (the position before it). VLN-CE's R2R-CE / RxR-CE ``_gt``
+    files record the start and then one location per forward step (a position is appended when it changes;
+    VLN-CE issues #47, #57; docs/vlnce.md): there the position before action ``t`` is the entry after the forward
+    steps so far. Any other length cannot be aligned, and the replay is not checked.
+    """
+    if not locations:
+        return None
+    if len(locations) == len(actions):
+        return list(locations)
+    forward = sum(1 for a in actions if a == Action.MOVE_FORWARD)
+    if len(locations) != forward + 1:
+        return None
+    out, k = [], 0
+    for a in actions:
+        out.append(locations[k])
+        k += a == Action.MOVE_FORWARD
+    return out
+
+
 def replay_frames(sim, episode) -> list:
-    """Reset to the episode start and render the frame before each expert action."""
+    """Reset to the episode start and render the frame before each expert action.
+
+    The agent's horizontal position is checked against the ``_gt`` locations at every step
+    (:func:`_replay_reference`): a replay that diverges raises, naming the episode and the step.
+    """
     if not episode.gt_actions:
         raise SacaError(f"episode {episode.episode_id}: no expert actions (is the _gt file missing?)")
     sim.reset(episode)
+    refs = _replay_reference(episode.gt_actions, episode.gt_locations)
     frames = []
     for t, a in enumerate(episode.gt_actions):
-        if episode.gt_locations:
-            ref = episode.gt_locations[t]
-            pos = sim.state.position
+        if refs is not None:
+            ref, pos = refs[t], sim.state.position
             if math.hypot(pos[0] - ref[0], pos[2] - ref[2]) > 1e-3:
                 raise SacaError(
                     f"episode {episode.episode_id}: replay diverged at step {t} "
