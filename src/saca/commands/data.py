@@ -1,4 +1,4 @@
-"""CLI commands: scenes, episodes, vln-ego, export-sharegpt, preview."""
+"""CLI commands: scenes, episodes, episodes-import, vln-ego, export-sharegpt, preview."""
 
 from __future__ import annotations
 
@@ -16,21 +16,59 @@ def add_sim_args(p) -> None:
 
 
 def sim_configs(args):
-    """The ``sim`` and dataset sections of ``--sim`` / ``--dataset-config``, checked (no simulator built)."""
+    """The dataset's simulator settings and its dataset section, from ``--sim`` / ``--dataset-config``,
+    checked (no simulator built): the global ``sim`` section with the dataset's ``sim`` overrides
+    merged in (:func:`saca.sim.dataset_sim_config`)."""
+    import json
+
     from saca.episodes.generate import DatasetConfig
+    from saca.sim import check_dataset_sim, dataset_sim_config
     from saca.sim.base import SimConfig
 
+    where = "datasets.<dataset>"
     sim_cfg = section_from_json(args.sim, SimConfig, "sim", "--sim")
-    ds_cfg = section_from_json(args.dataset_config, DatasetConfig, "datasets.<dataset>", "--dataset-config")
-    return sim_cfg, ds_cfg
+    try:  # an unknown datasets.<dataset>.sim key: name it before the schema's "additional properties" message
+        raw = json.loads(args.dataset_config) if args.dataset_config else None
+    except json.JSONDecodeError:
+        raw = None  # section_from_json names the malformed option
+    if isinstance(raw, dict) and isinstance(raw.get("sim"), dict):
+        check_dataset_sim(raw["sim"], where)
+    ds_cfg = section_from_json(args.dataset_config, DatasetConfig, where, "--dataset-config")
+    return dataset_sim_config(sim_cfg, ds_cfg, where), ds_cfg
 
 
 def sim_from_args(args):
-    """Build the simulator a command needs from ``--sim``/``--dataset-config``/``--scenes``."""
+    """Build the simulator a command needs from ``--sim``/``--dataset-config``/``--scenes``
+    (the dataset's ``sim`` overrides applied)."""
     from saca.sim import make_simulator
 
     sim_cfg, ds_cfg = sim_configs(args)
     return make_simulator(ds_cfg.backend, sim_cfg, ds_cfg.turn_angle, args.scenes), ds_cfg
+
+
+def link_habitat_scenes(src: str | Path, out: str | Path) -> dict:
+    """The habitat scenes: ``out/index.json`` listing every ``{dataset}/{scan}/{scan}.glb`` under ``src`` and a link
+    ``out/{dataset} -> src/{dataset}``, so that an episode's ``scene_id`` (``mp3d/{scan}/{scan}.glb``) resolves
+    against ``out`` as the embedded houses do. The link is replaced atomically; a missing or empty folder names it."""
+    import os
+
+    from saca.io import write_json
+
+    src, out = Path(src).resolve(), Path(out)
+    if not src.is_dir():
+        raise SacaError(f"scenes.dir: '{src}' is not a directory (download the scenes first: rule download_scenes)")
+    scenes = sorted(p.relative_to(src).as_posix() for p in src.glob("*/*/*.glb"))
+    if not scenes:
+        raise SacaError(f"scenes.dir: no scene files ({{dataset}}/{{scan}}/{{scan}}.glb) under '{src}'")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in sorted({s.split("/")[0] for s in scenes}):
+        tmp = out / f".{name}.link-tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(src / name, tmp, target_is_directory=True)
+        os.replace(tmp, out / name)
+    index = {"format": 1, "backend": "habitat", "dir": str(src), "scenes": scenes}
+    write_json(out / "index.json", index)
+    return index
 
 
 def cmd_scenes(args) -> int:
@@ -39,6 +77,10 @@ def cmd_scenes(args) -> int:
 
     cfg = section_from_json(args.params, SceneGenConfig, "scenes")
     out = Path(args.out)
+    if cfg.backend == "habitat":
+        index = link_habitat_scenes(cfg.dir, out)
+        print(f"linked {len(index['scenes'])} habitat scenes from {cfg.dir} into {out}")
+        return 0
     index = cfg.scene_ids()
     for split, ids in index.items():
         for sid in ids:
@@ -69,6 +111,19 @@ def cmd_episodes(args) -> int:
         eps = generate_split(args.dataset, cfg, args.split, scenes_for_split(args.scenes, args.split), sim)
     ep_path, _ = write_episodes(args.out, args.split, eps)
     print(f"wrote {len(eps)} episodes to {ep_path}")
+    return 0
+
+
+def cmd_episodes_import(args) -> int:
+    from saca.episodes.vlnce import import_split
+
+    def _list(v):
+        return [x.strip() for x in v.split(",") if x.strip()] if v else None
+
+    eps, ep_path, gt_path = import_split(args.format, args.src, args.split, args.out,
+                                         roles=_list(args.role), languages=_list(args.languages))
+    gt = f" and {gt_path}" if gt_path else " (no ground truth: a test split)"
+    print(f"wrote {len(eps)} episodes to {ep_path}{gt}")
     return 0
 
 
@@ -122,6 +177,18 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="episodes directory (results/{dataset}/episodes)")
     add_sim_args(p)
     p.set_defaults(func=cmd_episodes)
+
+    p = sub.add_parser("episodes-import", help="import one split of the real R2R-CE / RxR-CE episode files "
+                       "into the project's layout (docs/vlnce.md)")
+    p.add_argument("--format", required=True, choices=["r2r_ce", "rxr_ce"])
+    p.add_argument("--src", required=True,
+                   help="the extracted R2R_VLNCE_v1-3_preprocessed or RxR_VLNCE_v0 folder ({split}/ inside)")
+    p.add_argument("--split", required=True, help="e.g. train, val_seen, val_unseen (test / test_challenge: no gt)")
+    p.add_argument("--out", required=True, help="episodes directory (results/{dataset}/episodes)")
+    p.add_argument("--role", default=None, help="rxr_ce: guide (default), follower, guide,follower or '*'")
+    p.add_argument("--languages", default=None,
+                   help="rxr_ce: comma-separated, default en-US,en-IN (the papers' English subset); '*' for all")
+    p.set_defaults(func=cmd_episodes_import)
 
     p = sub.add_parser("vln-ego", help="render VLN-Ego samples for one dataset split")
     p.add_argument("--episodes", required=True, help="episodes directory with {split}.json.gz and {split}_gt.json.gz")

@@ -42,8 +42,12 @@ class DatasetConfig:
     max_detour: float | None = None  # each leg's geodesic length <= max_detour x its straight-line length; None: any
     seed: int = 0
     episodes: dict = field(default_factory=lambda: {"train": 100, "val_seen": 20, "val_unseen": 20})
+    sim: dict = field(default_factory=dict)  # overrides of the global ``sim`` section for this dataset (saca.sim.dataset_sim_config)
 
     def validate(self, where: str) -> None:
+        from saca.sim import check_dataset_sim
+
+        check_dataset_sim(self.sim, where)
         if self.style not in PATH_LIMITS:
             raise SacaError(f"{where}.style: unknown style '{self.style}' (r2r or rxr)")
         lo, hi = self.landmarks

@@ -10,7 +10,8 @@ Conventions follow VLN-CE / Habitat (method-notes §1):
   0.25 m; turns are 15 deg (R2R-CE) or 30 deg (RxR-CE); an episode ends on STOP
   or after ``max_steps`` (500) environment steps;
 * a forward step whose end pose would collide leaves the agent where it is and
-  sets ``collided``.
+  sets ``collided`` (Habitat with ``allow_sliding``: the agent slides along the
+  wall, and ``collided`` is set as Habitat sets it, see ``saca.sim.habitat``).
 
 ``step`` does not render: call ``observe()`` when a frame is needed (it is
 cached until the state changes), so that agents that need no pixels (the
@@ -38,6 +39,7 @@ class Action(enum.IntEnum):
 
 
 FORWARD_STEP_M = 0.25
+DEPTH_NEAR, DEPTH_FAR = 0.05, 30.0  # metres: the camera's clip planes (embedded: pybullet projection; Habitat: CameraSensorSpec near/far)
 MAX_STEPS = 500
 SUCCESS_DISTANCE_M = 3.0
 
@@ -80,7 +82,16 @@ class AgentState:
 
 @dataclass
 class Observation:
-    """One egocentric frame. ``depth`` is metres; ``instance`` holds object instance ids (-1: none)."""
+    """One egocentric frame, the same conventions in every backend.
+
+    * ``rgb``: ``uint8`` ``(H, W, 3)``;
+    * ``depth``: ``float32`` ``(H, W)``, metres along the optical axis (z-depth), in
+      ``[DEPTH_NEAR, DEPTH_FAR]``; where nothing is rendered it is ``DEPTH_FAR``
+      (the far clip plane), never 0;
+    * ``instance``: ``int32`` ``(H, W)``, the object instance id of each pixel, -1
+      where no labelled object is (background, walls without a label); the labels
+      are :attr:`Simulator.instance_labels`.
+    """
 
     rgb: np.ndarray
     depth: Optional[np.ndarray] = None
@@ -89,13 +100,25 @@ class Observation:
 
 @dataclass
 class SimConfig:
-    """Agent and sensor settings shared by every backend."""
+    """Agent and sensor settings shared by every backend (the ``sim`` config section).
+
+    ``agent_height``, ``allow_sliding`` and ``recompute_navmesh`` matter to the Habitat
+    backend only (docs/habitat.md gives each VLN-CE value and its source); their
+    defaults are the Habitat backend's behaviour before they existed (agent 1.5 m,
+    no sliding, navmesh recomputed for ``agent_radius``). The embedded backend has no
+    navmesh and refuses ``allow_sliding: true`` (:func:`saca.sim.make_simulator`).
+    A dataset may override the keys of :data:`DATASET_SIM_KEYS` (``datasets.<name>.sim``,
+    merged by :func:`saca.sim.dataset_sim_config`).
+    """
 
     width: int = 128
     height: int = 128
     hfov: float = 90.0
     camera_height: float = 1.25
     agent_radius: float = 0.18
+    agent_height: float = 1.5  # Habitat AgentConfiguration.height / NavMeshSettings.agent_height
+    allow_sliding: bool = False  # Habitat: a blocked forward step slides along the wall (VLN-CE R2R-CE: true)
+    recompute_navmesh: bool = True  # Habitat: rebuild the navmesh for agent_radius/agent_height; false: the scene's .navmesh
     forward_step: float = FORWARD_STEP_M
     max_steps: int = MAX_STEPS
     stop_radius: float = 0.5  # teacher calls STOP once this close (geodesic) to the goal
@@ -109,6 +132,16 @@ class SimConfig:
             raise SacaError(f"{where}.hfov: must be between 10 and 170 degrees, got {self.hfov}")
         if self.stop_radius >= SUCCESS_DISTANCE_M:
             raise SacaError(f"{where}.stop_radius: must be below the success distance {SUCCESS_DISTANCE_M} m")
+        if not self.agent_height > 0:
+            raise SacaError(f"{where}.agent_height: must be positive (metres), got {self.agent_height}")
+
+
+# The keys a dataset may set for itself (``datasets.<name>.sim``): the agent's body and camera,
+# which VLN-CE sets per dataset (vlnce_task.yaml vs rxr_vlnce_english_task.yaml). The episode
+# limits (forward_step, max_steps, stop_radius) are the same for R2R-CE and RxR-CE, and the
+# depth / instance channels are what a consumer needs (the oracle auditor turns instance on).
+DATASET_SIM_KEYS = ("width", "height", "hfov", "camera_height", "agent_radius", "agent_height",
+                    "allow_sliding", "recompute_navmesh")
 
 
 class Simulator(abc.ABC):
@@ -168,9 +201,7 @@ class Simulator(abc.ABC):
             new = s.moved(steps=s.steps + 1, stopped=True, collided=False)
         elif action == Action.MOVE_FORWARD:
             target = np.asarray(s.position) + self.config.forward_step * forward_vector(s.heading)
-            target = self.move_to(s.position, tuple(float(v) for v in target))
-            collided = target is None
-            pos = s.position if collided else target
+            pos, collided = self.forward_move(s.position, tuple(float(v) for v in target))
             new = s.moved(position=pos, steps=s.steps + 1, collided=collided)
         else:
             delta = math.radians(self.turn_angle) * (1 if action == Action.TURN_LEFT else -1)
@@ -207,6 +238,13 @@ class Simulator(abc.ABC):
     @abc.abstractmethod
     def move_to(self, start, target) -> tuple[float, float, float] | None:
         """End position of a straight move, or ``None`` when it collides (the agent stays)."""
+
+    def forward_move(self, start, target) -> tuple[tuple[float, float, float], bool]:
+        """``(end position, collided)`` of a forward step. Default: :meth:`move_to`'s
+        contract, a blocked step leaves the agent at ``start``. Habitat with
+        ``allow_sliding`` overrides it (the agent slides and ``collided`` is set)."""
+        end = self.move_to(start, target)
+        return (start, True) if end is None else (end, False)
 
     @abc.abstractmethod
     def snap_to_floor(self, position) -> tuple[float, float, float]:

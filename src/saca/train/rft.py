@@ -483,9 +483,10 @@ class RftTrainer:
         if key not in self.sims:
             from dataclasses import replace
 
-            from saca.sim import make_simulator
+            from saca.sim import dataset_sim_config, make_simulator
 
             sim_cfg, ds_cfg, scenes = self.sim_args[dataset]
+            sim_cfg = dataset_sim_config(sim_cfg, ds_cfg, f"datasets.{dataset}")  # the dataset's sim overrides
             if instance and not sim_cfg.instance:  # the oracle auditor reads the instance channel
                 sim_cfg = replace(sim_cfg, instance=True)
             self.sims[key] = make_simulator(ds_cfg.backend, sim_cfg, ds_cfg.turn_angle, scenes)

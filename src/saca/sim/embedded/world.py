@@ -40,10 +40,15 @@ class SceneGenConfig:
     rooms: list = field(default_factory=lambda: [3, 5])
     room_size: list = field(default_factory=lambda: [3.0, 4.5])
     landmarks_per_room: list = field(default_factory=lambda: [1, 2])
+    dir: str = ""  # habitat: the scene datasets folder (data/scene_datasets, holding mp3d/{scan}/{scan}.glb)
 
     def validate(self, where: str) -> None:
-        if self.backend != "embedded":
-            raise SacaError(f"{where}.backend: the scenes command builds embedded houses only (got '{self.backend}')")
+        if self.backend not in ("embedded", "habitat"):
+            raise SacaError(f"{where}.backend: 'embedded' or 'habitat', got '{self.backend}'")
+        if self.backend == "habitat":
+            if not self.dir:
+                raise SacaError(f"{where}.dir: the habitat backend needs the scene datasets folder (data/scene_datasets)")
+            return
         lo, hi = self.rooms
         if not 1 <= lo <= hi <= GRID * GRID:
             raise SacaError(f"{where}.rooms: need 1 <= min <= max <= {GRID * GRID}, got {self.rooms}")

@@ -1,0 +1,395 @@
+"""The Habitat backend (saca.sim.habitat) against a geometric stand-in of habitat_sim 0.3.3.
+
+The stand-in (tests/fakes/fake_habitat_sim.py) is loaded by path and put into
+``sys.modules["habitat_sim"]`` by the ``hs`` fixture only (monkeypatch), so that
+tests/test_sim_contract.py still finds no habitat_sim here and skips its Habitat
+half visibly. Scenes: a floor with a 0.15 m step and a ramp, an L-shaped corridor,
+and a scene that ships no navmesh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from saca import SacaError
+from saca.config import from_dict, load_schema, section_from_json
+from saca.episodes import Episode
+from saca.episodes.generate import DatasetConfig
+from saca.sim import DATASET_SIM_KEYS, dataset_sim_config, make_simulator
+from saca.sim.base import DEPTH_FAR, Action, AgentState, SimConfig, Simulator, heading_to_quaternion
+
+FAKE = Path(__file__).parent / "fakes" / "fake_habitat_sim.py"
+EAST = -math.pi / 2  # heading that faces +x
+NORTH = 0.0  # faces -z
+
+# VLN-CE's per-dataset settings (docs/habitat.md gives the source of each value)
+R2R_CE = {"width": 224, "height": 224, "hfov": 90, "camera_height": 1.25, "agent_radius": 0.1, "agent_height": 1.5,
+          "allow_sliding": True, "recompute_navmesh": False}
+RXR_CE = {"width": 640, "height": 480, "hfov": 79, "camera_height": 0.88, "agent_radius": 0.18, "agent_height": 0.88,
+          "allow_sliding": False, "recompute_navmesh": True}
+
+SCENES = {
+    # x in [0, 3] at y 0, a 0.15 m step up to x in [3, 6], a ramp to 0.6 m at x = 9; z in [-1, 1]
+    "step.glb": {"floor": [{"rect": [0, -1, 3, 1], "y": 0.0}, {"rect": [3, -1, 6, 1], "y": 0.15},
+                           {"rect": [6, -1, 9, 1], "ramp": [0.15, 0.6]}],
+                 "navmesh": {"agent_radius": 0.1, "agent_height": 1.5},
+                 "objects": [{"id": 5, "name": "chair"}, {"id": 6}, {"id": 8, "name": ""}]},
+    # east along z in [0, 1] to x = 8, then north up x in [7, 8] to z = -7: the inner corner is (7, 0)
+    "L.glb": {"floor": [{"rect": [0, 0, 8, 1]}, {"rect": [7, -7, 8, 1]}],
+              "navmesh": {"agent_radius": 0.1, "agent_height": 1.5}},
+    "bare.glb": {"floor": [{"rect": [0, -1, 3, 1]}], "navmesh": None},
+}
+
+
+@pytest.fixture
+def hs(monkeypatch):
+    spec = importlib.util.spec_from_file_location("habitat_sim", FAKE)
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, "habitat_sim", fake)
+    return fake
+
+
+@pytest.fixture
+def scenes(tmp_path):
+    for name, scene in SCENES.items():
+        (tmp_path / name).write_text(json.dumps(scene))
+    return tmp_path
+
+
+@pytest.fixture
+def pool():
+    from saca.sim.habitat import ScenePool
+
+    return ScenePool()
+
+
+def _sim(scenes, pool, turn_angle=15, **cfg):
+    from saca.sim.habitat import HabitatSimulator
+
+    base = {"width": 16, "height": 16, "agent_radius": 0.1, "recompute_navmesh": False}
+    return HabitatSimulator(SimConfig(**{**base, **cfg}), turn_angle, scenes, pool=pool)
+
+
+def _episode(scene, start, heading, goal):
+    return Episode(0, 0, scene, list(start), heading_to_quaternion(heading), [{"position": list(goal), "radius": 3.0}],
+                   [list(start), list(goal)], "go")
+
+
+def test_the_stand_in_is_not_importable_as_habitat_sim():
+    spec = importlib.util.find_spec("habitat_sim")
+    assert spec is None or "fakes" not in str(spec.origin)
+
+
+# --- defect 1: steps that change height move ------------------------------------------------------
+
+def test_stairs_and_ramps_move_the_agent_and_take_the_navmesh_height(hs, scenes, pool):
+    with _sim(scenes, pool) as sim:
+        sim.reset(_episode("step.glb", (2.5, 0.0, 0.0), EAST, (8.5, 0.0, 0.0)))
+        ys = {}
+        for _ in range(16):
+            before = sim.state
+            after = sim.step(Action.MOVE_FORWARD)
+            assert not after.collided, f"blocked at {before.position}"
+            assert after.position[0] == pytest.approx(before.position[0] + 0.25, abs=1e-6)
+            assert after.position[2] == pytest.approx(0.0, abs=1e-6)
+            ys[round(after.position[0], 2)] = after.position[1]
+        assert ys[2.75] == pytest.approx(0.0)
+        assert ys[3.0] == pytest.approx(0.0)  # the edge belongs to the lower floor
+        assert ys[3.25] == pytest.approx(0.15, abs=1e-6)  # up the step: 0.15 m higher than the target
+        assert ys[6.5] == pytest.approx(0.15 + 0.45 * 0.5 / 3, abs=1e-6)  # on the ramp
+        assert ys[6.5] - ys[6.25] == pytest.approx(0.45 * 0.25 / 3, abs=1e-6)
+        for _ in range(12):  # turn around and walk back down
+            sim.step(Action.TURN_LEFT)
+        down = [sim.step(Action.MOVE_FORWARD) for _ in range(16)]
+        assert not any(s.collided for s in down)
+        assert down[-1].position == pytest.approx((2.5, 0.0, 0.0), abs=1e-5)
+
+
+def test_a_blocked_step_leaves_the_agent_where_it_is_without_sliding(hs, scenes, pool):
+    with _sim(scenes, pool) as sim:
+        sim.reset(_episode("step.glb", (1.0, 0.0, -0.9), math.radians(-45), (2.0, 0.0, 0.0)))  # facing +x, -z
+        before = sim.state
+        after = sim.step(Action.MOVE_FORWARD)  # the wall at z = -1 is 0.1 m away
+        assert after.collided and after.position == before.position and after.steps == 1
+        assert sim.move_to(before.position, (1.0, 0.0, -1.2)) is None
+
+
+def test_sliding_slides_along_the_wall_and_reports_the_collision_as_habitat(hs, scenes, pool):
+    with _sim(scenes, pool, allow_sliding=True) as sim:
+        sim.reset(_episode("step.glb", (1.0, 0.0, -0.9), math.radians(-45), (2.0, 0.0, 0.0)))
+        after = sim.step(Action.MOVE_FORWARD)
+        d = 0.25 / math.sqrt(2)
+        assert after.collided
+        assert after.position == pytest.approx((1.0 + d, 0.0, -1.0), abs=1e-6)  # slid along z = -1
+        free = sim.step(Action.TURN_RIGHT) and sim.step(Action.TURN_RIGHT) and sim.step(Action.TURN_RIGHT)
+        start = free.position
+        moved = sim.step(Action.MOVE_FORWARD)  # facing +x: free
+        assert not moved.collided and moved.position == pytest.approx((start[0] + 0.25, 0.0, -1.0), abs=1e-6)
+        # up the step with sliding on: the end is higher than the target, not a collision (object_controls.py)
+        sim.restore(AgentState(position=(2.9, 0.0, 0.0), heading=EAST))
+        up = sim.step(Action.MOVE_FORWARD)
+        assert not up.collided and up.position == pytest.approx((3.15, 0.15, 0.0), abs=1e-6)
+
+
+# --- defect 2: the start is snapped to the navmesh -------------------------------------------------
+
+def test_an_off_navmesh_start_is_snapped_and_moves(hs, scenes, pool):
+    with _sim(scenes, pool) as sim:
+        s = sim.reset(_episode("step.glb", (1.0, 0.3, 0.0), EAST, (2.5, 0.0, 0.0)))  # 0.3 m above the floor
+        assert s.position == pytest.approx((1.0, 0.0, 0.0), abs=1e-7)
+        assert not sim.step(Action.MOVE_FORWARD).collided
+        s = sim.reset(_episode("step.glb", (1.0, 0.0, 1.2), EAST, (2.5, 0.0, 0.0)))  # 0.2 m off the edge
+        assert s.position == pytest.approx((1.0, 0.0, 1.0), abs=1e-7)
+        assert sim.step(Action.MOVE_FORWARD).position == pytest.approx((1.25, 0.0, 1.0), abs=1e-6)
+
+
+def test_a_start_far_from_the_navmesh_names_the_position_and_scene(hs, scenes, pool):
+    with _sim(scenes, pool) as sim:
+        with pytest.raises(SacaError, match=r"not navigable in scene step.glb: the nearest navmesh point .* more than 0.5 m"):
+            sim.reset(_episode("step.glb", (1.0, 0.0, 2.0), EAST, (2.5, 0.0, 0.0)))
+        with pytest.raises(SacaError, match="not navigable in scene step.glb: no navmesh near it"):
+            sim.reset(_episode("step.glb", (1.0, 0.0, 5.0), EAST, (2.5, 0.0, 0.0)))
+
+
+# --- defect 3: the teacher turns corners ------------------------------------------------------------
+
+@pytest.mark.parametrize("turn_angle", [15, 30])
+def test_teacher_turns_the_corner_of_an_l_corridor(hs, scenes, pool, turn_angle):
+    start, goal = (0.5, 0.0, 0.05), (7.5, 0.0, -6.5)
+    with _sim(scenes, pool, turn_angle) as sim:
+        sim.reset(_episode("L.glb", start, EAST, goal))
+        assert sim.shortest_path(start, goal)[1] == pytest.approx((7.0, 0.0, 0.0))  # bends at the inner corner
+        geodesic = sim.geodesic_distance(start, goal)
+        actions = []
+        while not sim.episode_over:
+            actions.append(sim.teacher_action())
+            sim.step(actions[-1])
+        assert sim.state.stopped and sim.distance_to_goal() < sim.config.stop_radius
+        forward = actions.count(Action.MOVE_FORWARD)
+        assert forward <= math.ceil(geodesic / 0.25) + 4
+        assert len(actions) <= forward + 12 + 1  # a quarter turn or two, not hundreds of steps
+
+
+def test_the_base_look_ahead_thrashes_at_that_corner(hs, scenes, pool):
+    # the defect the override fixes: within a step of the corner the base teacher aims through the wall
+    with _sim(scenes, pool, 15) as sim:
+        sim.reset(_episode("L.glb", (0.5, 0.0, 0.05), EAST, (7.5, 0.0, -6.5)))
+        while not sim.episode_over:
+            sim.step(Simulator.teacher_action(sim))
+        assert not sim.state.stopped and sim.state.steps == 500
+
+
+def test_teacher_stops_near_the_goal_and_names_an_unreachable_goal(hs, scenes, pool):
+    with _sim(scenes, pool) as sim:
+        sim.reset(_episode("L.glb", (7.5, 0.0, -6.2), NORTH, (7.5, 0.0, -6.5)))
+        assert sim.teacher_action() == Action.STOP
+        with pytest.raises(SacaError, match="cannot be reached"):
+            sim.teacher_action(goal=(20.0, 0.0, 20.0))
+
+
+def test_the_embedded_backend_keeps_the_base_teacher_and_moves():
+    from saca.sim.embedded.sim import EmbeddedSimulator
+    from saca.sim.habitat import HabitatSimulator
+
+    assert EmbeddedSimulator.teacher_action is Simulator.teacher_action
+    assert EmbeddedSimulator.forward_move is Simulator.forward_move
+    assert HabitatSimulator.teacher_action is not Simulator.teacher_action
+
+
+def test_the_embedded_backend_refuses_sliding(tmp_path):
+    with pytest.raises(SacaError, match="sim.allow_sliding: the embedded backend does not slide"):
+        make_simulator("embedded", SimConfig(allow_sliding=True), 15, tmp_path)
+
+
+# --- defect 4: per-dataset settings -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name,values", [("r2r_ce", R2R_CE), ("rxr_ce", RXR_CE)])
+def test_dataset_settings_reach_habitat(hs, scenes, pool, name, values):
+    ds = from_dict(DatasetConfig, {"backend": "habitat", "turn_angle": 15, "sim": values}, f"datasets.{name}")
+    cfg = dataset_sim_config(SimConfig(depth=True, instance=True), ds, f"datasets.{name}")
+    with make_simulator("habitat", cfg, 15, scenes) as sim:
+        sim.pool = pool
+        sim.load_scene("step.glb")
+        (habitat,) = hs.LOG["simulators"]
+        backend, agent = habitat.config.sim_cfg, habitat.config.agents[0]
+        assert backend.scene_id == str(scenes / "step.glb") and backend.allow_sliding is values["allow_sliding"]
+        assert agent.height == values["agent_height"] and agent.radius == values["agent_radius"]
+        assert agent.action_space == {}
+        specs = {s.uuid: s for s in agent.sensor_specifications}
+        assert sorted(specs) == ["depth", "rgb", "semantic"]
+        for s in specs.values():
+            assert s.hfov == values["hfov"]
+            assert list(s.position) == [0.0, values["camera_height"], 0.0]
+            assert list(s.resolution) == [values["height"], values["width"]]
+            assert (s.near, s.far) == (0.05, DEPTH_FAR)
+        if values["recompute_navmesh"]:
+            assert hs.LOG["recompute"] == [(habitat, values["agent_radius"], values["agent_height"])]
+            assert habitat.pathfinder.nav_mesh_settings.agent_radius == values["agent_radius"]
+        else:
+            assert hs.LOG["recompute"] == []  # the scene's own navmesh (radius 0.1, height 1.5)
+            assert habitat.pathfinder.nav_mesh_settings.agent_radius == 0.1
+        obs = sim.reset(_episode("step.glb", (1.0, 0.0, 0.0), EAST, (2.0, 0.0, 0.0))) and sim.observe()
+        assert obs.rgb.shape == (values["height"], values["width"], 3)
+
+
+def test_a_missing_shipped_navmesh_names_the_file_and_the_key(hs, scenes, pool):
+    with _sim(scenes, pool) as sim:
+        with pytest.raises(SacaError, match=r"bare.glb: no navmesh loaded; sim.recompute_navmesh is false, .*bare.navmesh"):
+            sim.load_scene("bare.glb")
+    with _sim(scenes, pool, recompute_navmesh=True) as sim:
+        sim.load_scene("bare.glb")
+        assert sim.geodesic_distance((0.5, 0.0, 0.0), (2.5, 0.0, 0.0)) == pytest.approx(2.0)
+
+
+def test_dataset_sim_overrides_merge_and_are_checked():
+    sim = SimConfig(width=640, height=480, max_steps=400)
+    ds = from_dict(DatasetConfig, {"backend": "habitat", "turn_angle": 30, "sim": RXR_CE}, "datasets.rxr_ce")
+    merged = dataset_sim_config(sim, ds, "datasets.rxr_ce")
+    assert (merged.hfov, merged.camera_height, merged.agent_radius, merged.agent_height) == (79, 0.88, 0.18, 0.88)
+    assert merged.allow_sliding is False and merged.recompute_navmesh is True and merged.max_steps == 400
+    assert dataset_sim_config(sim, DatasetConfig(), "datasets.x") is sim
+    with pytest.raises(SacaError, match=r"unknown config key 'datasets.rxr_ce.sim.hfovv'"):
+        from_dict(DatasetConfig, {"sim": {"hfovv": 79}}, "datasets.rxr_ce")
+    with pytest.raises(SacaError, match=r"datasets.rxr_ce.sim.max_steps: not a per-dataset setting"):
+        from_dict(DatasetConfig, {"sim": {"max_steps": 10}}, "datasets.rxr_ce")
+    with pytest.raises(SacaError, match=r"datasets.rxr_ce.sim: expected a mapping"):
+        from_dict(DatasetConfig, {"sim": [1]}, "datasets.rxr_ce")
+    with pytest.raises(SacaError, match=r"datasets.rxr_ce.sim.hfov: must be between 10 and 170"):
+        dataset_sim_config(sim, DatasetConfig(sim={"hfov": 200}), "datasets.rxr_ce")
+    with pytest.raises(SacaError, match=r"datasets.rxr_ce.sim.agent_height: must be positive"):
+        dataset_sim_config(sim, DatasetConfig(sim={"agent_height": 0}), "datasets.rxr_ce")
+
+
+def test_the_command_line_merges_the_dataset_sim_section(hs, scenes):
+    from saca.commands.data import sim_configs, sim_from_args
+
+    args = argparse.Namespace(sim=json.dumps({"width": 64, "height": 48, "depth": False}), scenes=str(scenes),
+                              dataset_config=json.dumps({"backend": "habitat", "turn_angle": 30, "sim": RXR_CE}))
+    cfg, ds = sim_configs(args)
+    assert (cfg.width, cfg.height, cfg.hfov, cfg.agent_height, cfg.depth) == (640, 480, 79, 0.88, False)
+    sim, _ = sim_from_args(args)
+    with sim:
+        assert sim.config == cfg and sim.turn_angle == 30
+    bad = argparse.Namespace(sim=None, scenes=str(scenes), dataset_config=json.dumps({"sim": {"hfov": "wide"}}))
+    with pytest.raises(SacaError, match=r"datasets.<dataset>.sim.hfov: 'wide' is not of type 'number'"):
+        sim_configs(bad)
+    bad.dataset_config = json.dumps({"sim": {"fov": 79}})
+    with pytest.raises(SacaError, match=r"unknown config key 'datasets.<dataset>.sim.fov'"):
+        sim_configs(bad)
+
+
+def test_rft_builds_its_simulators_with_the_dataset_settings(hs, scenes):
+    from saca.train.rft import RftConfig, RftTrainer
+
+    ds = DatasetConfig(backend="habitat", turn_angle=15, sim=R2R_CE)
+    trainer = RftTrainer("init", None, scenes / "out", RftConfig(), None, {}, sim_args={"r2r_ce": (SimConfig(instance=False), ds, scenes)})
+    sim = trainer._sim("r2r_ce", 0, instance=True)
+    assert sim.config == SimConfig(**{**R2R_CE, "instance": True})
+
+
+def test_the_workflow_names_an_unknown_dataset_sim_key():
+    from saca.config import unknown_keys
+
+    with pytest.raises(SacaError, match=r"unknown config key 'datasets.rxr_ce.sim.fov' \(did you mean 'hfov'\?\)"):
+        unknown_keys({"datasets": {"rxr_ce": {"backend": "habitat", "turn_angle": 30, "sim": {"fov": 79}}}})
+
+
+def test_the_schema_knows_every_sim_key():
+    import dataclasses
+
+    props = load_schema()["properties"]
+    fields = {f.name for f in dataclasses.fields(SimConfig)}
+    assert set(props["sim"]["properties"]) == fields
+    assert set(props["datasets"]["additionalProperties"]["properties"]["sim"]["properties"]) == set(DATASET_SIM_KEYS)
+    assert set(DATASET_SIM_KEYS) <= fields
+    section_from_json(json.dumps({"backend": "habitat", "turn_angle": 15, "sim": R2R_CE}), DatasetConfig, "datasets.<dataset>")
+
+
+# --- defect 5: observation conventions ------------------------------------------------------------
+
+def test_observations_follow_the_interface(hs, scenes, pool):
+    with _sim(scenes, pool, width=16, height=8) as sim:
+        sim.reset(_episode("step.glb", (1.0, 0.0, 0.0), EAST, (2.0, 0.0, 0.0)))
+        obs = sim.observe()
+        assert sim.instance_labels == {5: "chair"}  # object 6 has no category, 8 an empty name
+        assert obs.rgb.shape == (8, 16, 3) and obs.rgb.dtype == np.uint8
+        assert obs.depth.dtype == np.float32 and obs.instance.dtype == np.int32
+        assert np.all(obs.depth[:4] == DEPTH_FAR) and np.all(obs.instance[:4] == -1)  # nothing rendered
+        assert np.all(obs.depth[4:, :4] == 2.0) and np.all(obs.instance[4:, :4] == 5)
+        assert np.all(obs.depth[4:, 4:8] == 3.0) and np.all(obs.instance[4:, 4:8] == -1)  # id 7: no object
+        assert np.all(obs.depth[4:, 8:] == 1.0) and np.all(obs.instance[4:, 8:] == -1)  # id 0: background
+        assert np.all(obs.depth > 0)
+
+
+def test_depth_clip_planes_are_the_embedded_backends():
+    from saca.sim.base import DEPTH_NEAR
+    from saca.sim.embedded import sim as embedded
+
+    assert (DEPTH_NEAR, DEPTH_FAR) == (embedded.NEAR, embedded.FAR)
+
+
+# --- defect 6: one scene load per group ---------------------------------------------------------------
+
+def test_a_group_shares_one_habitat_simulator(hs, scenes, pool):
+    ep = _episode("step.glb", (1.0, 0.0, 0.0), EAST, (2.0, 0.0, 0.0))
+    group = [_sim(scenes, pool) for _ in range(8)]
+    for k, sim in enumerate(group):
+        sim.reset(ep)
+        for _ in range(k % 4):
+            sim.step(Action.MOVE_FORWARD)
+    assert len(hs.LOG["simulators"]) == 1 and len(pool) == 1
+    assert pool.refs(group[0]._shared.key) == 8
+    for k in (3, 0, 2, 1, 7):  # each render shows its own agent's pose, whatever rendered before
+        frame = group[k].observe().rgb
+        assert frame[0, 0, 0] == int(round((1.0 + 0.25 * (k % 4)) * 40)) % 256
+    other = _sim(scenes, pool, instance=False)  # other render settings: another load
+    other.load_scene("step.glb")
+    assert len(hs.LOG["simulators"]) == 2 and len(pool) == 2
+    other.close()
+    for sim in group[:7]:
+        sim.close()
+    assert hs.LOG["closed"] == 1 and not group[7]._shared.sim.closed
+    group[7].close()
+    assert hs.LOG["closed"] == 2 and len(pool) == 0
+
+
+def test_a_sole_user_reconfigures_and_a_shared_scene_stays_open(hs, scenes, pool):
+    a, b = _sim(scenes, pool), _sim(scenes, pool)
+    a.load_scene("step.glb")
+    a.load_scene("L.glb")  # its only user: the same habitat simulator, reconfigured
+    assert len(hs.LOG["simulators"]) == 1 and hs.LOG["reconfigure"] == 1 and hs.LOG["closed"] == 0
+    b.load_scene("L.glb")
+    b.load_scene("step.glb")  # L.glb is shared with a: a new load, L.glb stays open
+    assert len(hs.LOG["simulators"]) == 2 and hs.LOG["reconfigure"] == 1 and len(pool) == 2
+    assert a.geodesic_distance((0.5, 0.0, 0.5), (7.5, 0.0, -6.5)) == pytest.approx(
+        math.hypot(6.5, 0.5) + math.hypot(0.5, 6.5))
+    with pytest.raises(SacaError, match="unknown scene: .*nowhere.glb"):
+        a.load_scene("nowhere.glb")
+    assert a._scene_id == "L.glb"  # an unknown scene leaves the loaded one alone
+    a.close()
+    b.close()
+    assert len(pool) == 0 and hs.LOG["closed"] == 2
+
+
+def test_a_dropped_simulator_lets_go_of_its_scene(hs, scenes, pool):
+    import gc
+
+    a, b = _sim(scenes, pool), _sim(scenes, pool)
+    a.load_scene("step.glb")
+    b.load_scene("step.glb")
+    key = a._shared.key
+    del a
+    gc.collect()
+    assert pool.refs(key) == 1 and hs.LOG["closed"] == 0
+    del b
+    gc.collect()
+    assert len(pool) == 0 and hs.LOG["closed"] == 1
