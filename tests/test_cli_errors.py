@@ -43,6 +43,10 @@ COMMANDS = {
                      "--audit": IN, "--out": OUT_FILE},
     "report": {"--notebook": IN, "--out": OUT_FILE},
     "report-index": {"--reports": "table2.html=Table 2", "--out": OUT_FILE},
+    "download-mp3d": {"--download-dir": OUT_DIR, "--out": OUT_DIR},
+    "download-archive": {"--url": "http://127.0.0.1:9/none.zip", "--archive": OUT_FILE, "--out": OUT_DIR},
+    "download-model": {"--repo-id": "org/name", "--out": OUT_DIR},
+    "download-verify": {"--path": IN},
 }
 # the config section each command's --params holds
 PARAMS_SECTION = {

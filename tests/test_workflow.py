@@ -309,8 +309,9 @@ def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):
         "rft": {"gpu": 4, "cpus_per_gpu": 8, "mem_mb": 256000, "runtime": 2880},
         "evaluate": {"gpu": 1, "cpus_per_gpu": 8, "mem_mb": 64000, "runtime": 240},
         "audit": {"gpu": 1, "cpus_per_gpu": 8, "mem_mb": 64000, "runtime": 240}}}))
-    r = snakemake("--profile", "slurm", "-n", "all", "--sdm", "env-modules", "--configfile", "config/smoke.yaml",
-                  str(gpus), "--nolock", "--config", f"results={tmp_path / 'results'}")
+    # the mini world in full (the profile's own config/paper.yaml is replaced by the files given here)
+    r = snakemake("--profile", "slurm", "-n", "all", "--sdm", "env-modules", "--configfile", "config/config.yaml",
+                  "config/smoke.yaml", str(gpus), "--nolock", "--config", f"results={tmp_path / 'results'}")
     assert r.returncode == 0, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "Using profiles slurm" in out
@@ -324,7 +325,7 @@ def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):
     sft_res, sft_block = blocks[("sft", "mix=r2r_rxr")]
     assert "gpu=8" in sft_res and "gpu_model=a100" in sft_res and "cpus_per_gpu=8" in sft_res
     assert "torchrun --standalone --nproc_per_node 8 -m saca sft" in sft_block
-    rft_res, rft_block = blocks[("rft", "variant=saca")]
+    rft_res, rft_block = blocks[("rft", "variant=saca, seed=0")]
     assert "gpu=4" in rft_res and "torchrun --standalone --nproc_per_node 4 -m saca rft" in rft_block
     policy_eval = next(v[0] for k, v in blocks.items() if k[0] == "evaluate" and "run=sft" in k[1])
     reference_eval = next(v[0] for k, v in blocks.items() if k[0] == "evaluate" and "run=random" in k[1])

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "saca.commands.train",
     "saca.commands.auditor",
     "saca.commands.report",
+    "saca.commands.download",
 )
 
 

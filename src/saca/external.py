@@ -78,21 +78,26 @@ def check_deepspeed_config(path: str | os.PathLike, key: str = "sft.deepspeed") 
     return data
 
 
-def check_foundation_paths(foundation: dict, modules, key: str = "auditor.foundation") -> None:
-    """The model directories the foundation auditor backend loads for ``modules``."""
+def check_foundation_paths(foundation: dict, modules, key: str = "auditor.foundation", made=None) -> None:
+    """The model directories the foundation auditor backend loads for ``modules``; ``made(path)``: true for a
+    folder a workflow rule makes (a download), which is not checked."""
     get = lambda name, default="": foundation.get(name, default)  # noqa: E731
     from saca.auditor.config import FoundationConfig
 
+    def check(path, name):
+        if not (made is not None and path and made(path)):
+            check_model_dir(path, f"{key}.{name}")
+
     defaults = FoundationConfig()
-    check_model_dir(get("clip_path", defaults.clip_path), f"{key}.clip_path")
+    check(get("clip_path", defaults.clip_path), "clip_path")
     if "box" in modules or "mask" in modules:
-        check_model_dir(get("gdino_path", defaults.gdino_path), f"{key}.gdino_path")
+        check(get("gdino_path", defaults.gdino_path), "gdino_path")
     if "mask" in modules:
         sam3, sam = get("sam3_path", defaults.sam3_path), get("sam_path", defaults.sam_path)
-        if sam3 and (Path(sam3).is_dir() or not sam):
-            check_model_dir(sam3, f"{key}.sam3_path")
+        if sam3 and (Path(sam3).is_dir() or not sam or (made is not None and made(sam3))):
+            check(sam3, "sam3_path")
         elif sam:
-            check_model_dir(sam, f"{key}.sam_path")
+            check(sam, "sam_path")
         else:
             raise SacaError(f"{key}: the mask module needs sam3_path or sam_path (or drop 'mask' from auditor.modules)")
 
@@ -104,15 +109,37 @@ def _inside(path: str, root: str | None) -> bool:
     return p == r or r in p.parents
 
 
-def check_config_paths(config: dict, produced_under: str | None = None) -> None:
+def download_targets(config: dict) -> list[str]:
+    """The folders the download rules of ``config`` make (``workflow/rules/download.smk``): the MP3D scenes, the
+    episode archives' folders and each model's folder."""
+    dl = config.get("downloads") or {}
+    data, models = dl.get("data_dir", "data"), dl.get("models_dir", "models")
+    out = [f"{data}/scene_datasets/mp3d"] if dl.get("mp3d") else []
+    out += [f"{data}/datasets/{n}" for n in dl.get("episodes") or {}]
+    out += [f"{models}/{n}" for n in dl.get("models") or {}]
+    return out
+
+
+def check_config_paths(config: dict, produced_under: str | os.PathLike | list | tuple | None = None) -> None:
     """Check every external path of a (schema-valid) workflow config; SacaError naming the first bad key.
 
-    Paths under ``produced_under`` (the results directory) are made by the workflow's
-    own rules, which then are inputs of the rules that read them, and are not checked.
+    Paths under ``produced_under`` (the results directory, and the folders of the config's download rules:
+    :func:`download_targets`) are made by the workflow's own rules, which then are inputs of the rules that read
+    them, and are not checked.
     """
+    if isinstance(produced_under, (list, tuple)):
+        produced = [str(p) for p in produced_under]
+    else:
+        produced = [str(produced_under)] if produced_under else []
+    produced += download_targets(config)
+    return _check_config_paths(config, produced)
+
+
+def _check_config_paths(config: dict, produced: list[str]) -> None:
+    made = lambda path: any(_inside(str(path), root) for root in produced)  # noqa: E731
     policy = config.get("policy", {})
     model = policy.get("model", "embedded")
-    if model != "embedded" and not _inside(model, produced_under):
+    if model != "embedded" and not made(model):
         check_policy_reference(model, "policy.model")
     deepspeed = config.get("sft", {}).get("deepspeed")
     if deepspeed:
@@ -121,9 +148,12 @@ def check_config_paths(config: dict, produced_under: str | None = None) -> None:
     if landmarks.get("extractor") == "llm":
         from saca.landmarks import LandmarkConfig
 
-        check_model_dir(landmarks.get("model_path", LandmarkConfig().model_path), "landmarks.model_path")
+        path = landmarks.get("model_path", LandmarkConfig().model_path)
+        if not made(path):
+            check_model_dir(path, "landmarks.model_path")
     auditor = config.get("auditor", {})
     if auditor.get("backend") == "foundation":
         from saca.auditor.config import AuditorConfig
 
-        check_foundation_paths(auditor.get("foundation", {}), auditor.get("modules", AuditorConfig().modules))
+        check_foundation_paths(auditor.get("foundation", {}), auditor.get("modules", AuditorConfig().modules),
+                               made=made)

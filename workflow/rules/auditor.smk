@@ -7,11 +7,18 @@
 # The runs audited are auditor.runs (run names of evaluate.smk's RUN_AGENTS), on auditor.splits.
 
 AUDITOR = config["auditor"]
+# the foundation backend's model folders that a download rule makes: inputs of the audits (and of SACA's RFT)
+FOUNDATION_MODELS = (
+    downloaded(*(AUDITOR["foundation"].get(k) for k in ("clip_path", "gdino_path", "sam3_path", "sam_path")))
+    if AUDITOR["backend"] == "foundation"
+    else []
+)
 AUDIT_DIR = f"{RESULTS}/{{dataset}}/audit/{{run}}/{{split}}"
 
 
 rule landmarks:
     input:
+        downloaded(config["landmarks"]["model_path"]) if config["landmarks"]["extractor"] == "llm" else [],
         episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
         code=code("landmarks"),
     output:
@@ -23,6 +30,8 @@ rule landmarks:
     conda:
         "../../envs/saca.yaml"
     threads: 1
+    resources:
+        **rule_resources("landmarks", gpu=config["landmarks"]["extractor"] == "llm"),
     params:
         cfg=as_json(config["landmarks"]),
         episodes=lambda wc, input: Path(input.episodes).parent,
@@ -37,6 +46,7 @@ AUDIT_INPUTS = dict(
     episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
     scenes=f"{RESULTS}/scenes/index.json",
     code=code("audit"),
+    models=FOUNDATION_MODELS,
 )
 AUDIT_PARAMS = dict(
     eval_dir=lambda wc, input: Path(input.eval).parent,
@@ -69,7 +79,7 @@ rule audit:
         "../../envs/saca.yaml"
     threads: 2
     resources:
-        **rule_resources("audit", gpu=AUDITOR["backend"] == "foundation"),
+        **(rule_resources("audit") if AUDITOR["backend"] == "foundation" else render_resources()),
         # how many episodes one batched audit holds: batching only (the results do not depend on it), so it is a
         # resource, which Snakemake does not compare when deciding what to rerun, not a param
         audit_group=AUDITOR["group_size"],

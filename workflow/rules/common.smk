@@ -63,6 +63,26 @@ def rule_resources(kind, gpu=True):
     }
 
 
+def dataset_backend(dataset):
+    return config["datasets"][dataset]["backend"]
+
+
+def render_resources(gpu_if=lambda w: False):
+    """Per-job resources of a rule that drives a simulator: a habitat dataset renders on a GPU (EGL), from
+    ``resources.render``; ``gpu_if(wildcards)`` says when the job needs one anyway (a policy evaluation)."""
+    keys = rule_resources("render")
+    return {
+        k: (
+            lambda w, _k=k: (
+                rule_resources("evaluate")[_k]
+                if gpu_if(w)
+                else rule_resources("render", gpu=dataset_backend(w.dataset) == "habitat")[_k]
+            )
+        )
+        for k in keys
+    }
+
+
 def launcher(kind):
     """``python`` for one process, ``torchrun`` with one process per GPU when a job has several."""
     n = int(RESOURCES.get(kind, {}).get("gpu", 0))
@@ -179,6 +199,8 @@ def sft_inputs(wildcards):
         inputs["init"] = POLICY_INIT
     elif Path(os.path.abspath(POLICY["model"])).is_relative_to(os.path.abspath(RESULTS)):
         inputs["init"] = POLICY["model"]  # a checkpoint this workflow makes: an input (checked paths are not)
+    else:
+        inputs["model"] = downloaded(POLICY["model"])  # a download rule's model folder (its manifest), if one
     return inputs
 
 
@@ -211,6 +233,9 @@ def rft_inputs(wildcards):
         inputs["train"] = [f"{RESULTS}/{d}/episodes/train.json.gz" for d in RFT_DATASETS]
     if "auditor" in v:  # the SACA switches audit the rollouts against the output of the landmarks rule
         inputs["landmarks"] = [f"{RESULTS}/{d}/landmarks/train.jsonl" for d in RFT_DATASETS]
+        if v["auditor"].get("backend") == "foundation":  # ... with the downloaded foundation models
+            f = v["auditor"].get("foundation", {})
+            inputs["models"] = downloaded(*(f.get(k) for k in ("clip_path", "gdino_path", "sam3_path", "sam_path")))
     else:
         inputs["vln_ego"] = [f"{RESULTS}/{d}/vln_ego/train" for d in RFT_DATASETS]
     return inputs

@@ -1,24 +1,55 @@
-# Data: embedded scenes, VLN-CE episodes, VLN-Ego samples, previews.
+# Data: scenes (embedded houses, or the downloaded MP3D scenes linked), VLN-CE episodes (generated in the embedded
+# world, or imported from the R2R-CE / RxR-CE archives: datasets.NAME.source), VLN-Ego samples, previews.
+
+SCENES = config["scenes"]
+# datasets whose episodes are imported from a download (saca episodes-import) and those generated (saca episodes)
+IMPORTED = [d for d in DATASETS if config["datasets"][d].get("source")]
+GENERATED = [d for d in DATASETS if d not in IMPORTED]
 
 
-rule scenes:
-    input:
-        code=code("scenes"),
-    output:
-        index=f"{RESULTS}/scenes/index.json",
-        scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
-    log:
-        f"{RESULTS}/logs/scenes.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/scenes.tsv"
-    conda:
-        "../../envs/saca.yaml"
-    threads: 1
-    params:
-        cfg=as_json(config["scenes"]),
-        out=lambda wc, output: Path(output.index).parent,
-    shell:
-        "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
+def one_of(names):
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+if SCENES["backend"] == "habitat":
+
+    rule scenes:
+        input:
+            downloaded(f"{SCENES['dir']}/mp3d"),
+            code=code("scenes"),
+        output:
+            index=f"{RESULTS}/scenes/index.json",
+        log:
+            f"{RESULTS}/logs/scenes.log",
+        conda:
+            "../../envs/saca.yaml"
+        threads: 1
+        params:
+            cfg=as_json(SCENES),
+            out=lambda wc, output: Path(output.index).parent,
+        shell:
+            "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
+
+else:
+
+    rule scenes:
+        input:
+            code=code("scenes"),
+        output:
+            index=f"{RESULTS}/scenes/index.json",
+            scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
+        log:
+            f"{RESULTS}/logs/scenes.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/scenes.tsv"
+        conda:
+            "../../envs/saca.yaml"
+        threads: 1
+        params:
+            cfg=as_json(SCENES),
+            out=lambda wc, output: Path(output.index).parent,
+        shell:
+            "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule episodes:
@@ -32,6 +63,8 @@ rule episodes:
         f"{RESULTS}/logs/{{dataset}}/episodes_{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/{{dataset}}/episodes_{{split}}.tsv"
+    wildcard_constraints:
+        dataset=one_of(GENERATED),
     conda:
         "../../envs/saca.yaml"
     threads: 1
@@ -44,6 +77,38 @@ rule episodes:
         "python -m saca episodes --dataset {wildcards.dataset} --split {wildcards.split} "
         "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
         "--out {params.out} > {log} 2>&1"
+
+
+def episode_source(wildcards):
+    return config["datasets"][wildcards.dataset]["source"]
+
+
+rule episodes_import:
+    input:
+        lambda wc: downloaded(episode_source(wc)["dir"]),
+        code=code("episodes-import"),
+    output:
+        episodes=f"{RESULTS}/{{dataset}}/episodes/{{split}}.json.gz",
+        gt=f"{RESULTS}/{{dataset}}/episodes/{{split}}_gt.json.gz",
+    log:
+        f"{RESULTS}/logs/{{dataset}}/episodes_{{split}}.log",
+    wildcard_constraints:
+        dataset=one_of(IMPORTED),
+    conda:
+        "../../envs/saca.yaml"
+    threads: 1
+    params:
+        src=lambda wc: episode_source(wc)["dir"],
+        fmt=lambda wc: episode_source(wc)["format"],
+        out=lambda wc, output: Path(output.episodes).parent,
+        opts=lambda wc: " ".join(
+            f"--{k} {shlex.quote(v if isinstance(v, str) else ','.join(v))}"
+            for k, v in ((k, episode_source(wc).get(k)) for k in ("role", "languages"))
+            if v
+        ),
+    shell:
+        "python -m saca episodes-import --format {params.fmt} --src {params.src:q} --split {wildcards.split}"
+        " --out {params.out} {params.opts} > {log} 2>&1"
 
 
 rule vln_ego:
@@ -61,6 +126,8 @@ rule vln_ego:
     conda:
         "../../envs/saca.yaml"
     threads: 1
+    resources:
+        **render_resources(),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc)),
@@ -86,6 +153,8 @@ rule preview:
     conda:
         "../../envs/saca.yaml"
     threads: 1
+    resources:
+        **render_resources(),
     params:
         sim=as_json(config["sim"]),
         ds=lambda wc: as_json(dataset_cfg(wc, "val_unseen")),

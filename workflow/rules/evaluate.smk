@@ -25,11 +25,9 @@ EVAL_CMD = (
     " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {params.scenes}"
     " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out}"
 )
-# a policy's evaluation runs on a GPU where resources.evaluate asks for one; a reference agent's never does
-EVAL_RESOURCES = {
-    k: (lambda w, _k=k: rule_resources("evaluate", gpu=w.run not in REFERENCE_AGENTS)[_k])
-    for k in rule_resources("evaluate")
-}
+# a policy's evaluation runs on a GPU where resources.evaluate asks for one; a reference agent's only to render
+# (and on a habitat dataset every evaluation renders on a GPU: resources.render)
+EVAL_RESOURCES = render_resources(gpu_if=lambda w: w.run not in REFERENCE_AGENTS)
 EVAL_PARAMS = dict(
     out=eval_dir,
     dataset_dir=lambda w, input: Path(input.episodes).parent.parent,

@@ -38,7 +38,7 @@ rule policy_init:
         "../../envs/saca.yaml"
     threads: 1
     params:
-        cfg=as_json(POLICY["init"]),
+        cfg=as_json(POLICY.get("init", {})),
     shell:
         "OMP_NUM_THREADS={threads} python -m saca policy-init --params {params.cfg} --out {output} > {log} 2>&1"
 

@@ -54,7 +54,9 @@ rule rft:
         agent=as_json(AGENT_PARAMS),
         sim=as_json(config["sim"]),
         # what the simulator needs of each dataset (the episode counts reach the job as its input files)
-        datasets=as_json({d: {k: config["datasets"][d][k] for k in ("backend", "turn_angle")} for d in RFT_DATASETS}),
+        datasets=as_json(
+            {d: {k: v for k, v in config["datasets"][d].items() if k in ("backend", "turn_angle", "sim")} for d in RFT_DATASETS}
+        ),
         data=" ".join(f"{d}={RESULTS}/{d}" for d in RFT_DATASETS),
         vln_ego=lambda w, input: " ".join(input.vln_ego) if hasattr(input, "vln_ego") else "",
         landmarks=lambda w, input: (

@@ -43,11 +43,22 @@ class DatasetConfig:
     seed: int = 0
     episodes: dict = field(default_factory=lambda: {"train": 100, "val_seen": 20, "val_unseen": 20})
     sim: dict = field(default_factory=dict)  # overrides of the global ``sim`` section for this dataset (saca.sim.dataset_sim_config)
+    # real episodes, imported instead of generated (saca.episodes.vlnce; docs/vlnce.md):
+    # {format: r2r_ce | rxr_ce, dir: the extracted archive, role: rxr_ce roles, languages: rxr_ce languages}
+    source: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
         from saca.sim import check_dataset_sim
 
         check_dataset_sim(self.sim, where)
+        if self.source:
+            unknown = sorted(set(self.source) - {"format", "dir", "role", "languages"})
+            if unknown:
+                raise SacaError(f"unknown config key '{where}.source.{unknown[0]}'; known: format, dir, role, languages")
+            if self.source.get("format") not in ("r2r_ce", "rxr_ce"):
+                raise SacaError(f"{where}.source.format: 'r2r_ce' or 'rxr_ce', got {self.source.get('format')!r}")
+            if not self.source.get("dir"):
+                raise SacaError(f"{where}.source.dir: the extracted episode archive (data/datasets/...)")
         if self.style not in PATH_LIMITS:
             raise SacaError(f"{where}.style: unknown style '{self.style}' (r2r or rxr)")
         lo, hi = self.landmarks
