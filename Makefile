@@ -3,7 +3,7 @@
 PYTHON ?= python3
 CORES ?= 2
 
-.PHONY: install workflow smoke test lint bench clean
+.PHONY: install workflow smoke test lint bench screenshots clean
 
 install: .installed
 
@@ -29,6 +29,13 @@ test: .installed
 lint: .installed
 	$(PYTHON) -m snakemake --lint --nolock --config results=.lint-results
 	$(PYTHON) -m snakefmt --check Snakefile workflow/rules/
+
+# PNG screenshots of the rendered reports (headless Chromium: apt install chromium), to look at them
+REPORTS ?= results/reports
+screenshots:
+	mkdir -p $(REPORTS)/screenshots
+	for f in $(REPORTS)/*.html; do chromium --headless --no-sandbox --disable-gpu --hide-scrollbars \
+	  --window-size=1300,1500 --screenshot=$(REPORTS)/screenshots/$$(basename $$f .html).png "file://$$(realpath $$f)"; done
 
 bench: .installed
 	$(PYTHON) benchmarks/sim_fps.py

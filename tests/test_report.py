@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from saca import SacaError
-from saca.report import appendix_a, comparison, fig5_curves, paper_numbers, table_variants
+from saca.report import appendix_a, comparison, fig5_curves, paper_numbers, table_variants, training_curves
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper-numbers.csv"
@@ -116,6 +116,26 @@ def test_fig5_and_appendix_a_read_their_inputs(tmp_path):
     s.parent.mkdir(parents=True)
     s.write_text(json.dumps({"appendix_a": {"share": 0.25, "near_miss": 3, "failed": 12}}))
     assert appendix_a(tmp_path, ["mini_r2r"]) == {"mini_r2r": {"share": 0.25, "near_miss": 3, "failed": 12}}
+
+
+def test_training_curves_read_the_sft_and_rft_journals(tmp_path):
+    sft = tmp_path / "sft" / "mix" / "train_log.jsonl"
+    sft.parent.mkdir(parents=True)
+    sft.write_text("\n".join(json.dumps(r) for r in [
+        {"event": "start", "step": 0}, {"event": "val", "step": 0, "val_loss": {"a/val_seen": 6.0, "b/val_seen": 4.0}},
+        {"event": "train", "step": 20, "loss": 3.5}, {"event": "train", "step": 40, "loss": 2.5},
+        {"event": "val", "step": 40, "val_loss": {"a/val_seen": 2.0, "b/val_seen": 3.0}}]))
+    for seed in (0, 1):
+        log = tmp_path / "rft" / "saca" / f"s{seed}" / "train_log.jsonl"
+        log.parent.mkdir(parents=True)
+        log.write_text("\n".join(json.dumps(r) for r in [
+            {"event": "val", "step": 0, "val_sr": {"a": 0.1}},
+            {"event": "train", "step": 1, "reward_mean": 0.25 + seed, "loss": -0.5}]))
+    c = training_curves(tmp_path, ["mix"], ["saca"], seeds=[0, 1])
+    assert c["sft"] == {"mix": [(20, 3.5), (40, 2.5)]} and c["sft_val"] == {"mix": [(0, 5.0), (40, 2.5)]}
+    assert c["rft"] == {"saca/s0": [(1, 0.25, -0.5)], "saca/s1": [(1, 1.25, -0.5)]}
+    with pytest.raises(SacaError, match=r"missing input .*rft/saca/s2/train_log.jsonl"):
+        training_curves(tmp_path, ["mix"], ["saca"], seeds=[2])
 
 
 @pytest.mark.slow

@@ -103,7 +103,7 @@ def test_each_rft_run_is_trained_once_and_evaluated_on_every_dataset(tmp_path):
     assert sorted(w["variant"] for rule, w in jobs if rule == "rft") == ["grpo", "saca", "ss", "ss_afr", "vlnr1"]
     evals = {(w["run"], w["dataset"]) for rule, w in jobs if rule == "evaluate"}
     assert {(f"rft-{v}-s0", d) for v in ("grpo", "ss", "ss_afr", "saca", "vlnr1") for d in ("mini_r2r", "mini_rxr")} <= evals
-    assert {w["name"] for rule, w in jobs if rule == "report"} == {"table2", "fig5", "appendix_a"}
+    assert {w["name"] for rule, w in jobs if rule == "report"} == {"table2", "fig5", "appendix_a", "training"}
 
 
 def test_every_rft_run_is_trained_and_evaluated_once_per_seed(tmp_path):
@@ -260,7 +260,7 @@ def test_editing_one_variant_reruns_only_that_variant(smoke_run, tmp_path):
     assert jobs
     for rule, w in jobs:  # the variant's jobs and the reports that show it
         assert (w.get("variant") == "saca" or w.get("run") == "rft-saca-s0" or rule == "report_index"
-                or (rule == "report" and w["name"] in ("table2", "fig5"))), (rule, w)
+                or (rule == "report" and w["name"] in ("table2", "fig5", "training"))), (rule, w)
     assert ("report", {"name": "appendix_a"}) not in jobs
 
 
@@ -296,7 +296,7 @@ def test_editing_a_module_reruns_only_the_rules_that_import_it(smoke_run):
     assert any(rule == "rft" for rule, _ in jobs)
     for rule, w in jobs:
         assert (w.get("variant") or w.get("run", "").startswith("rft-") or rule == "report_index"
-                or (rule == "report" and w["name"] in ("table2", "fig5"))), (rule, w)
+                or (rule == "report" and w["name"] in ("table2", "fig5", "training"))), (rule, w)
 
 
 def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):

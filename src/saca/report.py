@@ -105,7 +105,7 @@ def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mappin
         return cache[key]
 
     out = []
-    for r in sorted(rows, key=lambda r: (int(r["row"] or 0), r["benchmark"], r["metric"])):
+    for r in sorted(rows, key=lambda r: int(r["row"] or 0)):  # stable: each row's benchmarks and metrics in the paper's order
         rec = {"row": int(r["row"] or 0), "label": r["label"], "variant": r["variant"], "benchmark": r["benchmark"],
                "metric": r["metric"], "paper": r["value"], "reproduced": None, "spread": None, "seeds": 0,
                "delta": None, "status": "paper only"}
@@ -151,6 +151,33 @@ def fig5_curves(results, variants: Sequence[str], seeds: Sequence[int] | None = 
             sr = {d: sum(p[step][d] for p in per_seed) / len(per_seed) for d in per_seed[0][step]}
             curve.append((step, sum(sr.values()) / len(sr), sr))
         out[v] = curve
+    return out
+
+
+def _journal(path: Path, what: str) -> list[dict]:
+    if not path.is_file():
+        raise SacaError(f"report training: missing input {path} ({what})")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def training_curves(results, mixes: Sequence[str], variants: Sequence[str], seeds: Sequence[int] | None = None) -> dict:
+    """The training curves of the journals (``train_log.jsonl``): ``sft[mix]`` = [(step, training loss)],
+    ``sft_val[mix]`` = [(step, mean validation loss over the validation splits)], ``rft[label]`` = [(update, mean
+    reward, loss)] for every variant and seed (label ``{variant}/s{seed}``). A missing journal names it."""
+    out: dict = {"sft": {}, "sft_val": {}, "rft": {}}
+    for mix in mixes:
+        rows = _journal(Path(results) / "sft" / mix / "train_log.jsonl", f"the SFT journal of mix '{mix}'")
+        out["sft"][mix] = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("event") == "train" and "loss" in r]
+        out["sft_val"][mix] = [(int(r["step"]), sum(r["val_loss"].values()) / len(r["val_loss"]))
+                               for r in rows if r.get("event") == "val" and r.get("val_loss")]
+    for v in variants:
+        for seed in [None] if seeds is None else seeds:
+            run = Path(results) / "rft" / v
+            run = run if seed is None else run / f"s{seed}"
+            rows = _journal(run / "train_log.jsonl", f"the training log of variant '{v}'")
+            label = v if seed is None else f"{v}/s{seed}"
+            out["rft"][label] = [(int(r["step"]), float(r.get("reward_mean", 0.0)), float(r.get("loss", 0.0)))
+                                 for r in rows if r.get("event") == "train"]
     return out
 
 

@@ -68,7 +68,7 @@ def dataset_backend(dataset):
 
 
 def render_resources(gpu_if=lambda w: False):
-    """Per-job resources of a rule that drives a simulator: a habitat dataset renders on a GPU (EGL), from
+    """Per-job resources of the jobs that drive a simulator. A habitat dataset renders on a GPU (EGL), from
     ``resources.render``; ``gpu_if(wildcards)`` says when the job needs one anyway (a policy evaluation)."""
     keys = rule_resources("render")
     return {
@@ -268,6 +268,10 @@ def report_inputs(wildcards):
         inputs["runs"] = [f"{RESULTS}/rft/{v}/s{s}/final" for v in FIG5 for s in SEEDS]
     elif name == "appendix_a":
         inputs["audits"] = [f"{RESULTS}/{d}/audit/sft/val_unseen/summary.json" for d in DATASETS]
+        inputs["figures"] = [f"{RESULTS}/{d}/audit/sft/val_unseen/figure.png" for d in DATASETS]
+    elif name == "training":
+        inputs["sft"] = f"{RESULTS}/sft/{RFT['sft_mix']}/final"
+        inputs["runs"] = [f"{RESULTS}/rft/{v}/s{s}/final" for v in FIG5 for s in SEEDS]
     return inputs
 
 
@@ -289,4 +293,65 @@ def report_params(wildcards):
         }
     if name == "fig5":
         return {"results": RESULTS, "variants": FIG5, "seeds": SEEDS}
-    return {"results": RESULTS, "datasets": DATASETS, "run": "sft", "split": "val_unseen"}
+    if name == "training":
+        return {"results": RESULTS, "mixes": [RFT["sft_mix"]], "variants": FIG5, "seeds": SEEDS}
+    return {
+        "results": RESULTS,
+        "datasets": DATASETS,
+        "run": "sft",
+        "split": "val_unseen",
+        "figures": [f"{RESULTS}/{d}/audit/sft/val_unseen/figure.png" for d in DATASETS],
+    }
+
+
+# --- data and downloads (rules in data.smk and download.smk) ---
+
+
+def one_of(names):
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def episode_source(wildcards):
+    return config["datasets"][wildcards.dataset]["source"]
+
+
+DOWNLOADS = config.get("downloads", {})
+DL_DATA = DOWNLOADS.get("data_dir", "data")
+DL_MODELS = DOWNLOADS.get("models_dir", "models")
+DL_MP3D = DOWNLOADS.get("mp3d", {})
+DL_EPISODES = DOWNLOADS.get("episodes", {})
+DL_MODEL_SPECS = DOWNLOADS.get("models", {})
+DL_MANIFEST = "MANIFEST.sha256"
+MP3D_DIR = f"{DL_DATA}/scene_datasets/mp3d"
+
+
+def _dl_opt(flag, value):
+    """A command-line option from a config value: nothing when empty/false, the bare flag when true."""
+    if value is None or value is False or value == "" or value == []:
+        return ""
+    if value is True:
+        return flag
+    if isinstance(value, (list, tuple)):
+        return " ".join([flag, *(shlex.quote(str(v)) for v in value)])
+    return f"{flag} {shlex.quote(str(value))}"
+
+
+def _dl_entry(section, name):
+    entries = DOWNLOADS.get(section, {})
+    if name not in entries:
+        raise ValueError(f"downloads.{section}: no entry {name!r}; defined: {', '.join(entries) or 'none'}")
+    return entries[name]
+
+
+def downloaded(*paths):
+    """The manifests of the downloads among ``paths`` (a model directory, the MP3D scene directory, an episode
+    directory): inputs of the jobs that read them, so that they run after the download. Other paths: nothing."""
+    targets = {os.path.normpath(MP3D_DIR): MP3D_DIR}
+    targets.update({os.path.normpath(f"{DL_DATA}/datasets/{n}"): f"{DL_DATA}/datasets/{n}" for n in DL_EPISODES})
+    targets.update({os.path.normpath(f"{DL_MODELS}/{n}"): f"{DL_MODELS}/{n}" for n in DL_MODEL_SPECS})
+    out = []
+    for p in paths:
+        d = targets.get(os.path.normpath(str(p))) if p else None
+        if d is not None:
+            out.append(f"{d}/{DL_MANIFEST}")
+    return out

@@ -7,10 +7,6 @@ IMPORTED = [d for d in DATASETS if config["datasets"][d].get("source")]
 GENERATED = [d for d in DATASETS if d not in IMPORTED]
 
 
-def one_of(names):
-    return "|".join(re.escape(n) for n in names) or "(?!)"
-
-
 if SCENES["backend"] == "habitat":
 
     rule scenes:
@@ -77,10 +73,6 @@ rule episodes:
         "python -m saca episodes --dataset {wildcards.dataset} --split {wildcards.split} "
         "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
         "--out {params.out} > {log} 2>&1"
-
-
-def episode_source(wildcards):
-    return config["datasets"][wildcards.dataset]["source"]
 
 
 rule episodes_import:

@@ -15,52 +15,7 @@
 # before anything is fetched. The code of saca.download is deliberately not an input: editing it must not fetch
 # 15 GB again; what is downloaded is pinned by the params (URL, sha256, revision), which do rerun the job.
 
-DOWNLOADS = config.get("downloads", {})
-DL_DATA = DOWNLOADS.get("data_dir", "data")
-DL_MODELS = DOWNLOADS.get("models_dir", "models")
-DL_MP3D = DOWNLOADS.get("mp3d", {})
-DL_EPISODES = DOWNLOADS.get("episodes", {})
-DL_MODEL_SPECS = DOWNLOADS.get("models", {})
-DL_MANIFEST = "MANIFEST.sha256"
-MP3D_DIR = f"{DL_DATA}/scene_datasets/mp3d"
-
-
-def _dl_opt(flag, value):
-    """A command-line option from a config value: nothing when empty/false, the bare flag when true."""
-    if value is None or value is False or value == "" or value == []:
-        return ""
-    if value is True:
-        return flag
-    if isinstance(value, (list, tuple)):
-        return " ".join([flag, *(shlex.quote(str(v)) for v in value)])
-    return f"{flag} {shlex.quote(str(value))}"
-
-
-def _dl_one_of(names):
-    import re
-
-    return "|".join(re.escape(n) for n in names) or "(?!)"
-
-
-def _dl_entry(section, name):
-    entries = DOWNLOADS.get(section, {})
-    if name not in entries:
-        raise ValueError(f"downloads.{section}: no entry {name!r}; defined: {', '.join(entries) or 'none'}")
-    return entries[name]
-
-
-def downloaded(*paths):
-    """The manifests of the downloads among ``paths`` (a model directory, the MP3D scene directory, an episode
-    directory): inputs for a rule that reads them, so that it runs after the download. Other paths: nothing."""
-    targets = {os.path.normpath(MP3D_DIR): MP3D_DIR}
-    targets.update({os.path.normpath(f"{DL_DATA}/datasets/{n}"): f"{DL_DATA}/datasets/{n}" for n in DL_EPISODES})
-    targets.update({os.path.normpath(f"{DL_MODELS}/{n}"): f"{DL_MODELS}/{n}" for n in DL_MODEL_SPECS})
-    out = []
-    for p in paths:
-        d = targets.get(os.path.normpath(str(p))) if p else None
-        if d is not None:
-            out.append(f"{d}/{DL_MANIFEST}")
-    return out
+# DOWNLOADS, DL_* and the helpers (downloaded, _dl_opt, _dl_entry) are in common.smk.
 
 
 localrules:
@@ -80,7 +35,7 @@ rule download_scenes:
     threads: 1
     params:
         download_dir=f"{DL_DATA}/downloads/mp3d",
-        out=MP3D_DIR,
+        out=lambda w, output: os.path.dirname(output[0]),
         opts=" ".join(
             o
             for o in (
@@ -104,7 +59,7 @@ rule download_episodes:
     log:
         f"{RESULTS}/logs/download/{{name}}.log",
     wildcard_constraints:
-        name=_dl_one_of(DL_EPISODES),
+        name=one_of(DL_EPISODES),
     conda:
         "../../envs/saca.yaml"
     threads: 1
@@ -134,7 +89,7 @@ rule download_model:
     log:
         f"{RESULTS}/logs/download/model_{{name}}.log",
     wildcard_constraints:
-        name=_dl_one_of(DL_MODEL_SPECS),
+        name=one_of(DL_MODEL_SPECS),
     conda:
         "../../envs/saca.yaml"
     threads: 1

@@ -2,7 +2,8 @@
 #
 # report        results/reports/{name}.html (+ the executed .ipynb): table1..table5 (the paper's numbers beside
 #               this workflow's, config/paper-numbers.csv), fig5 (validation SR against the RL update),
-#               appendix_a (the share of failed episodes with rho > 0.5); a papermill-executed notebook each
+#               appendix_a (the share of failed episodes with rho > 0.5, the PGSA figures), training (SFT and RFT
+#               curves from the journals); a papermill-executed notebook each
 # report_index  results/reports/index.html
 # table1 ... table5, fig5, appendix_a, reports: per-table targets (each builds what its report shows)
 # Include after rft.smk and auditor.smk.
@@ -20,7 +21,12 @@ for _b, _d in BENCHMARKS.items():
     if _d not in DATASETS:
         sys.exit(f"config error: reports.benchmarks.{_b}: '{_d}' is not in 'datasets'")
 FIG5 = REPORTS.get("fig5", ["grpo", "ss", "saca"])
-REPORT_NAMES = {**{t: f"Table {t[-1]}" for t in TABLES}, "fig5": "Fig. 5", "appendix_a": "Appendix A"}
+REPORT_NAMES = {
+    **{t: f"Table {t[-1]}" for t in TABLES},
+    "fig5": "Fig. 5",
+    "appendix_a": "Appendix A",
+    "training": "Training curves",
+}
 for _n in REPORTS.get("build", []):
     if _n not in REPORT_NAMES:
         sys.exit(f"config error: reports.build: '{_n}' is not a report ({', '.join(REPORT_NAMES)})")
@@ -43,7 +49,7 @@ rule report:
         "python -m saca report --notebook {input.notebook} --parameters {params.cfg} --out {output} > {log} 2>&1"
 
 
-BUILT_REPORTS = REPORTS.get("build", ["table2", "fig5", "appendix_a"])
+BUILT_REPORTS = REPORTS.get("build", ["table2", "fig5", "appendix_a", "training"])
 
 
 rule report_index:

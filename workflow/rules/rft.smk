@@ -55,7 +55,10 @@ rule rft:
         sim=as_json(config["sim"]),
         # what the simulator needs of each dataset (the episode counts reach the job as its input files)
         datasets=as_json(
-            {d: {k: v for k, v in config["datasets"][d].items() if k in ("backend", "turn_angle", "sim")} for d in RFT_DATASETS}
+            {
+                d: {k: v for k, v in config["datasets"][d].items() if k in ("backend", "turn_angle", "sim")}
+                for d in RFT_DATASETS
+            }
         ),
         data=" ".join(f"{d}={RESULTS}/{d}" for d in RFT_DATASETS),
         vln_ego=lambda w, input: " ".join(input.vln_ego) if hasattr(input, "vln_ego") else "",
