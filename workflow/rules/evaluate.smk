@@ -57,7 +57,7 @@ if EVAL["shards"] == 1:
             f"{RESULTS}/benchmarks/evaluate/{{dataset}}/{{run}}/{{split}}.tsv"
         conda:
             "../../envs/saca.yaml"
-        threads: 2
+        threads: 1  # a second thread does not speed up an evaluation; two evaluations at once do (README, Benchmarks)
         resources:
             **EVAL_RESOURCES,
         params:
@@ -82,7 +82,7 @@ else:
             nshards=r"\d+",
         conda:
             "../../envs/saca.yaml"
-        threads: 2
+        threads: 1  # a second thread does not speed up an evaluation; two evaluations at once do (README, Benchmarks)
         resources:
             **EVAL_RESOURCES,
         params:
