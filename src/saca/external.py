@@ -114,28 +114,20 @@ def download_targets(config: dict) -> list[str]:
     episode archives' folders and each model's folder."""
     dl = config.get("downloads") or {}
     data, models = dl.get("data_dir", "data"), dl.get("models_dir", "models")
-    out = [f"{data}/scene_datasets/mp3d"] if dl.get("mp3d") else []
+    out = [f"{data}/scene_datasets/mp3d"]  # rule download_scenes exists in every config
     out += [f"{data}/datasets/{n}" for n in dl.get("episodes") or {}]
     out += [f"{models}/{n}" for n in dl.get("models") or {}]
     return out
 
 
-def check_config_paths(config: dict, produced_under: str | os.PathLike | list | tuple | None = None) -> None:
+def check_config_paths(config: dict, produced_under: str | None = None) -> None:
     """Check every external path of a (schema-valid) workflow config; SacaError naming the first bad key.
 
-    Paths under ``produced_under`` (the results directory, and the folders of the config's download rules:
-    :func:`download_targets`) are made by the workflow's own rules, which then are inputs of the rules that read
+    Paths under ``produced_under`` (the results directory) and the folders of the config's download rules
+    (:func:`download_targets`) are made by the workflow's own rules, which then are inputs of the rules that read
     them, and are not checked.
     """
-    if isinstance(produced_under, (list, tuple)):
-        produced = [str(p) for p in produced_under]
-    else:
-        produced = [str(produced_under)] if produced_under else []
-    produced += download_targets(config)
-    return _check_config_paths(config, produced)
-
-
-def _check_config_paths(config: dict, produced: list[str]) -> None:
+    produced = ([str(produced_under)] if produced_under else []) + download_targets(config)
     made = lambda path: any(_inside(str(path), root) for root in produced)  # noqa: E731
     policy = config.get("policy", {})
     model = policy.get("model", "embedded")

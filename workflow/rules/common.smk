@@ -6,7 +6,7 @@ import shlex
 import sys
 
 from saca import SacaError
-from saca.external import check_config_paths
+from saca.external import check_config_paths, download_targets
 
 RESULTS = config.get("results", "results")
 # the seeds of every RFT run (training and evaluation): results/rft/{variant}/s{seed}, run rft-{variant}-s{seed}
@@ -111,7 +111,10 @@ def dataset_cfg(wildcards, split=None):
 
 
 def scene_ids():
+    """The embedded houses the scenes job generates; habitat scenes are downloaded, so there are none."""
     sc = config["scenes"]
+    if sc["backend"] == "habitat":
+        return []
     return [f"house_{i:03d}" for i in range(sc["train"] + sc["val_unseen"])]
 
 
@@ -346,9 +349,7 @@ def _dl_entry(section, name):
 def downloaded(*paths):
     """The manifests of the downloads among ``paths`` (a model directory, the MP3D scene directory, an episode
     directory): inputs of the jobs that read them, so that they run after the download. Other paths: nothing."""
-    targets = {os.path.normpath(MP3D_DIR): MP3D_DIR}
-    targets.update({os.path.normpath(f"{DL_DATA}/datasets/{n}"): f"{DL_DATA}/datasets/{n}" for n in DL_EPISODES})
-    targets.update({os.path.normpath(f"{DL_MODELS}/{n}"): f"{DL_MODELS}/{n}" for n in DL_MODEL_SPECS})
+    targets = {os.path.normpath(d): d for d in download_targets(config)}
     out = []
     for p in paths:
         d = targets.get(os.path.normpath(str(p))) if p else None

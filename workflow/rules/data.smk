@@ -7,45 +7,26 @@ IMPORTED = [d for d in DATASETS if config["datasets"][d].get("source")]
 GENERATED = [d for d in DATASETS if d not in IMPORTED]
 
 
-if SCENES["backend"] == "habitat":
-
-    rule scenes:
-        input:
-            downloaded(f"{SCENES['dir']}/mp3d"),
-            code=code("scenes"),
-        output:
-            index=f"{RESULTS}/scenes/index.json",
-        log:
-            f"{RESULTS}/logs/scenes.log",
-        conda:
-            "../../envs/saca.yaml"
-        threads: 1
-        params:
-            cfg=as_json(SCENES),
-            out=lambda wc, output: Path(output.index).parent,
-        shell:
-            "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
-
-else:
-
-    rule scenes:
-        input:
-            code=code("scenes"),
-        output:
-            index=f"{RESULTS}/scenes/index.json",
-            scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
-        log:
-            f"{RESULTS}/logs/scenes.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/scenes.tsv"
-        conda:
-            "../../envs/saca.yaml"
-        threads: 1
-        params:
-            cfg=as_json(SCENES),
-            out=lambda wc, output: Path(output.index).parent,
-        shell:
-            "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
+rule scenes:
+    input:
+        # habitat: the downloaded scene datasets, linked (saca scenes); embedded: none, the houses are generated
+        downloaded(f"{SCENES['dir']}/mp3d") if SCENES["backend"] == "habitat" else [],
+        code=code("scenes"),
+    output:
+        index=f"{RESULTS}/scenes/index.json",
+        scenes=expand(f"{RESULTS}/scenes/{{scene}}.json", scene=scene_ids()),
+    log:
+        f"{RESULTS}/logs/scenes.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/scenes.tsv"
+    conda:
+        "../../envs/saca.yaml"
+    threads: 1
+    params:
+        cfg=as_json(SCENES),
+        out=lambda wc, output: Path(output.index).parent,
+    shell:
+        "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
 
 
 rule episodes:
