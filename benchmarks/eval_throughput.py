@@ -5,6 +5,9 @@
     # a policy (its decisions batched over the active episodes), batch sizes interleaved over 2 repeats:
     PYTHONPATH=src python benchmarks/eval_throughput.py --dataset-dir results/mini_r2r --split val_seen \
         --agent results/sft/r2r_rxr/agent.json --batch-size 8 32 --repeats 2
+    # a policy with and without decision batching (episodes that need a decision wait for the others):
+    PYTHONPATH=src python benchmarks/eval_throughput.py --dataset-dir results/mini_r2r --agent results/sft/r2r_rxr/agent.json \
+        --batch-size 8 --waiting off on
 
 The oracle needs no pixels, so this measures the simulator's navigation
 (collision checks, geodesic distances, the teacher) plus the runner and the
@@ -54,6 +57,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--agent", default="oracle", help="oracle (default), random, forward or a policy agent spec")
     ap.add_argument("--repeats", type=int, default=1, help="rounds over the batch sizes (interleaved: paired ratios)")
+    ap.add_argument("--waiting", nargs="+", choices=["on", "off"], default=["on"],
+                    help="decision batching of a policy agent (queued_actions); off: every episode steps every tick")
     args = ap.parse_args(argv)
 
     from saca.episodes import load_split
@@ -73,31 +78,46 @@ def main(argv=None) -> int:
         rows = []
         for rep in range(args.repeats):
             for bs in args.batch_size:
-                make = lambda: EmbeddedSimulator(SimConfig(), args.turn_angle, scenes)  # noqa: E731
-                res = evaluate_split(episodes, make, agent, tmp / f"out_bs{bs}_r{rep}", EvalConfig(batch_size=bs, seed=args.seed),
-                                     args.split, args.agent)
-                rows.append({
-                    "batch_size": bs,
-                    "repeat": rep,
-                    "episodes": res["ran"],
-                    "env_steps": res["steps"],
-                    "seconds": round(res["seconds"], 3),
-                    "episodes_per_s": round(res["ran"] / res["seconds"], 2),
-                    "env_steps_per_s": round(res["steps"] / res["seconds"], 1),
-                    "SR": res["metrics"]["SR"],
-                    "SPL": round(res["metrics"]["SPL"], 4),
-                })
+                for waiting in args.waiting:
+                    if waiting == "off":
+                        agent.queued_actions = None  # the runner then steps every episode on every tick
+                    else:
+                        agent.__dict__.pop("queued_actions", None)
+                    calls0 = getattr(agent, "_calls", 0)
+                    make = lambda: EmbeddedSimulator(SimConfig(), args.turn_angle, scenes)  # noqa: E731
+                    res = evaluate_split(episodes, make, agent, tmp / f"out_bs{bs}_{waiting}_r{rep}",
+                                         EvalConfig(batch_size=bs, seed=args.seed), args.split, args.agent)
+                    rows.append({
+                        "batch_size": bs,
+                        "waiting": waiting,
+                        "repeat": rep,
+                        "episodes": res["ran"],
+                        "env_steps": res["steps"],
+                        "generate_calls": getattr(agent, "_calls", 0) - calls0,
+                        "seconds": round(res["seconds"], 3),
+                        "episodes_per_s": round(res["ran"] / res["seconds"], 2),
+                        "env_steps_per_s": round(res["steps"] / res["seconds"], 1),
+                        "SR": res["metrics"]["SR"],
+                        "SPL": round(res["metrics"]["SPL"], 4),
+                    })
     print(f"# {args.agent} evaluation throughput ({platform.processor() or platform.machine()}, "
           f"python {sys.version.split()[0]}; world built in {build_s:.1f} s)")
-    print(f"{'batch':>5} {'episodes':>8} {'steps':>7} {'seconds':>8} {'ep/s':>7} {'steps/s':>8} {'SR':>5} {'SPL':>6}")
+    print(f"{'batch':>5} {'wait':>4} {'episodes':>8} {'steps':>7} {'calls':>6} {'seconds':>8} {'ep/s':>7} "
+          f"{'steps/s':>8} {'SR':>5} {'SPL':>6}")
     for r in rows:
-        print(f"{r['batch_size']:>5} {r['episodes']:>8} {r['env_steps']:>7} {r['seconds']:>8.2f} "
-              f"{r['episodes_per_s']:>7.2f} {r['env_steps_per_s']:>8.1f} {r['SR']:>5.2f} {r['SPL']:>6.3f}")
-    base = [r["seconds"] for r in rows if r["batch_size"] == args.batch_size[0]]
-    for bs in args.batch_size[1:]:
-        ratios = [b / r["seconds"] for b, r in zip(base, (r for r in rows if r["batch_size"] == bs))]
-        print(f"speed-up of batch {bs} over batch {args.batch_size[0]} (paired per repeat): "
-              + ", ".join(f"{x:.2f}x" for x in ratios))
+        print(f"{r['batch_size']:>5} {r['waiting']:>4} {r['episodes']:>8} {r['env_steps']:>7} {r['generate_calls']:>6} "
+              f"{r['seconds']:>8.2f} {r['episodes_per_s']:>7.2f} {r['env_steps_per_s']:>8.1f} {r['SR']:>5.2f} {r['SPL']:>6.3f}")
+    # paired per repeat: steps/s of each setting over the first setting's
+    first = (args.batch_size[0], args.waiting[0])
+    for bs in args.batch_size:
+        for waiting in args.waiting:
+            if (bs, waiting) == first:
+                continue
+            ratios = [r["env_steps_per_s"] / b["env_steps_per_s"] for b, r in zip(
+                (x for x in rows if (x["batch_size"], x["waiting"]) == first),
+                (x for x in rows if (x["batch_size"], x["waiting"]) == (bs, waiting)))]
+            print(f"steps/s of batch {bs} waiting {waiting} over batch {first[0]} waiting {first[1]} "
+                  "(paired per repeat): " + ", ".join(f"{x:.2f}x" for x in ratios))
     print(json.dumps(rows))
     return 0
 

@@ -140,6 +140,52 @@ def test_random_agent_is_seeded_per_episode(tmp_path):
     assert a["metrics"]["SR"] < 0.5 and b["metrics"] == a["metrics"] and c["metrics"]["episodes"] == 6
 
 
+class ChunkAgent:
+    """Plans chunks of 1-4 actions per decision, a pure function of (episode, step): what an episode
+    does cannot depend on which episodes share a call. Records each decision call's episodes."""
+
+    name = "chunks"
+
+    def __init__(self, waits: bool):
+        self.calls = []
+        if not waits:
+            self.queued_actions = None  # the runner then steps every episode on every tick
+
+    def reset(self, contexts):
+        for c in contexts:
+            c.memory["queue"] = []
+
+    def queued_actions(self, ctx):
+        return len(ctx.memory["queue"])
+
+    def act(self, contexts):
+        deciding = [c for c in contexts if not c.memory["queue"]]
+        if deciding:
+            self.calls.append(sorted(c.episode.episode_id for c in deciding))
+        for c in deciding:
+            k = c.episode.episode_id * 7 + c.step
+            length = 1 + k % 4
+            stop_at = 20 + 9 * (c.episode.episode_id % 5)
+            c.memory["queue"] = [0 if c.step + j >= stop_at else 1 + (k + j) % 3 for j in range(length)]
+        return [c.memory["queue"].pop(0) for c in contexts]
+
+
+def test_chunked_agents_decide_together_without_changing_any_episode(tmp_path):
+    eps = make_episodes(11)
+    cfg = R.EvalConfig(batch_size=4, seed=7)
+    waiting, lockstep = ChunkAgent(waits=True), ChunkAgent(waits=False)
+    run(tmp_path, waiting, eps, cfg=cfg, name="a")
+    run(tmp_path, lockstep, eps, cfg=cfg, name="b")
+    # each episode took the same actions, positions and metrics
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+    assert sum(map(len, waiting.calls)) == sum(map(len, lockstep.calls))  # the same decisions
+    # ... in fewer, fuller calls: while 4 episodes are active, every call holds all 4
+    assert len(waiting.calls) < len(lockstep.calls) / 2
+    sizes = [len(c) for c in waiting.calls]  # 31 calls here, against 75
+    assert sizes == sorted(sizes, reverse=True) and sizes.count(4) >= len(sizes) - 4  # only the tail is smaller
+    assert max(map(len, lockstep.calls)) <= 4
+
+
 def test_step_limit_without_stop(tmp_path):
     class Spin:
         name = "spin"

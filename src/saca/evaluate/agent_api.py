@@ -34,4 +34,8 @@ class Agent(Protocol):
         """Called once for episodes that have just started (their ``memory`` is empty)."""
 
     def act(self, contexts: Sequence[EpisodeContext]) -> list[int]:
-        """Next action (``saca.sim.base.Action`` value) for each active episode."""
+        """Next action (``saca.sim.base.Action`` value) for each episode passed (once per step of each)."""
+
+    # Optional: ``queued_actions(ctx) -> int``, the actions an episode has planned (0: its next
+    # step needs a decision). An agent that has it is only passed the episodes with planned
+    # actions while there are any, so that decisions are batched (``saca.evaluate.runner``).

@@ -6,20 +6,15 @@ episodes active at once, one simulator per slot (reused from episode to
 episode; backends cache their scenes). The agent's ``act`` is called once per
 environment step with the contexts of all active episodes.
 
-Files in the output directory (``results/{dataset}/eval/{run}/{split}``, or
-``.../shards/{i}-of-{n}`` for a shard):
-
-* ``episodes.partial.jsonl``: the journal, one record per finished episode,
-  flushed and fsync'ed line by line. A killed run resumes from it and skips
-  the episodes it holds (a truncated last line from the kill is dropped).
-* ``run.json``: what the run is (agent, split, shard, episode ids, settings);
-  a resumed run with different settings is refused rather than mixed. A
-  ``run.json`` alone, without records (Snakemake deletes a rule's outputs
-  before rerunning it), describes nothing left and is replaced.
-* ``episodes.jsonl`` and ``metrics.json``: written atomically, and only
-  once every episode is done; the journal is then removed. Records are sorted
-  by their index in the split file, so a merged sharded run gives the same
-  bytes as an unsharded one.
+An agent that plans several actions per decision (a policy executing chunks of
+``k`` actions) exposes ``queued_actions(ctx)``. While some active episodes still
+have planned actions, only those are stepped; the others wait, without taking
+a step, until every active episode needs a decision, and then all of them
+decide in one batched call. A simulated episode does not notice the wait: it
+sees the same frames and takes the same number of steps. Each ``generate``
+call then holds every active episode, instead of the one or two whose chunks
+happen to end on the same step (``benchmarks/eval_throughput.py`` measures
+both). What changes is which episodes share a call, and so the sampled actions.
 """
 
 from __future__ import annotations
@@ -316,15 +311,18 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
         return True
 
     agent.reset([s.ctx for s in slots if start(s)])
+    queued = getattr(agent, "queued_actions", None)
     while True:
         active = [s for s in slots if s.ctx is not None]
         if not active:
             progress.close()
             return steps
+        if queued is not None:
+            # step the episodes with planned actions; the rest wait to decide together
+            active = [s for s in active if queued(s.ctx) > 0] or active
         actions = agent.act([s.ctx for s in active])
         if len(actions) != len(active):
             raise SacaError(f"agent '{getattr(agent, 'name', agent)}' returned {len(actions)} actions for {len(active)} episodes")
-        started = []
         for slot, action in zip(active, actions):
             try:
                 action = int(Action(int(action)))
@@ -344,9 +342,7 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
                 done[rec["episode_id"]] = rec
                 progress.update(1)
                 if start(slot):
-                    started.append(slot.ctx)
-        if started:
-            agent.reset(started)
+                    agent.reset([slot.ctx])
 
 
 # --- merge -------------------------------------------------------------------------------------------

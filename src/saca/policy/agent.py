@@ -115,6 +115,12 @@ class PolicyAgent:
         for ctx in contexts:
             ctx.memory["policy"] = {"frames": [], "queue": [], "decisions": [], "n_invalid": 0}
 
+    def queued_actions(self, ctx) -> int:
+        """Planned actions ``ctx``'s episode still has; 0: its next step needs a decision. The
+        evaluation runner lets such episodes wait so that decisions share ``generate`` calls."""
+        mem = ctx.memory.get("policy")
+        return len(mem["queue"]) if mem else 0
+
     def act(self, contexts) -> list[int]:
         need = []
         for ctx in contexts:
