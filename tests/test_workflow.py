@@ -334,7 +334,7 @@ def test_the_slurm_profile_is_found_from_the_root_and_requests_gpus(tmp_path):
     # the laptop default asks for no GPU and runs one process
     r = snakemake("-n", "-p", "all", "--cores", "2", "--nolock", "--configfile", "config/smoke.yaml",
                   "--config", f"results={tmp_path / 'laptop'}")
-    assert r.returncode == 0 and "torchrun" not in r.stdout and "OMP_NUM_THREADS=2 python -m saca rft" in r.stdout
+    assert r.returncode == 0 and "torchrun" not in r.stdout and "OMP_NUM_THREADS=1 python -m saca rft" in r.stdout
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -46,7 +46,9 @@ rule rft:
         seed=r"\d+",
     conda:
         "../../envs/train.yaml"
-    threads: 2
+    # one thread: a mini-world SACA run took 158 s with one and 166 s with two (2 cores), so on a laptop
+    # it runs beside an evaluation; on a cluster resources.cpus_per_gpu sizes the job
+    threads: 1
     resources:
         **rule_resources("rft"),
     params:
