@@ -4,7 +4,8 @@
 STOP or the simulator's step limit (500), keeping up to ``batch_size``
 episodes active at once, one simulator per slot (reused from episode to
 episode; backends cache their scenes). The agent's ``act`` is called once per
-environment step with the contexts of all active episodes.
+environment step of each episode it steps, with the contexts of those episodes
+(all active ones, unless the agent batches its decisions as below).
 
 An agent that plans several actions per decision (a policy executing chunks of
 ``k`` actions) exposes ``queued_actions(ctx)``. While some active episodes still
@@ -15,6 +16,21 @@ sees the same frames and takes the same number of steps. Each ``generate``
 call then holds every active episode, instead of the one or two whose chunks
 happen to end on the same step (``benchmarks/eval_throughput.py`` measures
 both). What changes is which episodes share a call, and so the sampled actions.
+
+Files in the output directory (``results/{dataset}/eval/{run}/{split}``, or
+``.../shards/{i}-of-{n}`` for a shard):
+
+* ``episodes.partial.jsonl``: the journal, one record per finished episode,
+  flushed and fsync'ed line by line. A killed run resumes from it and skips
+  the episodes it holds (a truncated last line from the kill is dropped).
+* ``run.json``: what the run is (agent, split, shard, episode ids, settings);
+  a resumed run with different settings is refused rather than mixed. A
+  ``run.json`` alone, without records (Snakemake deletes a rule's outputs
+  before rerunning it), describes nothing left and is replaced.
+* ``episodes.jsonl`` and ``metrics.json``: written atomically, and only
+  once every episode is done; the journal is then removed. Records are sorted
+  by their index in the split file, so a merged sharded run gives the same
+  bytes as an unsharded one.
 """
 
 from __future__ import annotations

@@ -972,16 +972,16 @@ class RftTrainer:
         engine.record_logprobs = False
         was = self.model.training
         self.model.eval()
-        trajs = {}
+        trajs = []
         for ds in sorted(self.val_episodes):
-            trajs[ds] = []
             for k, ep in enumerate(self.val_episodes[ds]):
                 if k % self.dist.world == self.dist.rank:
-                    trajs[ds] += engine.start_group(ep, 1, group=k, dataset=ds, sim=self._sim(ds, f"val-{ep.scene_id}"))
-        engine.run([tr for ds in sorted(trajs) for tr in trajs[ds]])  # every dataset's decisions share calls
+                    trajs += engine.start_group(ep, 1, group=k, dataset=ds, sim=self._sim(ds, f"val-{ep.scene_id}"))
+        engine.run(trajs)  # one batched rollout: every dataset's decisions share generate calls
         counts = []
-        for ds in sorted(trajs):
-            counts += [float(sum(tr.success for tr in trajs[ds])), float(len(trajs[ds]))]
+        for ds in sorted(self.val_episodes):
+            mine = [tr for tr in trajs if tr.dataset == ds]
+            counts += [float(sum(tr.success for tr in mine)), float(len(mine))]
         self.model.train(was)
         counts = self.dist.all_reduce_sum(counts, self.device)
         return {ds: counts[2 * i] / max(counts[2 * i + 1], 1.0) for i, ds in enumerate(sorted(self.val_episodes))}
