@@ -32,6 +32,7 @@ COMMANDS = {
     "eval-merge": {"--out": IN},  # the evaluation directory that holds shards/
     "plot-episodes": {"--dataset-dir": IN, "--split": "val_unseen", "--scenes": IN, "--eval-dir": IN, "--out": OUT_DIR},
     "policy-init": {"--out": OUT_DIR},
+    "vision-pretrain": {"--init": IN, "--scenes": IN, "--out": OUT_DIR},
     "sft": {"--init": IN, "--train": IN, "--val": f"val={IN}", "--out": OUT_DIR},
     "rft": {"--init": IN, "--out": OUT_DIR},
     "policy-agent": {"--checkpoint": IN, "--out": OUT_FILE},
@@ -51,7 +52,7 @@ COMMANDS = {
 # the config section each command's --params holds
 PARAMS_SECTION = {
     "scenes": "scenes", "vln-ego": "vln_ego", "evaluate": "evaluation", "plot-episodes": "evaluation",
-    "policy-init": "policy.init", "sft": "sft", "rft": "rft", "policy-agent": "policy.agent", "landmarks": "landmarks",
+    "policy-init": "policy.init", "vision-pretrain": "policy.vision_pretrain", "sft": "sft", "rft": "rft", "policy-agent": "policy.agent", "landmarks": "landmarks",
     "audit": "auditor", "audit-figure": "auditor",
 }
 

@@ -143,6 +143,7 @@ SECTIONS = [
     ("saca.landmarks", "LandmarkConfig", "landmarks"),
     ("saca.auditor.config", "AuditorConfig", "auditor"),
     ("saca.policy.tiny", "TinyConfig", "policy.init"),
+    ("saca.policy.vision_pretrain", "VisionPretrainConfig", "policy.vision_pretrain"),
     ("saca.policy.agent", "PolicyAgentConfig", "policy.agent"),
     ("saca.train.sft", "SftConfig", "sft"),
 ]

@@ -144,6 +144,14 @@ def test_sft_lowers_validation_loss_and_writes_everything(tiny_dir, ego, tmp_pat
     load_policy(final)  # loads like any checkpoint
 
 
+def test_freeze_vision_tower_trains_everything_but_the_vision_tower(tiny_dir, ego, tmp_path):
+    SftTrainer(tiny_dir, [ego["train"]], tmp_path / "run", small_cfg(max_steps=4, freeze_vision_tower=True)).run()
+    before, after = load_file(tiny_dir / "model.safetensors"), load_file(tmp_path / "run" / "final" / "model.safetensors")
+    same = {k for k in before if torch.equal(before[k], after[k])}
+    visual = {k for k in before if ".visual." in f".{k}"}
+    assert visual and same == visual  # every vision-tower tensor kept, every other tensor trained
+
+
 def _run_cli(args, env_extra=None, threads=1):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(SRC) + os.pathsep + env.get("PYTHONPATH", "")

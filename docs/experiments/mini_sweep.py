@@ -78,6 +78,18 @@ point("direct_res112_f4_e2", datasets=DIRECT, vln_ego={"memory": {"max_frames": 
       sft={"num_train_epochs": 2}, evals=EXEC)
 point("direct_res112_f4_noise_e1", datasets=DIRECT, policy={"init": {"image_size": 112}},
       vln_ego={"memory": {"max_frames": 4}, "noise": {"trajectories": 1, "p": 0.15}}, sft={"num_train_epochs": 1}, evals=EXEC)
+# a policy that sees: the default (direct_f8_e2) with its vision tower pretrained on 12,000 rendered frames of the
+# train houses (landmark per image token, "fills the cell", free space ahead; saca.policy.vision_pretrain)
+point("direct_f8_e2_vis", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}},
+      sft={"num_train_epochs": 2}, policy={"vision_pretrain": {"frames": 12000}})
+# ... and SFT with that tower frozen (sft.freeze_vision_tower, LLaMA-Factory's switch): SFT at lr 2e-3 otherwise
+# rewrites the pretrained tower (the pretraining's probe heads no longer decode it after SFT: loss 14.0 against 0.37)
+VIS = {"vision_pretrain": {"frames": 12000}}
+point("direct_f8_e2_vis_frozen", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}},
+      sft={"num_train_epochs": 2, "freeze_vision_tower": True}, policy=VIS)
+# ... plus recovery data (one noise-injected expert rollout per train episode), 1 epoch
+point("direct_f8_vis_frozen_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
+      sft={"num_train_epochs": 1, "freeze_vision_tower": True}, policy=VIS)
 # resolution: 112 px frames (16 image tokens each) with 4 frames of memory (about the cost of 56 px with 8)
 point("short_res112_f4_e2", data_from=None, datasets=SHORT, vln_ego={"memory": {"max_frames": 4}},
       policy={"init": {"image_size": 112}}, sft={"num_train_epochs": 2}, evals=EXEC)
@@ -191,6 +203,10 @@ def report_row(name: str, run: str) -> None:
     res = ROOT / "results/sweep" / name
     bench = res / "benchmarks" / "sft" / "r2r_rxr.tsv"
     minutes = float(bench.read_text().splitlines()[-1].split("\t")[0]) / 60 if bench.exists() else float("nan")
+    vis = res / "benchmarks" / "policy" / "vision_pretrain.tsv"  # points that pretrain the vision tower first
+    label_min = f"{minutes:.1f}"
+    if vis.exists():
+        label_min += f" + {float(vis.read_text().splitlines()[-1].split(chr(9))[0]) / 60:.1f} vision"
     cells = []
     for d in DATASETS:
         m = res / d / "eval" / run / "val_seen" / "metrics.json"
@@ -203,7 +219,7 @@ def report_row(name: str, run: str) -> None:
         share = json.loads(a.read_text())["appendix_a"]["share"] if a.exists() else None
         cells.append(f"{sr:.3f} / {steps:.0f} ({expert:.0f}) / {'-' if share is None else f'{share:.2f}'}")
     label = name if run == "sft" else f"{name}, {run[4:]}"
-    print(f"| {label} | {minutes:.1f} | " + " | ".join(cells) + " |")
+    print(f"| {label} | {label_min} | " + " | ".join(cells) + " |")
 
 
 def main() -> int:

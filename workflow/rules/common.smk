@@ -169,9 +169,17 @@ def eval_dir(wildcards):
 # --- policy and SFT (POLICY, SFT and POLICY_INIT are defined in policy.smk) ---
 
 
+def vision_pretrained():
+    """True when the embedded tiny model's vision tower is pretrained first (policy.vision_pretrain.frames > 0)."""
+    return POLICY["model"] == "embedded" and POLICY.get("vision_pretrain", {}).get("frames", 0) > 0
+
+
 def policy_base():
-    """The checkpoint SFT starts from: the embedded tiny model, or a local path / hub id from policy.model."""
-    return POLICY_INIT if POLICY["model"] == "embedded" else POLICY["model"]
+    """The checkpoint SFT starts from: the embedded tiny model (after vision pretraining, when on), or a local
+    path / hub id from policy.model."""
+    if POLICY["model"] != "embedded":
+        return POLICY["model"]
+    return POLICY_VISION if vision_pretrained() else POLICY_INIT
 
 
 def sft_mix(name):
@@ -199,7 +207,7 @@ def sft_inputs(wildcards):
         "src": code("sft"),  # not the RL code: editing saca.train.rft does not retrain SFT
     }
     if POLICY["model"] == "embedded":
-        inputs["init"] = POLICY_INIT
+        inputs["init"] = policy_base()
     elif Path(os.path.abspath(POLICY["model"])).is_relative_to(os.path.abspath(RESULTS)):
         inputs["init"] = POLICY["model"]  # a checkpoint this workflow makes: an input (checked paths are not)
     else:

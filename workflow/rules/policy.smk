@@ -1,6 +1,8 @@
 # Rules: policy (see src/saca/commands/policy.py and docs/policy.md).
 #
 # policy_init   results/policy/init/                the embedded tiny VLM (random weights, offline tokenizer)
+# vision_pretrain results/policy/init_vision/       its vision tower pretrained on rendered train-house frames
+#                                                   (only when policy.vision_pretrain.frames > 0)
 # sft           results/sft/{mix}/final/            SFT on the VLN-Ego train split of every dataset of the mix
 # policy_agent  results/sft/{mix}/agent.json        agent spec (checkpoint + agent settings) for evaluation
 # and the evaluation run "sft": results/{dataset}/eval/sft/{split}/metrics.json, through the
@@ -11,6 +13,7 @@ POLICY = config["policy"]
 SFT = config["sft"]
 VLN_EGO = config["vln_ego"]
 POLICY_INIT = f"{RESULTS}/policy/init"
+POLICY_VISION = f"{RESULTS}/policy/init_vision"
 SFT_MIXES = list(SFT["mixes"])
 
 
@@ -41,6 +44,32 @@ rule policy_init:
         cfg=as_json(POLICY.get("init", {})),
     shell:
         "OMP_NUM_THREADS={threads} python -m saca policy-init --params {params.cfg} --out {output} > {log} 2>&1"
+
+
+rule vision_pretrain:
+    input:
+        init=POLICY_INIT,
+        scenes=f"{RESULTS}/scenes/index.json",
+        src=code("vision-pretrain"),
+    output:
+        directory(POLICY_VISION),
+    log:
+        f"{RESULTS}/logs/policy/vision_pretrain.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/policy/vision_pretrain.tsv"
+    conda:
+        "../../envs/train.yaml"
+    threads: 2
+    params:
+        cfg=as_json(POLICY.get("vision_pretrain", {})),
+        sim=as_json(config["sim"]),
+        scenes=f"{RESULTS}/scenes",
+        image_format=VLN_EGO["image_format"],
+        quality=VLN_EGO["jpeg_quality"],
+    shell:
+        "OMP_NUM_THREADS={threads} python -m saca vision-pretrain --init {input.init} --scenes {params.scenes}"
+        " --sim {params.sim} --image-format {params.image_format} --jpeg-quality {params.quality}"
+        " --params {params.cfg} --out {output} > {log} 2>&1"
 
 
 rule sft:

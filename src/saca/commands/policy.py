@@ -1,6 +1,7 @@
 """CLI commands: policy (the VLM navigation policy and its supervised fine-tuning).
 
 * ``policy-init``: build the embedded tiny policy and ``save_pretrained`` it;
+* ``vision-pretrain``: pretrain its vision tower on rendered frames of the train houses (mini-world lever);
 * ``sft``: supervised fine-tuning on VLN-Ego (VLN-R1 Eq. 8);
 * ``policy-agent``: write the agent spec (``agent.json``) that evaluation loads;
 * ``policy-predict``: run the policy on VLN-Ego samples and report per-action accuracy.
@@ -26,6 +27,23 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     add_params_args(p, "policy.init")
     p.set_defaults(func=cmd_policy_init)
+
+    p = sub.add_parser(
+        "vision-pretrain",
+        help="pretrain the tiny policy's vision tower on rendered frames of the train houses (issue 12 lever)",
+        description="Render 'policy.vision_pretrain.frames' views of the embedded train houses (scenes index "
+        "split 'train'), label each merged image token with the landmark that covers it and whether it fills it, "
+        "and each frame with the free space ahead (simulator instance masks and navigation grid), train the vision "
+        "tower on those targets and write the whole policy with save_pretrained (saca.policy.vision_pretrain).",
+    )
+    p.add_argument("--init", required=True, help="policy directory (the tiny model of policy-init)")
+    p.add_argument("--scenes", required=True, help="embedded scenes directory (index.json and the house files)")
+    p.add_argument("--sim", default=None, help="JSON object with the 'sim' settings (camera size and field of view)")
+    p.add_argument("--image-format", default="jpeg", choices=["jpeg", "png"], help="VLN-Ego image codec (vln_ego.image_format)")
+    p.add_argument("--jpeg-quality", type=int, default=95, help="vln_ego.jpeg_quality")
+    p.add_argument("--out", required=True, help="output policy directory (written atomically)")
+    add_params_args(p, "policy.vision_pretrain")
+    p.set_defaults(func=cmd_vision_pretrain)
 
     p = sub.add_parser(
         "sft",
@@ -76,6 +94,18 @@ def cmd_policy_init(args: argparse.Namespace) -> int:
     cfg = params_from_args(args, TinyConfig, "policy.init")
     out = build_tiny_policy(args.out, cfg)
     log.info("tiny policy: %s", describe(out))
+    return 0
+
+
+def cmd_vision_pretrain(args: argparse.Namespace) -> int:
+    from saca.config import params_from_args, section_from_json
+    from saca.policy.vision_pretrain import VisionPretrainConfig, pretrain_vision
+    from saca.sim.base import SimConfig
+
+    cfg = params_from_args(args, VisionPretrainConfig, "policy.vision_pretrain")
+    sim_cfg = section_from_json(args.sim, SimConfig, "sim", "--sim") if args.sim else SimConfig()
+    summary = pretrain_vision(args.init, args.scenes, args.out, cfg, sim_cfg, args.image_format, args.jpeg_quality)
+    log.info("vision pretraining: held-out before %s after %s", summary["val_before"], summary["val_after"])
     return 0
 
 

@@ -16,6 +16,7 @@ A readable single loop (nanoGPT style):
   use), cosine schedule with linear warm-up over ``warmup_ratio`` of the steps,
   gradient clipping at ``max_grad_norm`` (method-notes §3.5);
 * ``bf16``: autocast to bfloat16 with fp32 master weights; ``gradient_checkpointing``;
+  ``freeze_vision_tower`` (LLaMA-Factory's switch): the vision tower gets no updates;
 * checkpoints every ``save_steps`` under ``{out}/checkpoints/step-NNNNNN/``
   (:class:`saca.train.state.Checkpoints`: model weights as safetensors,
   optimizer / scheduler / RNG state as tensors loaded with
@@ -74,6 +75,16 @@ from saca.train.state import (  # noqa: F401  (KILL_ENV: the test hook, re-expor
 log = logging.getLogger(__name__)
 
 
+def vision_tower(model):
+    """The vision tower of a policy model: Qwen2-VL / Qwen2.5-VL ``model.visual`` (patch embedding, blocks and the
+    patch merger), LLaVA-OneVision ``model.vision_tower`` (its projector is not part of it)."""
+    inner = getattr(model, "model", model)
+    for name in ("visual", "vision_tower"):
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    raise SacaError(f"{type(model).__name__}: no vision tower (expected .model.visual or .model.vision_tower)")
+
+
 @dataclass
 class SftConfig:
     """The ``sft`` section of config.yaml. Names follow the HF Trainer / LLaMA-Factory arguments VLN-R1 used."""
@@ -92,6 +103,7 @@ class SftConfig:
     max_grad_norm: float = 1.0
     bf16: bool = False
     gradient_checkpointing: bool = False
+    freeze_vision_tower: bool = False  # LLaMA-Factory's name; the vision tower keeps its weights (docs/policy.md)
     max_seq_length: int = 4096
     seed: int = 0
     n_actions: int = 6
@@ -222,6 +234,9 @@ class SftTrainer:
         self.model.config.use_cache = False
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.freeze_vision_tower:
+            for p in vision_tower(self.model).parameters():
+                p.requires_grad_(False)
         self.train = PolicyData(self.train_dirs, cfg.n_actions, frame_cache=cfg.frame_cache)
         self.val = {name: PolicyData([d], cfg.n_actions, frame_cache=cfg.frame_cache) for name, d in self.val_dirs.items()}
         # every frame shard the run will read, before anything is trained or written
