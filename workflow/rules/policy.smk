@@ -49,7 +49,7 @@ rule policy_init:
 rule vision_pretrain:
     input:
         init=POLICY_INIT,
-        scenes=f"{RESULTS}/scenes/index.json",
+        scenes=rules.scenes.output.index,
         src=code("vision-pretrain"),
     output:
         directory(POLICY_VISION),
@@ -63,7 +63,7 @@ rule vision_pretrain:
     params:
         cfg=as_json(POLICY.get("vision_pretrain", {})),
         sim=as_json(config["sim"]),
-        scenes=f"{RESULTS}/scenes",
+        scenes=lambda wc, input: Path(input.scenes).parent,
         image_format=VLN_EGO["image_format"],
         quality=VLN_EGO["jpeg_quality"],
     shell:
