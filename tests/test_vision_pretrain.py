@@ -99,11 +99,39 @@ def test_pretraining_changes_only_the_vision_tower_and_is_deterministic(mini_wor
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
+def test_the_words_head_scores_landmarks_against_the_names_word_embeddings(mini_world, tiny_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from saca.policy.model import load_policy
+    from saca.policy.vision_pretrain import name_embeddings
+
+    pol = load_policy(tiny_dir)
+    names = ["red cabinet", "duck"]
+    emb = name_embeddings(pol, names)
+    table = pol.model.get_input_embeddings().weight
+    ids = pol.processor.tokenizer(" red cabinet", add_special_tokens=False)["input_ids"]
+    assert len(ids) >= 2 and torch.allclose(emb[0], table[ids].mean(0))
+    cfg = VisionPretrainConfig(frames=24, epochs=1, batch_size=8, head="words", seed=2)
+    summary = pretrain_vision(tiny_dir, mini_world["scenes"], tmp_path / "w", cfg, SIM)
+    assert summary["val_after"]["loss"] < summary["val_before"]["loss"]
+    heads = load_file(tmp_path / "w" / "vision_heads.safetensors")
+    # the name embeddings are fixed: the init's, for the 16 landmark names of the catalogue
+    from saca.sim.embedded.catalogue import LANDMARK_NAMES
+
+    assert torch.equal(heads["names"], name_embeddings(pol, list(LANDMARK_NAMES)))
+    assert heads["cells.weight"].shape == (2, table.shape[1])  # none and fills only
+    probe = probe_vision(tmp_path / "w", tmp_path / "w", mini_world["scenes"], frames=8, sim_cfg=SIM)
+    assert 0 <= probe["landmark_recall"] <= 1
+
+
 def test_bad_settings_and_inputs_are_named(mini_world, tiny_dir, tmp_path):
     with pytest.raises(SacaError, match="frames is 0"):
         pretrain_vision(tiny_dir, mini_world["scenes"], tmp_path / "o", VisionPretrainConfig(frames=0), SIM)
     with pytest.raises(SacaError, match="min_fraction < large_fraction"):
         VisionPretrainConfig(frames=4, min_fraction=0.5, large_fraction=0.3).validate("policy.vision_pretrain")
+    with pytest.raises(SacaError, match=r"policy.vision_pretrain.head: 'clip' is not linear or words"):
+        VisionPretrainConfig(frames=4, head="clip").validate("policy.vision_pretrain")
     with pytest.raises(SacaError, match=r"policy.vision_pretrain.ahead"):
         VisionPretrainConfig(frames=4, ahead=[]).validate("policy.vision_pretrain")
     with pytest.raises(SacaError, match=r"index.json: scenes index not found"):

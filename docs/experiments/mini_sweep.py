@@ -2,6 +2,7 @@
 
     python docs/experiments/mini_sweep.py --points base res112 ...   # runs the workflow for each point
     python docs/experiments/mini_sweep.py --report-only                 # prints the table
+    python docs/experiments/mini_sweep.py --points a b --eval-seeds 1 2  # + evaluation seeds 1 and 2 (mean of 3)
 
 Each point is a small override of ``config/config.yaml`` (``POINTS`` below). The script writes the
 override to ``results/sweep/{point}/overlay.yaml`` and runs the workflow itself,
@@ -87,9 +88,13 @@ point("direct_f8_e2_vis", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}}
 VIS = {"vision_pretrain": {"frames": 12000}}
 point("direct_f8_e2_vis_frozen", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}},
       sft={"num_train_epochs": 2, "freeze_vision_tower": True}, policy=VIS)
-# ... plus recovery data (one noise-injected expert rollout per train episode), 1 epoch
-point("direct_f8_vis_frozen_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
-      sft={"num_train_epochs": 1, "freeze_vision_tower": True}, policy=VIS)
+# the tower pretrained to write landmark tokens in the language model's word-embedding directions (head: words)
+point("direct_f8_e2_visw", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}}, sft={"num_train_epochs": 2},
+      policy={"vision_pretrain": {"frames": 12000, "head": "words"}})
+# the pretrained tower plus recovery data (one noise-injected expert rollout per train episode), 1 epoch: a policy
+# that sees walls and landmarks, trained on states off the expert's path
+point("direct_f8_vis_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
+      sft={"num_train_epochs": 1}, policy=VIS)
 # resolution: 112 px frames (16 image tokens each) with 4 frames of memory (about the cost of 56 px with 8)
 point("short_res112_f4_e2", data_from=None, datasets=SHORT, vln_ego={"memory": {"max_frames": 4}},
       policy={"init": {"image_size": 112}}, sft={"num_train_epochs": 2}, evals=EXEC)
@@ -139,8 +144,29 @@ def run_point(name: str, cores: int) -> None:
         extra_eval(res, cfg, f"sft-{suffix}", options)
 
 
-def extra_eval(res: Path, cfg: dict, run: str, options: dict) -> None:
-    """Evaluate the point's SFT agent with other agent options on val_seen, and audit it (the workflow's commands)."""
+def point_config(name: str) -> tuple[Path, dict]:
+    res = Path("results/sweep") / name
+    overlay = yaml.safe_load((res / "overlay.yaml").read_text())
+    return res, deep_merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()), overlay)
+
+
+def seed_evals(name: str, seeds) -> None:
+    """Evaluation seeds beyond the workflow's seed 0 for the point's SFT model (runs ``sft-seed{n}``, val_seen)."""
+    res, cfg = point_config(name)
+    for seed in seeds:
+        extra_eval(res, cfg, f"sft-seed{seed}", {}, seed=seed)
+    if name in BEFORE_BATCHING:  # seed 0 again with the current runner
+        extra_eval(res, cfg, "sft-batched", {})
+
+
+# points whose workflow run predates the evaluation's decision batching (2026-11-28): their seed 0 is repeated as
+# run `sft-batched`, so that all seeds of a mean come from the same runner
+BEFORE_BATCHING = {"base", "direct_f8_e2", "direct_res112_f4_e2", "direct_f8_noise_e1"}
+
+
+def extra_eval(res: Path, cfg: dict, run: str, options: dict, seed: int | None = None) -> None:
+    """Evaluate the point's SFT agent with other agent options (or another evaluation ``seed``) on val_seen, and
+    audit it (the workflow's commands)."""
     py = [sys.executable, "-m", "saca"]
     sim = json.dumps(cfg["sim"])
     for d in DATASETS:
@@ -150,6 +176,8 @@ def extra_eval(res: Path, cfg: dict, run: str, options: dict) -> None:
         common = ["--scenes", str(res / "scenes"), "--sim", sim, "--dataset-config", json.dumps(ds)]
         if not (out / "metrics.json").exists():
             params = {**cfg["evaluation"], "agent_options": options}
+            if seed is not None:
+                params["seed"] = seed
             shell(py + ["evaluate", "--dataset-dir", str(res / d), "--split", "val_seen", "--agent",
                         str(res / "sft" / "r2r_rxr" / "agent.json"), "--run", run, *common,
                         "--params", json.dumps(params), "--out", str(out)], res / "logs" / f"{d}-{run}.log")
@@ -222,11 +250,48 @@ def report_row(name: str, run: str) -> None:
     print(f"| {label} | {label_min} | " + " | ".join(cells) + " |")
 
 
+def seed_report(names, seeds) -> None:
+    """SR over evaluation seeds 0 and ``seeds`` (mean ± sample sd; seed 0 of a point in BEFORE_BATCHING is its
+    ``sft-batched`` run),
+    mean episode length and Appendix-A share over the same runs."""
+    import statistics
+
+    seed0 = {n: "sft-batched" if n in BEFORE_BATCHING else "sft" for n in names}
+    print("| point | " + " | ".join(f"{d} SR (per seed) / steps (expert) / A-share" for d in DATASETS) + " |")
+    print("|" + "---|" * (1 + len(DATASETS)))
+    for name in names:
+        res = ROOT / "results/sweep" / name
+        cells = []
+        for d in DATASETS:
+            srs, steps, shares, expert = [], [], [], 0.0
+            for run in [seed0[name], *[f"sft-seed{n}" for n in seeds]]:
+                m = res / d / "eval" / run / "val_seen" / "metrics.json"
+                if not m.exists():
+                    continue
+                srs.append(json.loads(m.read_text())["SR"])
+                st, expert = episode_lengths(m.parent / "episodes.jsonl", res / d / "episodes" / "val_seen_gt.json.gz")
+                steps.append(st)
+                a = res / d / "audit" / run / "val_seen" / "summary.json"
+                if a.exists():
+                    shares.append(json.loads(a.read_text())["appendix_a"]["share"])
+            if not srs:
+                cells.append("-")
+                continue
+            sd = statistics.stdev(srs) if len(srs) > 1 else float("nan")
+            share = f"{statistics.mean(shares):.2f}" if shares else "-"
+            cells.append(f"{statistics.mean(srs):.3f} ± {sd:.3f} ({', '.join(f'{x:.3f}' for x in srs)}) / "
+                         f"{statistics.mean(steps):.0f} ({expert:.0f}) / {share}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", nargs="+", default=list(POINTS))
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--eval-seeds", type=int, nargs="*", default=[],
+                    help="also evaluate each point's SFT model with these evaluation seeds (val_seen) and report the "
+                    "mean over seed 0 and them")
     args = ap.parse_args()
     unknown = [n for n in args.points if n not in POINTS]
     if unknown:
@@ -234,7 +299,11 @@ def main() -> int:
     if not args.report_only:
         for name in args.points:
             run_point(name, args.cores)
+            if args.eval_seeds:
+                seed_evals(name, args.eval_seeds)
     report(args.points)
+    if args.eval_seeds:
+        seed_report(args.points, args.eval_seeds)
     return 0
 
 

@@ -21,8 +21,12 @@ Targets, from the simulator's instance masks (the labels the oracle auditor uses
   forward steps blocked).
 
 Loss: cross-entropy of the cell's landmark (16 names + none) plus the binary cross-entropies of
-"fills" and of the free-space targets, through linear heads on the merged tokens (the embeddings the
-language model receives). Only the vision tower (patch embedding, blocks, merger) is
+"fills" and of the free-space targets, through heads on the merged tokens (the embeddings the
+language model receives). ``head: linear`` learns free linear heads; ``head: words`` scores each
+landmark by the cosine between the token and the mean input embedding of the landmark's name in the
+language model (fixed), so the tower learns to write, for a red cabinet in view, a token that points
+the way the words ``red cabinet`` of the instruction do (LLaVA's stage-1 idea: align image features with
+the language model's embedding space before instruction tuning). Only the vision tower (patch embedding, blocks, merger) is
 trained; the whole policy is written with ``save_pretrained``, the heads beside it
 (``vision_heads.safetensors``, a probe for diagnostics that no model loads).
 Deterministic on CPU for a fixed seed and thread count.
@@ -56,9 +60,12 @@ class VisionPretrainConfig:
     large_fraction: float = 0.3  # ... and "fills" the cell above this share
     ahead: list = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0])  # free-space targets: can the agent walk this far straight ahead
     val_fraction: float = 0.1  # frames held out to report accuracy (same houses, other views)
+    head: str = "linear"  # linear: free linear heads | words: landmark logits = cosine to the name's word embeddings
     seed: int = 0
 
     def validate(self, where: str) -> None:
+        if self.head not in ("linear", "words"):
+            raise SacaError(f"{where}.head: '{self.head}' is not linear or words")
         if self.frames < 0 or self.epochs < 1 or self.batch_size < 1:
             raise SacaError(f"{where}: frames must be >= 0, epochs and batch_size >= 1")
         if not 0 <= self.toward_landmark <= 1 or not 0 <= self.val_fraction < 1:
@@ -151,17 +158,37 @@ def render_frames(scenes_dir: str | Path, scene_ids: list[str], sim_cfg, cfg: Vi
     return np.stack(rgbs), np.stack(cells), np.asarray(free, dtype=np.float32)
 
 
+def name_embeddings(pol, names: list[str]):
+    """``[len(names), hidden]``: the mean input embedding of each landmark name's tokens as an instruction writes
+    it (`` the red cabinet`` -> `` red``, `` cabinet``), taken from the language model and kept fixed."""
+    import torch
+
+    table = pol.model.get_input_embeddings().weight.detach()
+    rows = []
+    for name in names:
+        ids = pol.processor.tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+        rows.append(table[torch.tensor(ids)].mean(0))
+    return torch.stack(rows).clone()
+
+
 class _Probe:
     """The vision tower of a policy with the linear heads on its merged tokens, over a set of rendered frames."""
 
-    def __init__(self, pol, rgb: np.ndarray, cells: np.ndarray, free: np.ndarray, n_names: int):
+    def __init__(self, pol, rgb: np.ndarray, cells: np.ndarray, free: np.ndarray, names: list[str], head: str = "linear"):
         import torch
 
         self.visual = pol.model.model.visual
         self.hidden = pol.model.config.text_config.hidden_size
-        self.k = n_names
-        self.heads = torch.nn.ModuleDict({"cells": torch.nn.Linear(self.hidden, n_names + 2),
-                                          "free": torch.nn.Linear(self.hidden, free.shape[1])})
+        self.k = len(names)
+        self.head = head
+        if head == "linear":
+            self.heads = torch.nn.ModuleDict({"cells": torch.nn.Linear(self.hidden, self.k + 2),
+                                              "free": torch.nn.Linear(self.hidden, free.shape[1])})
+        else:  # "words": a cell's landmark logits are its token's cosine to the landmark name's word embeddings
+            self.heads = torch.nn.ModuleDict({"cells": torch.nn.Linear(self.hidden, 2),  # none, fills
+                                              "free": torch.nn.Linear(self.hidden, free.shape[1])})
+            self.heads.register_buffer("names", name_embeddings(pol, names))
+            self.heads.register_parameter("log_scale", torch.nn.Parameter(torch.tensor(math.log(10.0))))
         self.pix, self.thw = [], []
         for im in rgb:
             v, _ = pol.processor.process_images([im])
@@ -176,7 +203,11 @@ class _Probe:
         out = self.visual(torch.cat([self.pix[i] for i in idx]), grid_thw=torch.cat([self.thw[i] for i in idx]))
         emb = getattr(out, "pooler_output", out)  # merged tokens [len(idx) * tokens, hidden]
         emb = emb.reshape(len(idx), self.tokens, self.hidden)
-        return self.heads["cells"](emb), self.heads["free"](emb.mean(1))
+        cells = self.heads["cells"](emb)
+        if self.head == "words":
+            cos = torch.nn.functional.normalize(emb, dim=-1) @ torch.nn.functional.normalize(self.heads.names, dim=-1).T
+            cells = torch.cat([self.heads.log_scale.exp() * cos, cells], dim=-1)  # [k names, none, fills]
+        return cells, self.heads["free"](emb.mean(1))
 
     def loss(self, idx):
         import torch.nn.functional as F
@@ -262,7 +293,7 @@ def pretrain_vision(policy_dir: str | Path, scenes_dir: str | Path, out_dir: str
     log.info("vision pretraining: %d frames of %d train houses rendered", len(rgb), len(scene_ids))
 
     torch.manual_seed(cfg.seed)
-    probe = _Probe(pol, rgb, cells, free, len(names))
+    probe = _Probe(pol, rgb, cells, free, names, cfg.head)
     n = len(rgb)
     n_val = int(round(n * cfg.val_fraction))
     order = np.random.default_rng(cfg.seed + 1).permutation(n)
@@ -329,7 +360,7 @@ def probe_vision(policy_dir: str | Path, pretrained_dir: str | Path, scenes_dir:
     names = list(LANDMARK_NAMES)
     grid = _token_grid(pol.processor, sim_cfg.height, sim_cfg.width)
     rgb, cells, free = render_frames(scenes_dir, _train_houses(scenes_dir), sim_cfg, cfg, names, grid, image_format, quality)
-    probe = _Probe(pol, rgb, cells, free, len(names))
+    probe = _Probe(pol, rgb, cells, free, names, cfg.head)
     probe.heads.load_state_dict(load_file(str(heads_path)))
     probe.visual.eval()
     with torch.no_grad():
