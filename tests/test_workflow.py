@@ -125,17 +125,18 @@ def test_every_rft_run_is_trained_and_evaluated_once_per_seed(tmp_path):
 def test_vision_pretraining_runs_between_policy_init_and_sft_only_when_switched_on(tmp_path):
     out = tmp_path / "results"
     final = str(out / "sft" / "r2r_rxr" / "final")
+    # on in the default config (and in the smoke config, with 64 frames)
     r = snakemake("-n", "-p", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", "--config", f"results={out}",
                   "--", final)
     assert r.returncode == 0, r.stderr[-3000:]
+    assert [rule for rule, _ in _planned_jobs(r.stdout)].count("vision_pretrain") == 1
+    assert re.search(rf"saca vision-pretrain --init {out}/policy/init --scenes {out}/scenes .*\"frames\": 64", r.stdout)
+    assert re.search(rf"saca sft --init {out}/policy/init_vision ", r.stdout)
+    off = _edited(tmp_path, lambda c: c["policy"]["vision_pretrain"].update(frames=0))
+    r = snakemake("-n", "-p", "--cores", "1", "--nolock", "--configfile", str(off), "--config", f"results={out}", "--", final)
+    assert r.returncode == 0, r.stderr[-3000:]
     assert "vision_pretrain" not in {rule for rule, _ in _planned_jobs(r.stdout)}
     assert re.search(rf"saca sft --init {out}/policy/init ", r.stdout)
-    on = _edited(tmp_path, lambda c: c.setdefault("policy", {}).setdefault("vision_pretrain", {}).update(frames=32))
-    r = snakemake("-n", "-p", "--cores", "1", "--nolock", "--configfile", str(on), "--config", f"results={out}", "--", final)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert [rule for rule, _ in _planned_jobs(r.stdout)].count("vision_pretrain") == 1
-    assert re.search(rf"saca vision-pretrain --init {out}/policy/init --scenes {out}/scenes .*\"frames\": 32", r.stdout)
-    assert re.search(rf"saca sft --init {out}/policy/init_vision ", r.stdout)
 
 
 def test_an_ablation_outside_rft_runs_is_built_on_request_with_its_landmarks(tmp_path):

@@ -89,8 +89,8 @@ VIS = {"vision_pretrain": {"frames": 12000}}
 point("direct_f8_e2_vis_frozen", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}},
       sft={"num_train_epochs": 2, "freeze_vision_tower": True}, policy=VIS)
 # the tower pretrained to write landmark tokens in the language model's word-embedding directions (head: words)
-point("direct_f8_e2_visw", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}}, sft={"num_train_epochs": 2},
-      policy={"vision_pretrain": {"frames": 12000, "head": "words"}})
+point("direct_f8_visw_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
+      sft={"num_train_epochs": 1}, policy={"vision_pretrain": {"frames": 12000, "head": "words"}})
 # the pretrained tower plus recovery data (one noise-injected expert rollout per train episode), 1 epoch: a policy
 # that sees walls and landmarks, trained on states off the expert's path
 point("direct_f8_vis_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},

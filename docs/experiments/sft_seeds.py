@@ -66,7 +66,9 @@ def train(res: Path, cfg: dict, seed: int) -> Path:
     sft = {k: v for k, v in cfg["sft"].items() if k not in ("mixes", "eval_mix", "val_splits")}
     sft.update(seed=seed, n_actions=cfg["vln_ego"]["n_actions"])
     if not (run / "final").exists():
-        shell(py + ["sft", "--init", str(res / "policy" / "init"),
+        # the point's SFT starting point: the tiny model, or its vision-pretrained tower (policy.vision_pretrain)
+        init = "init_vision" if cfg["policy"].get("vision_pretrain", {}).get("frames", 0) > 0 else "init"
+        shell(py + ["sft", "--init", str(res / "policy" / init),
                     "--train", *[str(res / d / "vln_ego" / "train") for d in DATASETS],
                     "--val", *[f"{d}/val_seen={res / d / 'vln_ego' / 'val_seen'}" for d in DATASETS],
                     "--out", str(run), "--params", json.dumps(sft)], run / "sft.log")
@@ -127,8 +129,11 @@ def main() -> int:
     cfg = deep_merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()), yaml.safe_load(overlay.read_text()))
     if not args.report_only and not args.no_workflow:
         rel = res.relative_to(ROOT)
+        # the point's SFT model (training seed 0, the one selected on val_seen) is built once: not asked for again,
+        # so that a later change of the package's code does not retrain it
+        agent = rel / "sft" / "r2r_rxr" / "agent.json"
         snake(args.point, ["snakemake", "--cores", "2", "--configfile", "config/config.yaml", str(overlay), "--",
-                           str(rel / "sft" / "r2r_rxr" / "agent.json"),
+                           *([] if (ROOT / agent).exists() else [str(agent)]),
                            *[str(rel / d / "landmarks" / f"{s}.jsonl") for d in DATASETS for s in (SPLIT, "train")],
                            *[str(rel / d / "episodes" / f"{SPLIT}.json.gz") for d in DATASETS]])
     if not args.report_only:
