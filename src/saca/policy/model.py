@@ -158,3 +158,13 @@ def load_policy(
     model.to(torch.device(device))
     model.eval()
     return Policy(model=model, processor=processor, family=family, source=ref)
+
+
+def vision_tower(model):
+    """The vision tower of a policy model: Qwen2-VL / Qwen2.5-VL ``model.visual`` (patch embedding, blocks and the
+    patch merger), LLaVA-OneVision ``model.vision_tower`` (its projector is not part of it)."""
+    inner = getattr(model, "model", model)
+    for name in ("visual", "vision_tower"):
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    raise SacaError(f"{type(model).__name__}: no vision tower (expected .model.visual or .model.vision_tower)")

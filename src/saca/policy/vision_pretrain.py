@@ -172,12 +172,15 @@ def name_embeddings(pol, names: list[str]):
 
 
 class _Probe:
-    """The vision tower of a policy with the linear heads on its merged tokens, over a set of rendered frames."""
+    """The vision tower of a policy with the heads on its merged tokens (``linear`` or ``words``), over a set
+    of rendered frames."""
 
     def __init__(self, pol, rgb: np.ndarray, cells: np.ndarray, free: np.ndarray, names: list[str], head: str = "linear"):
         import torch
 
-        self.visual = pol.model.model.visual
+        from saca.policy.model import vision_tower
+
+        self.visual = vision_tower(pol.model)
         self.hidden = pol.model.config.text_config.hidden_size
         self.k = len(names)
         self.head = head
@@ -209,10 +212,11 @@ class _Probe:
             cells = torch.cat([self.heads.log_scale.exp() * cos, cells], dim=-1)  # [k names, none, fills]
         return cells, self.heads["free"](emb.mean(1))
 
-    def loss(self, idx):
+    def loss(self, idx, outputs=None):
+        """The training loss over frames ``idx``; ``outputs``: :meth:`forward`'s, when already computed."""
         import torch.nn.functional as F
 
-        c, b = self.forward(idx)
+        c, b = outputs if outputs is not None else self.forward(idx)
         k, t = self.k, self.cells[idx]
         return (F.cross_entropy(c[..., : k + 1].reshape(-1, k + 1), t[..., 0].reshape(-1))
                 + F.binary_cross_entropy_with_logits(c[..., k + 1], t[..., 1].float())
@@ -225,7 +229,7 @@ class _Probe:
             return {}
         with torch.no_grad():
             c, b = self.forward(idx)
-            loss = float(self.loss(idx))
+            loss = float(self.loss(idx, (c, b)))
         k, t, tb = self.k, self.cells[idx], self.free[idx]
         cls, has = c[..., : k + 1].argmax(-1), t[..., 0] < k
         return {
@@ -255,15 +259,12 @@ def _load_qwen(policy_dir):
 
 
 def _train_houses(scenes_dir) -> list[str]:
-    from saca.io import read_json
+    from saca.commands.data import scenes_for_split
 
     index_path = Path(scenes_dir) / "index.json"
     if not index_path.is_file():
         raise SacaError(f"{index_path}: scenes index not found (policy.vision_pretrain renders the train houses)")
-    splits = read_json(index_path).get("splits", {})
-    if "train" not in splits:
-        raise SacaError(f"{index_path}: no 'train' split")
-    return list(splits["train"])
+    return scenes_for_split(scenes_dir, "train")
 
 
 def pretrain_vision(policy_dir: str | Path, scenes_dir: str | Path, out_dir: str | Path,

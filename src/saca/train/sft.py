@@ -75,16 +75,6 @@ from saca.train.state import (  # noqa: F401  (KILL_ENV: the test hook, re-expor
 log = logging.getLogger(__name__)
 
 
-def vision_tower(model):
-    """The vision tower of a policy model: Qwen2-VL / Qwen2.5-VL ``model.visual`` (patch embedding, blocks and the
-    patch merger), LLaVA-OneVision ``model.vision_tower`` (its projector is not part of it)."""
-    inner = getattr(model, "model", model)
-    for name in ("visual", "vision_tower"):
-        if hasattr(inner, name):
-            return getattr(inner, name)
-    raise SacaError(f"{type(model).__name__}: no vision tower (expected .model.visual or .model.vision_tower)")
-
-
 @dataclass
 class SftConfig:
     """The ``sft`` section of config.yaml. Names follow the HF Trainer / LLaMA-Factory arguments VLN-R1 used."""
@@ -235,6 +225,8 @@ class SftTrainer:
         if cfg.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.freeze_vision_tower:
+            from saca.policy.model import vision_tower
+
             for p in vision_tower(self.model).parameters():
                 p.requires_grad_(False)
         self.train = PolicyData(self.train_dirs, cfg.n_actions, frame_cache=cfg.frame_cache)
