@@ -276,6 +276,28 @@ def test_noisy_rollout_labels_the_experts_continuation_from_where_the_agent_is(m
     sim.close()
 
 
+def test_noisy_rollout_that_reaches_the_step_limit_ends_before_the_lookahead_would_cross_it(mini_world):
+    """Regression: with p = 0.3 a rollout ran into ``sim.max_steps`` and the expert's 6-action look-ahead
+    stepped a finished episode ("episode 103 is over; reset first"). It now ends n - 1 frames early."""
+    import dataclasses
+
+    from saca.sim.base import Action
+    from saca.vln_ego.generate import noisy_rollout
+
+    ep = max(load_split(mini_world["root"] / "mini_r2r" / "episodes", "train"), key=lambda e: len(e.gt_actions))
+    limit = 12
+    assert len(ep.gt_actions) > limit + 6  # the rollout cannot finish before the limit
+    sim = make_simulator("embedded", dataclasses.replace(mini_world["sim"], max_steps=limit), 15, mini_world["scenes"])
+    frames, targets, executed = noisy_rollout(sim, ep, 6, 0.3, np.random.default_rng(0))
+    assert len(frames) == len(targets) == len(executed) == limit - 5
+    assert executed[-1] == Action.STOP and Action.STOP not in executed[:-1]
+    # a caller's tighter limit still wins
+    assert len(noisy_rollout(sim, ep, 6, 0.3, np.random.default_rng(0), max_steps=4)[0]) == 4
+    with pytest.raises(SacaError, match=r"sim\.max_steps \(12\) leaves no room"):
+        noisy_rollout(sim, ep, 13, 0.3, np.random.default_rng(0))
+    sim.close()
+
+
 def test_noise_adds_rollouts_to_the_configured_splits_only(mini_world, tmp_path):
     from saca.vln_ego.generate import NoiseConfig
 

@@ -95,6 +95,13 @@ point("direct_f8_visw_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frame
 # that sees walls and landmarks, trained on states off the expert's path
 point("direct_f8_vis_noise_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.15}},
       sft={"num_train_epochs": 1}, policy=VIS)
+# more recovery data for the seeing policy (measured after it became the default, val_seen only): twice the
+# noise rate on the same number of rollouts (same SFT cost), and two noise-injected rollouts per train episode
+# (about 1.5x the samples and the SFT time: beyond the 10-minute budget, a probe of what more data buys)
+point("direct_f8_vis_noise30_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 1, "p": 0.3}},
+      sft={"num_train_epochs": 1}, policy=VIS)
+point("direct_f8_vis_noise2_e1", datasets=DIRECT, vln_ego={"memory": {"max_frames": 8}, "noise": {"trajectories": 2, "p": 0.15}},
+      sft={"num_train_epochs": 1}, policy=VIS)
 # resolution: 112 px frames (16 image tokens each) with 4 frames of memory (about the cost of 56 px with 8)
 point("short_res112_f4_e2", data_from=None, datasets=SHORT, vln_ego={"memory": {"max_frames": 4}},
       policy={"init": {"image_size": 112}}, sft={"num_train_epochs": 2}, evals=EXEC)

@@ -146,7 +146,8 @@ class ExpertPlan:
     def lookahead(self, sim, n: int, advance: bool = False) -> list[int]:
         """The expert's next ``n`` actions from the simulator's current state (padded with STOP).
 
-        The simulator is restored afterwards. With ``advance`` the plan itself moves on by
+        The look-ahead steps the simulator at most ``n - 1`` times and restores it afterwards, so
+        it needs that many steps left below ``max_steps``. With ``advance`` the plan itself moves on by
         the first of those actions (as ``next_action`` would), without asking the teacher again."""
         plan, start, out = copy.copy(self), sim.snapshot(), []
         while len(out) < n:
@@ -154,9 +155,9 @@ class ExpertPlan:
             out.append(int(a))
             if len(out) == 1 and advance:
                 self.__dict__.update(plan.__dict__)
-            if a == Action.STOP:
+            if a == Action.STOP or len(out) == n:
                 break
-            sim.step(a)
+            sim.step(a)  # at most n - 1 steps ahead of the current state
         sim.restore(start)
         return out + [int(Action.STOP)] * (n - len(out))
 

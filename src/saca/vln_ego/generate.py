@@ -125,7 +125,8 @@ def noisy_rollout(sim, episode, n: int, p: float, rng, max_steps: int | None = N
     At frame ``t`` the target is the expert's continuation from the agent's actual state;
     the executed action is its first action, or with probability ``p`` a random other
     move (never STOP). The rollout ends when the expert says STOP (the last target is
-    all STOP) or after ``max_steps`` frames (default: the simulator's limit).
+    all STOP) or after ``max_steps`` frames (default: the simulator's limit less the
+    ``n - 1`` steps the expert's look-ahead takes from the last frame).
     """
     from saca.episodes.generate import ExpertPlan
 
@@ -136,7 +137,9 @@ def noisy_rollout(sim, episode, n: int, p: float, rng, max_steps: int | None = N
     objects = {int(o["instance_id"]): o for o in sim.scene["objects"]}
     face = [objects[int(i)]["position"] for i in info.get("landmark_instances", [])] or None
     plan = ExpertPlan(info["waypoints"], face, sim.turn_angle)
-    limit = max_steps or sim.config.max_steps
+    limit = min(max_steps or sim.config.max_steps, sim.config.max_steps - (n - 1))
+    if limit < 1:
+        raise SacaError(f"sim.max_steps ({sim.config.max_steps}) leaves no room for the expert's {n}-action look-ahead")
     moves = [int(Action.MOVE_FORWARD), int(Action.TURN_LEFT), int(Action.TURN_RIGHT)]
     frames, targets, executed = [], [], []
     while True:
