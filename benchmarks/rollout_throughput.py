@@ -140,6 +140,8 @@ def main(argv=None) -> int:
     ap.add_argument("--turn-angle", type=float, default=15.0)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--update", action="store_true", help="also time one RFT update (B = the largest --B)")
+    ap.add_argument("--micro-batch-size", type=int, default=16, help="rft.micro_batch_size of the timed update")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="rft.gradient_checkpointing of the timed update")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -229,18 +231,20 @@ def main(argv=None) -> int:
 
 
 def time_update(args, policy, cfg, sim_cfg, episodes, make_sim, tmp):
-    """One online GRPO update of the real trainer; where its time goes."""
+    """One online GRPO update of the real trainer (SACA's switches off: the auditor's cost is benchmarks/saca_cost.py's);
+    where its time goes."""
     from saca.train.rft import RftConfig, RftTrainer
 
     ckpt = tmp / "policy"
     policy.save_pretrained(ckpt)
     B = max(args.B)
     rcfg = RftConfig(G=args.G, groups_per_step=B, max_steps=1, eval_steps=0, eval_episodes=0, save_steps=0,
-                     micro_batch_size=16, device=args.device, bf16=args.bf16, learning_rate=1e-6, seed=args.seed,
-                     generation=cfg.generation)
+                     micro_batch_size=args.micro_batch_size, gradient_checkpointing=args.gradient_checkpointing,
+                     device=args.device, bf16=args.bf16, learning_rate=1e-6, seed=args.seed, generation=cfg.generation,
+                     soft_score=False, afr=False, rr=False, audit_rollouts=False)  # plain GRPO: no auditor, no landmarks
     tr = RftTrainer(ckpt, None, tmp / "rft", rcfg, cfg, {"bench": episodes[:B]}, {}, {})
     tr._setup()
-    tr._sim = lambda dataset, slot: make_sim()
+    tr._sim = lambda dataset, slot, instance=False: make_sim()
     collect = tr._collect_online
 
     def mixed(update):
@@ -249,10 +253,17 @@ def time_update(args, policy, cfg, sim_cfg, episodes, make_sim, tmp):
         return samples_of, [float(k % 2) for k in range(len(rewards))], groups, stats
 
     tr._collect_online = mixed
+    import torch
+
+    cuda = tr.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     row = tr.update(0)
     total = time.perf_counter() - t0
     return {
+        "micro_batch_size": args.micro_batch_size, "gradient_checkpointing": args.gradient_checkpointing, "bf16": args.bf16,
+        "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
         "seconds": round(total, 2), "rollout": round(row["time_rollout"], 2),
         "ref_logprobs": round(row["time_ref_logprobs"], 2), "forward_backward": round(row["time_forward_backward"], 2),
         "optimizer_and_other": round(total - row["time_rollout"] - row["time_ref_logprobs"] - row["time_forward_backward"], 2),

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The CUDA path's checks, run on a GPU machine without pybullet (this project's device machine, one H100/H200):
+#
+#   1. the SFT, training-state, GRPO and policy tests with `device: auto`, which picks CUDA there: the
+#      SFT loop, its kill + resume, bf16 autocast and generation on the GPU (tiny model, synthetic VLN-Ego data);
+#   2. one online RFT update at Qwen2-VL-2B shapes (B = 4 instructions x G = 8, random weights, stub world)
+#      with the settings docs/rft.md names for 2B: rft.bf16, gradient checkpointing, micro batch 4.
+#
+#     bash benchmarks/device_checks.sh            # writes logs and JSON under $OUT (default /tmp/device-checks)
+#
+# transformers 5.23 and jsonschema's chain are not on that machine: put their wheels (Python 3.12, manylinux) in
+# .whl/ first (docs/rft.md, "GPU"). Each step has its own time limit so that a slow one cannot starve the other.
+set -uo pipefail
+OUT=${OUT:-/tmp/device-checks}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+
+echo "## 1. tests with device auto -> cuda"
+timeout "${TESTS_S:-240}" python3 -m pytest -q -p no:cacheprovider -n 8 -rs \
+    tests/test_sft.py tests/test_train_state.py tests/test_grpo.py tests/test_policy.py > "$OUT/pytest_cuda.log" 2>&1
+echo "pytest rc=$?"
+tail -n 40 "$OUT/pytest_cuda.log"
+
+echo "## 2. one RFT update at 2B shapes (bf16, gradient checkpointing, micro batch 4)"
+timeout "${UPDATE_S:-300}" python3 benchmarks/rollout_throughput.py --config-size 2b --bf16 --device cuda --sim stub \
+    --B 4 --G 8 --single 8 --max-steps 12 --update --gradient-checkpointing --micro-batch-size 4 \
+    --out "$OUT/rft_update_2b.json" > "$OUT/rft_update_2b.log" 2>&1
+echo "update rc=$?"
+grep -v "Loading weights" "$OUT/rft_update_2b.log" | tail -n 20
