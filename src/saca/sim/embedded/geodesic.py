@@ -28,6 +28,15 @@ test: the distance is ``|ab|`` when the segment is free, otherwise the best of
 approximation is that arcs are checked for obstruction by other footprints on
 a 1-degree grid (a 0.003 m sliver at ``r = 0.18`` could be missed).
 
+A shortest path hugs the grown footprints, so its points lie *on* the boundary
+of the free space. A query point on a disk's circle is its own tangent point
+(length 0, both windings): the path from it follows the arc, as a path through
+it does. A query point that is not free but within :data:`SNAP_TOL` of the
+free space (a point of a path rounded or interpolated a few millimetres into a
+grown footprint) is snapped to the nearest free point first, as Habitat's
+``find_path`` snaps its end points to the navmesh (:meth:`ExactGeodesic.snap`);
+a point deeper inside a footprint, or outside every room, stays unreachable.
+
 Angles are ``atan2(z, x)`` in the floor plane (x, z); counter-clockwise means
 increasing angle.
 """
@@ -42,6 +51,10 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import dijkstra
 
 TOL = 1e-6  # metres: a segment that passes r - TOL from a footprint still counts as free (tangents graze at r)
+# metres: a query point this close to the free space is snapped to its nearest free point (docs/data.md); below the
+# 5 cm cells Habitat's navmesh is built from, above the 1.5 mm by which a chord of an arc sampled every 15 degrees
+# cuts into a grown footprint, and far below the 0.23 m from the middle of a wall to the free space
+SNAP_TOL = 0.02
 _ARC_SAMPLES = 91  # one per degree over a corner's quarter circle
 _EPS_EDGE = 1e-12  # scipy.sparse drops explicit zeros: zero-length edges get this length
 _HALF_PI = math.pi / 2
@@ -188,9 +201,86 @@ class ExactGeodesic:
         return self._in_room(x, z) and self._clear(x, z, x, z)
 
     def segment_free(self, a, b) -> bool:
-        """True when the straight move a -> b stays on navigable floor (end points in rooms, clearance >= r)."""
+        """True when the straight move a -> b stays on navigable floor (end points in rooms, clearance >= r).
+
+        The move must end on free floor (the agent's disc never enters a grown footprint); a start that
+        is not free but :meth:`navigable` is taken at its snapped point, so the agent can always leave a
+        point that the geodesic, :meth:`snap` and the simulator's ``snap_to_floor`` accept.
+        """
         ax, az, bx, bz = float(a[0]), float(a[2]), float(b[0]), float(b[2])
-        return self._in_room(ax, az) and self._in_room(bx, bz) and self._clear(ax, az, bx, bz)
+        if not (self._in_room(bx, bz) and self._in_room(ax, az) and self._clear(ax, az, bx, bz)):
+            if self.is_free(a):
+                return False  # the start is free: the move itself is blocked
+            s = self.snap(a)
+            return s is not None and self._in_room(bx, bz) and self._clear(float(s[0]), float(s[1]), bx, bz)
+        return True
+
+    def snap(self, p) -> np.ndarray | None:
+        """The free point ``(x, z)`` nearest the floor point ``p`` (x, y, z) when it lies within
+        :data:`SNAP_TOL` of the free space (``p`` itself when free); None otherwise.
+
+        The free space is bounded by the grown footprints' straight edges and corner circles and by the
+        room edges, so its nearest point to ``p`` is the foot of ``p`` on one of those curves or a point
+        where two of them cross: every such candidate within the tolerance is tried and the nearest free
+        one kept (exact, as the geodesic is).
+        """
+        x, z = float(p[0]), float(p[2])
+        if self._in_room(x, z) and self._clear(x, z, x, z):
+            return np.array([x, z])
+        q, s, r = np.array([x, z]), SNAP_TOL, self.r
+        lines: list[tuple[int, float]] = []  # (axis: 0 for x = v, 1 for z = v; v)
+        circles: list[tuple[float, float]] = []
+        if len(self.rects):
+            near = self.rects[point_rect_distance(q[None], self.rects)[0] <= r + s]
+            for x0, z0, x1, z1 in near:
+                lines += [(0, x0 - r), (0, x1 + r), (1, z0 - r), (1, z1 + r)]
+                circles += [(x0, z0), (x1, z0), (x1, z1), (x0, z1)]
+        for x0, z0, x1, z1 in self._room_list:
+            lines += [(0, x0), (0, x1), (1, z0), (1, z1)]
+        lines = [(k, v) for k, v in lines if abs(q[k] - v) <= s]
+        circles = [c for c in circles if abs(math.hypot(x - c[0], z - c[1]) - r) <= s]
+        cand = []
+        for k, v in lines:  # feet on a line
+            f = q.copy()
+            f[k] = v
+            cand.append(f)
+        for cx, cz in circles:  # feet on a circle (radial projection)
+            d = math.hypot(x - cx, z - cz)
+            if d > 0:
+                cand.append(np.array([cx + (x - cx) * r / d, cz + (z - cz) * r / d]))
+        for i, (k1, v1) in enumerate(lines):  # crossings of two lines
+            for k2, v2 in lines[i + 1 :]:
+                if k1 != k2:
+                    cand.append(np.array([v1, v2]) if k1 == 0 else np.array([v2, v1]))
+        for k, v in lines:  # crossings of a line and a circle
+            for c in circles:
+                h = r * r - (v - c[k]) ** 2
+                if h >= 0:
+                    for sgn in (1.0, -1.0):
+                        f = np.empty(2)
+                        f[k], f[1 - k] = v, c[1 - k] + sgn * math.sqrt(h)
+                        cand.append(f)
+        for i, c1 in enumerate(circles):  # crossings of two circles (the same radius)
+            for c2 in circles[i + 1 :]:
+                dx, dz = c2[0] - c1[0], c2[1] - c1[1]
+                d = math.hypot(dx, dz)
+                if 0 < d <= 2 * r:
+                    h = math.sqrt(max(r * r - d * d / 4, 0.0))
+                    mx, mz = c1[0] + dx / 2, c1[1] + dz / 2
+                    cand += [np.array([mx - h * dz / d, mz + h * dx / d]), np.array([mx + h * dz / d, mz - h * dx / d])]
+        if not cand:
+            return None
+        cand = np.asarray(cand)
+        dist = np.hypot(cand[:, 0] - x, cand[:, 1] - z)
+        ok = (dist <= s + 1e-12) & self.free_mask(cand)
+        if not ok.any():
+            return None
+        return cand[int(np.argmin(np.where(ok, dist, np.inf)))]
+
+    def navigable(self, p) -> bool:
+        """Whether ``p`` is free or within :data:`SNAP_TOL` of the free space (what the geodesic, the
+        shortest path and the simulator's ``snap_to_floor`` accept)."""
+        return self.snap(p) is not None
 
     # --- the static tangent graph ---------------------------------------------------
     def _build_disks(self):
@@ -238,20 +328,28 @@ class ExactGeodesic:
         """Tangents between point ``p`` and every disk, both windings.
 
         ``toward=True``: segments p -> disk (arrivals); ``False``: disk -> p (departures).
-        Returns disk ids, sides, tangent points, lengths (only where ``|p c| > r``).
+        Returns disk ids, sides, tangent points, lengths. A ``p`` on a disk's circle (``|p c| <= r``, by
+        at most ``TOL`` for a free point) is its own tangent point on that disk, length 0, both windings:
+        a path from (or to) a point of an arc goes on along the arc.
         """
         n = len(self.centres)
         disk = np.repeat(np.arange(n), 2)
         side = np.tile(np.array([1.0, -1.0]), n)
         delta = (self.centres[disk] - p) if toward else (p - self.centres[disk])
         length = np.hypot(delta[:, 0], delta[:, 1])
+        on = (length <= self.r * (1 + 1e-9)) & (length > 0.5 * self.r)
         ok = length > self.r * (1 + 1e-9)
+        disk_on, side_on = disk[on], side[on]
+        radial = (p - self.centres[disk_on]) / length[on][:, None]
+        t_on = self.centres[disk_on] + self.r * radial
         disk, side, delta, length = disk[ok], side[ok], delta[ok], length[ok]
         d = delta / length[:, None]
         alpha = (-side if toward else side) * np.arcsin(self.r / length)
         u = _rotate(d, alpha)
         t = self.centres[disk] - side[:, None] * self.r * _left(u)
-        return disk, side, t, np.sqrt(np.maximum(length**2 - self.r**2, 0.0))
+        tlen = np.sqrt(np.maximum(length**2 - self.r**2, 0.0))
+        return (np.concatenate([disk, disk_on]), np.concatenate([side, side_on]), np.concatenate([t, t_on]).reshape(-1, 2),
+                np.concatenate([tlen, np.hypot(*(t_on - p).T)]))
 
     def _build_static_edges(self):
         n = len(self.centres)
@@ -369,10 +467,11 @@ class ExactGeodesic:
         return float(cost[k]), (int(nxt[k]), tp[k], int(td[k]), float(ts[k]), float(psi[k]))
 
     def _endpoint(self, p) -> np.ndarray | None:
-        return np.array([float(p[0]), float(p[2])], dtype=np.float64) if self.is_free(p) else None
+        return self.snap(p)
 
     def distance(self, a, b) -> float:
-        """Geodesic distance between floor points ``a`` and ``b`` (x, y, z); ``inf`` when either is not navigable or unreachable."""
+        """Geodesic distance between floor points ``a`` and ``b`` (x, y, z), each snapped to the free space
+        (:meth:`snap`); ``inf`` when either is not navigable or they are not connected."""
         pa, pb = self._endpoint(a), self._endpoint(b)
         if pa is None or pb is None:
             return math.inf
@@ -383,7 +482,8 @@ class ExactGeodesic:
         return max(cost, euclid)
 
     def path(self, a, b, arc_step: float = math.radians(15)) -> list[tuple[float, float, float]]:
-        """A shortest path a -> b as floor points (arcs sampled every ``arc_step``); ``[]`` when unreachable."""
+        """A shortest path a -> b as floor points (arcs sampled every ``arc_step``), from ``a`` and to ``b``
+        snapped to the free space (:meth:`snap`); ``[]`` when unreachable."""
         pa, pb = self._endpoint(a), self._endpoint(b)
         if pa is None or pb is None:
             return []

@@ -98,8 +98,18 @@ class NavGrid:
         return (self.origin[0] + (cell[0] + 0.5) * self.res, 0.0, self.origin[1] + (cell[1] + 0.5) * self.res)
 
     def is_free(self, p) -> bool:
-        """Exact navigability of a floor point."""
+        """Whether a floor point is exactly in the free space (in a room, >= the agent radius from every footprint)."""
         return self.exact.is_free(p)
+
+    def snap(self, p) -> tuple[float, float, float] | None:
+        """The free point nearest ``p`` when ``p`` is within ``SNAP_TOL`` (2 cm) of the free space, else None
+        (:meth:`ExactGeodesic.snap`)."""
+        q = self.exact.snap(p)
+        return None if q is None else (float(q[0]), 0.0, float(q[1]))
+
+    def is_navigable(self, p) -> bool:
+        """Free or within ``SNAP_TOL`` of the free space: where the geodesic and the shortest path are defined."""
+        return self.exact.navigable(p)
 
     def nearest_free_cell(self, p, max_dist: float = 0.3) -> tuple[int, int] | None:
         ix, iz = self.cell_of(p)
@@ -159,7 +169,7 @@ class NavGrid:
         return c
 
     def geodesic_distance(self, a, b) -> float:
-        """Exact shortest-path length between two navigable points (``inf`` when not navigable or unreachable)."""
+        """Exact shortest-path length between two navigable points, snapped (``inf`` when not navigable or unreachable)."""
         return self.exact.distance(a, b)
 
     def grid_distance(self, a, b) -> float:

@@ -187,9 +187,12 @@ class EmbeddedSimulator(Simulator):
         return (float(target[0]), float(start[1]), float(target[2]))
 
     def snap_to_floor(self, position):
+        """The free point nearest ``position`` (``position`` itself when free); raises when none is
+        within ``SNAP_TOL`` (the tolerance the geodesic and the shortest path snap with)."""
         nav = self._need_scene()
-        if nav.is_free(position):
-            return (float(position[0]), 0.0, float(position[2]))
+        snapped = nav.snap(position)
+        if snapped is not None:
+            return snapped
         raise SacaError(
             f"position {[round(float(v), 3) for v in position]} is not navigable in scene {self.scene['scene_id']}"
         )
