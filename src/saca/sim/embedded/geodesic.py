@@ -348,8 +348,8 @@ class ExactGeodesic:
         u = _rotate(d, alpha)
         t = self.centres[disk] - side[:, None] * self.r * _left(u)
         tlen = np.sqrt(np.maximum(length**2 - self.r**2, 0.0))
-        return (np.concatenate([disk, disk_on]), np.concatenate([side, side_on]), np.concatenate([t, t_on]).reshape(-1, 2),
-                np.concatenate([tlen, np.hypot(*(t_on - p).T)]))
+        return (np.concatenate([disk, disk_on]), np.concatenate([side, side_on]),
+                np.concatenate([t, t_on]).reshape(-1, 2), np.concatenate([tlen, np.hypot(*(t_on - p).T)]))
 
     def _build_static_edges(self):
         n = len(self.centres)

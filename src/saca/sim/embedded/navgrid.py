@@ -169,7 +169,8 @@ class NavGrid:
         return c
 
     def geodesic_distance(self, a, b) -> float:
-        """Exact shortest-path length between two navigable points, snapped (``inf`` when not navigable or unreachable)."""
+        """Exact shortest-path length between two navigable points, snapped (``inf`` when not navigable or
+        unreachable)."""
         return self.exact.distance(a, b)
 
     def grid_distance(self, a, b) -> float:
