@@ -17,12 +17,15 @@ shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTH
 configfile: "config/config.yaml"
 
 
-# workflow/schemas/config.schema.yaml links to the package's copy (src/saca/resources), which the CLI checks --params with
+# workflow/schemas/config.schema.yaml links to the package's copy (src/saca/resources), which the CLI checks --params with.
+# Checked now, when the workflow is parsed, before Snakemake can plan a rerun (and delete outputs) over a changed
+# param: a misspelled key names its dotted path and the closest known key; an integer key refuses 2.0 and 1e9, a
+# number NaN and inf (JSON Schema alone accepts them, and the job would then fail after its outputs were removed).
 from saca import SacaError  # noqa: E402
-from saca.config import unknown_keys  # noqa: E402
+from saca.config import validate_config  # noqa: E402
 
-try:  # a misspelled key: its dotted path and the closest known key (jsonschema only says it was unexpected)
-    unknown_keys(config)
+try:
+    validate_config(config)
 except SacaError as err:
     sys.exit(f"config error: {err}")
 validate(config, "workflow/schemas/config.schema.yaml")
