@@ -1,4 +1,5 @@
 # SACA / VLN-R1 reproduction workflow. Logic lives in src/saca; rules only wire files.
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 # ... and in every job: rules with `conda:` run in envs that hold the dependencies, not the package (envs/*.yaml),
 # and Snakemake does not pass PYTHONPATH into them; the prefix keeps Snakemake's default strict mode
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# (quoted: a checkout path with spaces or shell characters is data)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 configfile: "config/config.yaml"

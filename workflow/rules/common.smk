@@ -216,7 +216,8 @@ def sft_inputs(wildcards):
 
 
 def sft_val_args(wildcards):
-    return " ".join(f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"])
+    """``NAME=DIR`` per validation split: a list, so that ``{params.val:q}`` quotes each word."""
+    return [f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"]]
 
 
 # --- RFT (RFT, RFT_VARIANTS and RFT_DATASETS are defined in rft.smk) ---
