@@ -8,6 +8,7 @@ state) and the logs and benchmark files (times) must be the same bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -22,6 +23,19 @@ from conftest import REPO, run_smoke
 # files, which hold the times (docs/reports.md, "Reproducible outputs")
 VOLATILE_DIRS = ("logs", "benchmarks")
 VOLATILE_FILES = ("provenance.json",)
+# the training journals are logs too: their throughput fields (time_*, *_per_s) differ; the rest of every row
+# (losses, rewards, counts, validation) must not. The resume fingerprint is left out as well: it hashed absolute
+# paths (the content-based fingerprint is the other half of issue 25)
+JOURNALS = ("train_log.jsonl",)
+
+
+def _journal_digest(path: Path) -> str:
+    rows = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows.append({k: v for k, v in row.items()
+                     if "time" not in k and not k.endswith("_per_s") and k != "fingerprint"})
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
 def copy_checkout(src: Path, dest: Path) -> None:
@@ -44,7 +58,8 @@ def result_files(root: Path) -> dict[str, str]:
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if p.is_file() and rel.parts[0] not in VOLATILE_DIRS and p.name not in VOLATILE_FILES:
-            out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+            out[rel.as_posix()] = (_journal_digest(p) if p.name in JOURNALS
+                                   else hashlib.sha256(p.read_bytes()).hexdigest())
     return out
 
 
