@@ -44,7 +44,10 @@ def copy_checkout(src: Path, dest: Path) -> None:
                        capture_output=True, text=True)
     if r.returncode == 0:
         for rel in filter(None, r.stdout.split("\0")):
-            if (src / rel).is_file():
+            if (src / rel).is_symlink():  # e.g. ./slurm -> profiles/slurm
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.readlink(src / rel), dest / rel)
+            elif (src / rel).is_file():
                 (dest / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(src / rel, dest / rel)
     else:  # not a git checkout (an unpacked archive)
