@@ -7,6 +7,7 @@ one quoted word); the checkout path in the shell prefix too.
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+JSON_FLAGS = ("--params", "--sim", "--dataset-config", "--datasets", "--agent", "--parameters")
 
 
 def snakemake(*args, cwd=REPO):
@@ -37,6 +39,10 @@ def test_every_shell_command_keeps_a_hostile_results_path_in_one_word(tmp_path):
         touched = [w for w in words if "res dir" in w or marker in w or w.startswith(("dir", "x/"))]
         assert touched, cmd  # every command reads or writes under the results folder
         assert all(results in w for w in touched), cmd
+        # a config section is one word of JSON, quoted once (not twice: `'{"a": 1}'` reached a command as a string)
+        for flag, word in zip(words, words[1:]):
+            if flag in JSON_FLAGS and (word[:1] in "{['\"" or flag != "--agent"):
+                assert isinstance(json.loads(word), dict), (flag, word, cmd)
     assert not (REPO / marker).exists() and not (tmp_path / marker).exists()
 
 

@@ -74,7 +74,7 @@ rule rft:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
         f"OMP_NUM_THREADS={{threads}} {launcher('rft')} -m saca rft --init {{input.init:q}} --out {{params.run:q}}"
         " --data {params.data:q}"
-        " --datasets {params.datasets} --scenes {params.scenes:q} --sim {params.sim} --agent {params.agent:q}"
+        " --datasets {params.datasets} --scenes {params.scenes:q} --sim {params.sim} --agent {params.agent}"
         " --vln-ego {params.vln_ego:q} --landmarks {params.landmarks:q} --params {params.cfg} > {log:q} 2>&1"
 
 
