@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -117,7 +118,13 @@ def run_smoke(checkout: Path, *extra: str) -> tuple[Path, subprocess.CompletedPr
 @pytest.fixture(scope="session")
 def smoke_run():
     """The results folder of one complete smoke run (``make smoke``'s config) of this checkout, shared by every
-    test of the session (about 5 minutes on 2 cores); removed at the end of the session."""
+    test of the session (about 5 minutes on 2 cores); removed at the end of the session. SACA_SMOKE_RESULTS=
+    {checkout}/.smoke-test/results reuses a finished run instead (kept)."""
+    if os.environ.get("SACA_SMOKE_RESULTS"):  # a finished run of this checkout's SMOKE_RESULTS, reused (development)
+        out = Path(os.environ["SACA_SMOKE_RESULTS"]).resolve()
+        assert out == (REPO / SMOKE_RESULTS).resolve() and (out / "reports" / "index.html").is_file(), out
+        yield out
+        return
     out, r = run_smoke(REPO)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
     yield out
