@@ -1,4 +1,5 @@
 # SACA / VLN-R1 reproduction workflow. Logic lives in src/saca; rules only wire files.
+import shlex
 import sys
 from pathlib import Path
 
@@ -11,18 +12,22 @@ SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
 # ... and in every job: rules with `conda:` run in envs that hold the dependencies, not the package (envs/*.yaml),
 # and Snakemake does not pass PYTHONPATH into them; the prefix keeps Snakemake's default strict mode
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# (quoted: a checkout path with spaces or shell characters is data)
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 configfile: "config/config.yaml"
 
 
-# workflow/schemas/config.schema.yaml links to the package's copy (src/saca/resources), which the CLI checks --params with
+# workflow/schemas/config.schema.yaml links to the package's copy (src/saca/resources), which the CLI checks --params with.
+# Checked now, when the workflow is parsed, before Snakemake can plan a rerun (and delete outputs) over a changed
+# param: a misspelled key names its dotted path and the closest known key; an integer key refuses 2.0 and 1e9, a
+# number NaN and inf (JSON Schema alone accepts them, and the job would then fail after its outputs were removed).
 from saca import SacaError  # noqa: E402
-from saca.config import unknown_keys  # noqa: E402
+from saca.config import validate_config  # noqa: E402
 
-try:  # a misspelled key: its dotted path and the closest known key (jsonschema only says it was unexpected)
-    unknown_keys(config)
+try:
+    validate_config(config)
 except SacaError as err:
     sys.exit(f"config error: {err}")
 validate(config, "workflow/schemas/config.schema.yaml")

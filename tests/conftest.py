@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +95,37 @@ def habitat_world(tmp_path_factory):
             write_episodes(root / name / "episodes", split, eps)
         sim.close()
     return {"root": root, "scenes": Path(scene).parent, "index": {}, "datasets": {}, "sim": sim_cfg}
+
+
+# --- the smoke workflow, run once per test session ------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+# inside the checkout (git-ignored), so that the workflow names it relative to the working directory
+# (common.smk): a second checkout that runs into the same relative folder gives the same params and bytes
+SMOKE_RESULTS = ".smoke-test/results"
+
+
+def run_smoke(checkout: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """``snakemake all --configfile config/smoke.yaml`` in ``checkout``, results in ``checkout/.smoke-test/results``
+    (given as an absolute path, as a user would); returns that folder and the finished process."""
+    out = checkout / SMOKE_RESULTS
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run: nothing from an earlier session
+    r = subprocess.run([sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/smoke.yaml",
+                        "--nolock", *extra, "--config", f"results={out}"], cwd=checkout, capture_output=True, text=True)
+    return out, r
+
+
+@pytest.fixture(scope="session")
+def smoke_run():
+    """The results folder of one complete smoke run (``make smoke``'s config) of this checkout, shared by every
+    test of the session (about 5 minutes on 2 cores); removed at the end of the session. SACA_SMOKE_RESULTS=
+    {checkout}/.smoke-test/results reuses a finished run instead (kept)."""
+    if os.environ.get("SACA_SMOKE_RESULTS"):  # a finished run of this checkout's SMOKE_RESULTS, reused (development)
+        out = Path(os.environ["SACA_SMOKE_RESULTS"]).resolve()
+        assert out == (REPO / SMOKE_RESULTS).resolve() and (out / "reports" / "index.html").is_file(), out
+        yield out
+        return
+    out, r = run_smoke(REPO)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
+    yield out
+    shutil.rmtree(out.parent, ignore_errors=True)

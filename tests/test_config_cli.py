@@ -82,7 +82,10 @@ def test_vln_ego_command_with_unknown_scene_leaves_nothing(mini_world, tmp_path)
 def test_cli_params_are_checked_by_the_workflow_schema(tmp_path):
     # the probes of issue 10: a wrong type and a JSON list ended in TypeErrors inside the trainer / from_dict
     for params, named in (('{"learning_rate": "fast"}', "sft.learning_rate: 'fast' is not of type 'number'"),
-                          ("[1,2]", "--params: expected a JSON object")):
+                          ("[1,2]", "--params: expected a JSON object"),
+                          # issue 25: a float for an integer key, NaN for a number
+                          ('{"max_steps": 1e9}', "sft.max_steps: 1000000000.0 is not an integer (write 1000000000)"),
+                          ('{"learning_rate": NaN}', "sft.learning_rate: nan is not a finite number")):
         r = subprocess.run(
             [sys.executable, "-m", "saca", "sft", "--init", str(tmp_path / "init"), "--train", str(tmp_path / "t"),
              "--out", str(tmp_path / "run"), "--params", params],
@@ -177,9 +180,7 @@ def test_the_dataclass_is_the_one_source_of_defaults_and_the_schema_agrees_with_
     import dataclasses
     import importlib
 
-    import jsonschema
-
-    from saca.config import load_schema, section_schema
+    from saca.config import load_schema, section_schema, strict_validator_class
 
     cls = getattr(importlib.import_module(module), name)
     node = section_schema(section)
@@ -192,7 +193,7 @@ def test_the_dataclass_is_the_one_source_of_defaults_and_the_schema_agrees_with_
         defaults.pop("mixes")  # the workflow's mix table (required): no default can name this config's datasets
     schema = {**node, "required": [k for k in node.get("required", []) if k != "mixes"],
               "definitions": load_schema().get("definitions", {})}
-    errors = list(jsonschema.Draft202012Validator(schema).iter_errors(defaults))
+    errors = list(strict_validator_class()(schema).iter_errors(defaults))  # an int default for an integer key
     assert not errors, [(list(e.absolute_path), e.message) for e in errors]
 
 

@@ -38,8 +38,12 @@ from saca.download import (
     extract_zip,
     http_download,
     parse_manifest,
+    sidecar,
     verify,
+    write_sidecar,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 ROOT = "R2R_VLNCE_v1-3_preprocessed"
 
@@ -627,3 +631,62 @@ def test_byte_progress_reports_sizes_rate_and_eta(caplog):
     assert caplog.records[-1].getMessage() == ("R2R.zip: 30.0 MiB of 100.0 MiB (30.0 %), 1.0 MiB/s, ETA 1m10s, "
                                                "elapsed 10s")
     p.close()
+
+
+# --- issue 25: corrupt archives are one line, and a download that fails its check is not recorded ------------
+
+
+def _bad_crc(data: bytes, member_bytes: bytes) -> bytes:
+    """The zip with one byte of a member's data flipped: its structure intact, its CRC-32 wrong."""
+    i = data.index(member_bytes[:64]) + 10
+    raw = bytearray(data)
+    raw[i] ^= 0xFF
+    return bytes(raw)
+
+
+def test_a_bad_crc_is_one_line_naming_the_archive_and_member_and_nothing_is_extracted(tmp_path):
+    member = random.Random(1).randbytes(5000)
+    archive = tmp_path / "a.zip"
+    archive.write_bytes(_bad_crc(make_zip({f"{ROOT}/x.bin": member, f"{ROOT}/y.bin": b"y"}), member))
+    with pytest.raises(SacaError) as exc:
+        extract_zip(archive, tmp_path / "out", ROOT)
+    msg = str(exc.value)
+    assert "\n" not in msg and str(archive) in msg and "x.bin" in msg and "CRC" in msg
+    assert not (tmp_path / "out").exists()
+    r = subprocess.run([sys.executable, "-m", "saca", "download-archive", "--url", "http://127.0.0.1:9/none.zip",
+                        "--archive", str(archive), "--out", str(tmp_path / "out"), "--root", ROOT],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert [line for line in r.stderr.splitlines() if "CRC" in line and str(archive) in line], r.stderr
+
+
+def test_a_short_unpinned_download_is_removed_not_recorded_and_fetched_again(server, tmp_path):
+    # issue 25: a truncated archive (the server's Content-Length agreeing) was recorded in its .sha256 sidecar and
+    # then never fetched again
+    full = server.data
+    server.data = full[: len(full) - 3000]
+    archive, out = tmp_path / "downloads" / f"{ROOT}.zip", tmp_path / "datasets" / ROOT
+    with pytest.raises(SacaError) as exc:
+        download_archive(server.url, archive, out, ROOT, retry_wait=0)
+    assert "\n" not in str(exc.value) and "the next run fetches it again" in str(exc.value)
+    assert not archive.exists() and not sidecar(archive).exists() and not out.exists()
+    assert not archive.with_name(archive.name + ".part").exists()
+    server.data = full  # the next run fetches it again, and this time it is whole
+    download_archive(server.url, archive, out, ROOT, retry_wait=0)
+    assert sidecar(archive).read_text() == f"{sha(full)}  {archive.name}\n" and (out / MANIFEST).is_file()
+    assert len(server.requests) == 2
+
+
+def test_a_recorded_archive_with_a_bad_crc_is_removed_with_its_record(server, tmp_path):
+    _, files = episode_zip()
+    member = files[f"{ROOT}/train/train.json.gz"]
+    archive, out = tmp_path / f"{ROOT}.zip", tmp_path / "out"
+    bad = _bad_crc(server.data, member)
+    archive.write_bytes(bad)
+    write_sidecar(archive, sha(bad))  # what an earlier version recorded
+    with pytest.raises(SacaError, match=r"CRC.*removed it and its record: the next run fetches it again"):
+        download_archive(server.url, archive, out, ROOT, retry_wait=0)
+    assert not archive.exists() and not sidecar(archive).exists() and not out.exists()
+    assert server.requests == []
+    download_archive(server.url, archive, out, ROOT, retry_wait=0)
+    assert verify(out)["files"] == 3 and len(server.requests) == 1

@@ -114,3 +114,44 @@ def test_journal_corrupt_in_the_middle_names_file_and_line(tmp_path):
     with pytest.raises(SacaError, match=rf"{re.escape(str(j))}:2: malformed journal line"):
         read_journal(j)
     assert j.read_text() == '{"a": 1}\nnot json\n{"a": 3}\n'  # never rewritten
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_safetensors_and_everything_in_an_atomic_dir_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    # issue 25: under umask 022, nine *.safetensors of the smoke run were 0600 (safetensors' save_file ignores it)
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    old = os.umask(umask)
+    try:
+        save_file({"w": torch.zeros(2)}, str(tmp_path / "raw.safetensors"))
+        assert _mode(tmp_path / "raw.safetensors") == 0o600  # the library's mode, which the helper corrects
+        with atomic_dir(tmp_path / "model") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))
+            (tmp / "sub").mkdir(mode=0o700)
+            fd = os.open(tmp / "sub" / "private.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            (tmp / "run.sh").write_text("#!/bin/sh\n")
+            os.chmod(tmp / "run.sh", 0o700)
+        out = tmp_path / "model"
+        assert _mode(out) == dir_mode and _mode(out / "sub") == dir_mode
+        assert _mode(out / "model.safetensors") == file_mode and _mode(out / "sub" / "private.bin") == file_mode
+        assert _mode(out / "run.sh") == dir_mode  # executable stays executable, as the umask allows
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("umask,file_mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_a_saved_policy_follows_the_umask(tmp_path, umask, file_mode):
+    # the real save helper of every model the workflow writes (save_pretrained inside atomic_dir)
+    pytest.importorskip("torch")
+    from saca.policy.tiny import TinyConfig, build_tiny_policy
+
+    old = os.umask(umask)
+    try:
+        out = build_tiny_policy(tmp_path / "init", TinyConfig(seed=0))
+    finally:
+        os.umask(old)
+    files = [p for p in Path(out).rglob("*") if p.is_file()]
+    assert any(p.suffix == ".safetensors" for p in files)
+    assert {p.name: _mode(p) for p in files} == {p.name: file_mode for p in files}

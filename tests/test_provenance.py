@@ -45,3 +45,39 @@ def test_the_record_has_every_field(tmp_path):
     assert rec["config_sha256"] == config_hash(Cfg()) and rec["seed"] == 3 and rec["device"] == "cpu"
     assert rec["init"] == "x" and rec["versions"]["python"] and "torch" in rec["versions"]
     assert set(provenance()) >= {"config_sha256", "git", "versions", "seed", "device", "host", "time"}
+
+
+def test_git_state_never_writes_the_index_nor_takes_its_lock(tmp_path):
+    # issue 25: `git status` refreshed the index under .git/index.lock in every job; jobs running at once in one
+    # checkout (and the user's `git commit`) collide on that lock. A file whose stat data changed (touched, same
+    # content) makes a plain `git status` rewrite the index; the read-only call must leave it as it is.
+    import os
+    import time
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    run = lambda *a: subprocess.run(["git", "-C", str(repo), *a], capture_output=True, text=True, check=True)  # noqa: E731
+    run("init", "-q")
+    run("config", "user.email", "t@t")
+    run("config", "user.name", "t")
+    (repo / "f.txt").write_text("x\n")
+    run("add", "f.txt")
+    run("commit", "-q", "-m", "one")
+    index = repo / ".git" / "index"
+    later = time.time() + 5
+    os.utime(repo / "f.txt", (later, later))  # stat data differs from the index entry, content does not
+    before = index.stat()
+    git_state.cache_clear()
+    assert git_state(str(repo)) == {"commit": run("rev-parse", "HEAD").stdout.strip(), "dirty": False}
+    after = index.stat()
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+    # ... and a lock held by someone else (a concurrent `git commit`) is no obstacle
+    (repo / ".git" / "index.lock").write_text("")
+    git_state.cache_clear()
+    assert git_state(str(repo))["dirty"] is False
+    assert (repo / ".git" / "index.lock").read_text() == ""
+    # the probe: a plain `git status` does rewrite the index here (what the test would catch)
+    subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True)
+    (repo / ".git" / "index.lock").unlink()
+    subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True, check=True)
+    assert index.stat().st_ino != before.st_ino or index.stat().st_mtime_ns != before.st_mtime_ns

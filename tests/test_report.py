@@ -151,9 +151,63 @@ def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
     assert "paper, for reference" in html and "+SS +AFR +RR (SACA)" in html and "60.3" in html and "14.0" in html
     assert "import pandas" not in html  # code cells hidden
     assert out.with_suffix(".ipynb").is_file()
+    # the same notebook and parameters give the same bytes (issue 25: papermill's cell ids and times differed)
+    again = tmp_path / "again" / "table2.html"
+    r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
+                        "--parameters", json.dumps(params), "--out", str(again)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert again.read_bytes() == out.read_bytes()
+    assert again.with_suffix(".ipynb").read_bytes() == out.with_suffix(".ipynb").read_bytes()
     # a missing input is named, and nothing is written
     (res / "mini_r2r" / "eval" / "rft-ss" / "val_unseen" / "metrics.json").unlink()
     bad = tmp_path / "reports" / "bad.html"
     r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
                         "--parameters", json.dumps(params), "--out", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "rft-ss/val_unseen/metrics.json" in r.stderr and not bad.exists()
+
+
+@pytest.mark.parametrize("name", ["a b", "x=__import__('os').system('touch PWNED')#", "class", "1st", ""])
+def test_a_notebook_parameter_name_must_be_an_identifier(tmp_path, name):
+    # issue 25: papermill writes `name = value` into the notebook, so a name was code
+    from saca.report import check_parameters
+
+    with pytest.raises(SacaError, match=r"--parameters: .* is not a notebook parameter name \(a Python identifier\)"):
+        check_parameters({"results": "r", name: 1})
+    out = tmp_path / "x.html"
+    r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
+                        "--parameters", json.dumps({name: 1}), "--out", str(out)], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "not a notebook parameter name" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_notebook_parameter_values_are_data():
+    from papermill.translators import PythonTranslator
+
+    from saca.report import check_parameters
+
+    params = check_parameters({"results": "res $(touch X)'\"\\\n; import os", "seeds": [0, 3], "b": {"x": None}})
+    ns = {}
+    exec(PythonTranslator.codify(params), ns)  # what papermill injects into the parameters cell
+    assert {k: ns[k] for k in params} == params
+
+
+def test_an_executed_notebook_has_numbered_cell_ids_and_no_times():
+    import nbformat
+
+    from saca.report import normalize_notebook
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_markdown_cell("# t")]
+    nb.metadata["papermill"] = {"start_time": "2026-12-06T12:00:00", "end_time": "t", "duration": 1.5,
+                                "output_path": "/tmp/.t.ipynb.tmp-h.1.abc", "input_path": "nb.ipynb",
+                                "parameters": {"a": 1}}
+    nb.cells[0].metadata["papermill"] = {"start_time": "t", "end_time": "t", "duration": 0.1, "status": "completed"}
+    nb.cells[0].metadata["execution"] = {"iopub.status.busy": "2026-12-06T12:00:00.1Z"}
+    assert nb.cells[0].id != nb.cells[1].id  # random
+    normalize_notebook(nb)
+    assert [c.id for c in nb.cells] == ["cell-0", "cell-1"]
+    assert nb.metadata["papermill"] == {"input_path": "nb.ipynb", "parameters": {"a": 1}}
+    assert nb.cells[0].metadata == {"papermill": {"status": "completed"}}
+    nbformat.validate(nb)

@@ -151,12 +151,7 @@ def test_an_ablation_outside_rft_runs_is_built_on_request_with_its_landmarks(tmp
         ("mini_r2r", "train"), ("mini_rxr", "train")}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "results"
-    r = snakemake("all", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock", "--config", f"results={out}")
-    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
-    return out
+# smoke_run: tests/conftest.py (one smoke run per session, shared with other test files)
 
 
 @pytest.mark.slow
@@ -367,3 +362,28 @@ def test_a_misspelled_key_or_bad_variant_is_named_at_parse_time(tmp_path, extra,
                   "--config", f"results={tmp_path / 'results'}")
     assert r.returncode != 0 and f"config error: {message}" in r.stderr, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.slow
+def test_the_smoke_rft_takes_real_gradient_steps(smoke_run):
+    # issue 25: every smoke RFT update was skipped (all groups collapsed), so the five variants ended with the SFT
+    # weights and CI never exercised an RFT gradient step. VLN-R1's offline RFT (vlnr1) now gets mixed groups and
+    # steps; the online variants' smoke rollouts all fail (docs/rft.md), so they may still skip
+    import hashlib
+
+    def sha(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    sft = sha(smoke_run / "sft" / "r2r_rxr" / "final" / "model.safetensors")
+    assert sorted(p.name for p in (smoke_run / "rft").iterdir()) == ["grpo", "saca", "ss", "ss_afr", "vlnr1"]
+    run = smoke_run / "rft" / "vlnr1" / "s0"
+    train = [r for r in map(json.loads, (run / "train_log.jsonl").read_text().splitlines()) if r["event"] == "train"]
+    stepped = [r for r in train if not r.get("skipped_step")]
+    assert stepped and all(r["samples"] > 0 and r["grad_norm"] > 0 for r in stepped), train
+    assert any(r["collapsed_share"] < 1 for r in train)  # a group of mixed rewards
+    assert sha(run / "final" / "model.safetensors") != sft
+    for v in ("grpo", "ss", "ss_afr", "saca"):  # a skipped update leaves the weights as they were
+        log = [r for r in map(json.loads, (smoke_run / "rft" / v / "s0" / "train_log.jsonl").read_text().splitlines())
+               if r["event"] == "train"]
+        if all(r.get("skipped_step") for r in log):
+            assert sha(smoke_run / "rft" / v / "s0" / "final" / "model.safetensors") == sft, v

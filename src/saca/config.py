@@ -20,6 +20,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,63 @@ def load_schema() -> dict:
     import yaml
 
     return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _is_integer(checker, value) -> bool:
+    # JSON Schema calls 2.0 an integer; a job then fails on it (range(2.0)) after Snakemake has deleted its
+    # outputs (changed params). Here an integer is a Python int, never a float and never a bool.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(checker, value) -> bool:
+    # NaN passes every minimum/maximum (all comparisons are false) and inf every minimum: neither is a number here
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@functools.lru_cache(maxsize=1)
+def strict_validator_class():
+    """Draft 2020-12 with strict types: ``integer`` is an int (not 2.0, not 1e9), ``number`` is finite."""
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine_many({"integer": _is_integer, "number": _is_number})
+    return jsonschema.validators.extend(base, type_checker=checker)
+
+
+def _error_line(err, where: str = "") -> str:
+    """One line naming the dotted key of a jsonschema error: ``rft.max_steps: 2.0 is not of type 'integer'``."""
+    path = where
+    for p in err.absolute_path:
+        path += f"[{p}]" if isinstance(p, int) else (f".{p}" if path else str(p))
+    message = err.message
+    if err.validator == "type" and isinstance(err.instance, float) and not math.isfinite(err.instance):
+        message = f"{err.instance} is not a finite number"
+    elif err.validator == "type" and isinstance(err.instance, float) and "integer" in str(err.validator_value):
+        message = f"{err.instance!r} is not an integer (write {int(err.instance) if err.instance.is_integer() else 'an integer'})"
+    return f"{path or '(top level)'}: {message}"
+
+
+def schema_errors(value, schema: dict, where: str = "") -> list[str]:
+    """Every violation of ``schema`` by ``value`` with strict types, one line each naming the key, best first."""
+    import jsonschema
+
+    v = strict_validator_class()({**schema, "definitions": load_schema().get("definitions", {})})
+    errors = list(v.iter_errors(value))
+    if not errors:
+        return []
+    best = jsonschema.exceptions.best_match(errors)
+    rest = sorted((e for e in errors if e is not best), key=lambda e: list(map(str, e.absolute_path)))
+    return [_error_line(e, where) for e in [best, *rest]]
+
+
+def validate_config(config: dict) -> None:
+    """The whole workflow config checked as the Snakefile checks it when the workflow is parsed, before any job is
+    scheduled: unknown keys (with a did-you-mean hint), then the schema with strict types (an integer key refuses
+    2.0 and 1e9, a number refuses NaN and inf). SacaError with one line naming the first offending key."""
+    unknown_keys(config)
+    errors = schema_errors(config, load_schema())
+    if errors:
+        raise SacaError(errors[0])
 
 
 def section_schema(section: str) -> dict | None:
@@ -73,22 +131,19 @@ def check_section(data: dict, section: str, cls: type | None = None) -> None:
     A value equal to the default of dataclass ``cls`` is accepted as it is (``sft.mixes:
     {}``, a workflow key the command ignores, is what ``asdict(SftConfig())`` holds).
     """
-    import jsonschema
-
     node = section_schema(section)
     if node is None:
         return
     props = node.get("properties", {})
-    definitions = load_schema().get("definitions", {})
     defaults = dataclass_defaults(cls) if cls is not None else {}
     for key, value in data.items():
-        if key not in props or (key in defaults and value == defaults[key]):
+        if key not in props:
             continue
-        schema = {**props[key], "definitions": definitions}
-        err = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(value))
-        if err is not None:
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-            raise SacaError(f"{section}.{key}{path}: {err.message}")
+        if key in defaults and type(value) is type(defaults[key]) and value == defaults[key]:
+            continue  # (2.0 == 2, but a float is no default of an integer key)
+        errors = schema_errors(value, props[key], f"{section}.{key}")
+        if errors:
+            raise SacaError(errors[0])
 
 
 def parse_json_section(text: str | None, section: str, flag: str = "--params", cls: type | None = None) -> dict:

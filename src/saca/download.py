@@ -35,6 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Mapping
 
@@ -385,15 +386,17 @@ def _fetch(url: str, part: Path, headers: dict, timeout: float, chunk_size: int,
 
 def http_download(url: str, dest: str | os.PathLike, sha256: str = "", *, headers: Mapping[str, str] | None = None,
                   retries: int = 8, retry_wait: float = 5.0, timeout: float = 60.0, chunk_size: int = 1 << 20,
-                  source: str = "pinned sha256") -> str:
+                  source: str = "pinned sha256", check: Callable[[Path], None] | None = None) -> str:
     """Download ``url`` to ``dest``, resumably; returns the sha256 of ``dest``.
 
     Bytes go to ``DEST.part``; an attempt starts with ``Range: bytes=N-`` where N bytes are already there
     (a run killed half-way resumes on the next run; an interrupted connection is retried, ``retries`` times
     in a row without progress). A server that answers a range request with the whole file (HTTP 200) is
     followed from byte 0. The complete file is hashed, checked against ``sha256`` (when pinned; a mismatch
-    moves it to ``DEST.rejected`` and names both hashes), renamed onto ``dest`` and its hash recorded in
-    ``DEST.sha256``. An existing ``dest`` is not fetched again: it is checked against the pin and the record.
+    moves it to ``DEST.rejected`` and names both hashes), checked by ``check(path)`` (an archive's own
+    checksums: :func:`check_zip`; a failure removes the file, so that the next run fetches it again), and only
+    then renamed onto ``dest`` with its hash recorded in ``DEST.sha256``: a file that failed a check is never
+    recorded. An existing ``dest`` is not fetched again: it is checked against the pin and the record.
     """
     dest = Path(dest)
     sha256 = _check_hex(sha256, source)
@@ -424,6 +427,13 @@ def http_download(url: str, dest: str | os.PathLike, sha256: str = "", *, header
         rejected = dest.with_name(dest.name + ".rejected")
         os.replace(part, rejected)
         raise SacaError(f"{mismatch(dest, sha256, actual, source)}; the download was moved to {rejected}")
+    if check is not None:
+        try:
+            check(part)
+        except SacaError as err:
+            part.unlink(missing_ok=True)
+            raise SacaError(f"{url}: {err}; the download was removed (not recorded): the next run fetches it "
+                            "again") from None
     os.replace(part, dest)
     write_sidecar(dest, actual)
     log.info("downloaded %s (%s, sha256 %s)", dest, human_bytes(dest.stat().st_size), actual)
@@ -431,6 +441,22 @@ def http_download(url: str, dest: str | os.PathLike, sha256: str = "", *, header
 
 
 # --- safe extraction --------------------------------------------------------------------------
+
+
+class CorruptArchive(SacaError):
+    """An archive whose own checksums (a zip's CRC-32s) or structure do not hold."""
+
+
+def check_zip(path: str | os.PathLike) -> None:
+    """Read every member of a zip and check its CRC-32 (``testzip``); CorruptArchive in one line naming it."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise CorruptArchive(f"{path}: corrupt zip archive ({err})") from None
+    if bad is not None:
+        raise CorruptArchive(f"{path}: corrupt zip archive (bad CRC-32 of member {bad!r})")
 
 
 def _member_path(info: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
@@ -466,7 +492,7 @@ def extract_zip(archive: str | os.PathLike, out: str | os.PathLike, root: str = 
     try:
         zf = zipfile.ZipFile(archive)
     except zipfile.BadZipFile as err:
-        raise SacaError(f"{archive}: not a zip archive ({err})") from err
+        raise CorruptArchive(f"{archive}: not a zip archive ({err})") from None
     with zf:
         members = []
         tops = set()
@@ -500,11 +526,15 @@ def extract_zip(archive: str | os.PathLike, out: str | os.PathLike, root: str = 
                     continue
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 h = hashlib.sha256()
-                with zf.open(info) as src, open(dest, "wb") as dst:
-                    while chunk := src.read(1 << 20):
-                        h.update(chunk)
-                        dst.write(chunk)
-                        prog.update(len(chunk))
+                try:
+                    with zf.open(info) as src, open(dest, "wb") as dst:
+                        while chunk := src.read(1 << 20):
+                            h.update(chunk)
+                            dst.write(chunk)
+                            prog.update(len(chunk))
+                except (zipfile.BadZipFile, zlib.error, EOFError) as err:  # "Bad CRC-32 for file ...": one line
+                    raise CorruptArchive(f"{archive}: corrupt zip archive at member {info.filename!r} ({err}); "
+                                         f"nothing was extracted") from None
                 key = _manifest_name(rel.as_posix(), out)
                 if key in _NOT_IN_MANIFEST:
                     raise SacaError(f"{archive}: member {info.filename!r} would overwrite the download's {key}")
@@ -537,10 +567,16 @@ def download_archive(url: str, archive: str | os.PathLike, out: str | os.PathLik
             raise SacaError(f"{auth_env} is not set: {url} needs the token it names (auth_env); nothing was downloaded")
         headers["Authorization"] = f"Bearer {token}"
     pinned = read_pinned(pinned_manifest)
-    digest = http_download(url, archive, sha256, headers=headers, source="sha256 pinned in the config", **http)
-    hashes = extract_zip(archive, out, root, pinned=pinned, pinned_source=str(pinned_manifest or ""),
-                         source={"kind": "archive", "url": url, "archive": Path(archive).name, "archive_sha256": digest,
-                                 "root": root, "pinned": bool(sha256)})
+    digest = http_download(url, archive, sha256, headers=headers, source="sha256 pinned in the config",
+                           check=check_zip, **http)
+    try:
+        hashes = extract_zip(archive, out, root, pinned=pinned, pinned_source=str(pinned_manifest or ""),
+                             source={"kind": "archive", "url": url, "archive": Path(archive).name,
+                                     "archive_sha256": digest, "root": root, "pinned": bool(sha256)})
+    except CorruptArchive as err:  # an archive kept from an earlier run (recorded before it was checked)
+        Path(archive).unlink(missing_ok=True)
+        sidecar(archive).unlink(missing_ok=True)
+        raise SacaError(f"{err}; removed it and its record: the next run fetches it again") from None
     if not keep_archive:
         Path(archive).unlink()
         sidecar(archive).unlink(missing_ok=True)

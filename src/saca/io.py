@@ -7,7 +7,9 @@ so a crash or a bad input never leaves a half-written result behind.
 * Outputs get the permissions of the user's umask (``0o666 & ~umask`` for files,
   ``0o777 & ~umask`` for directories), as ``open`` and ``mkdir`` would give, not
   the private 0600 / 0700 of ``mkstemp`` / ``mkdtemp``: on a shared cluster the
-  group reads the results.
+  group reads the results. A directory written with :func:`atomic_dir` gets them
+  for everything inside it too (:func:`follow_umask`): safetensors' ``save_file``,
+  and so every ``save_pretrained``, writes 0600 whatever the umask.
 * Temporaries are named ``.{target}.tmp-{host}.{pid}.{random}``: a writer killed
   with SIGKILL leaves its temporary behind, and the next write of the same
   target removes the temporaries of writers on this host that are no longer
@@ -27,6 +29,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import tempfile
 import zlib
 from pathlib import Path
@@ -56,6 +59,21 @@ def current_umask() -> int:
 
 def _chmod_default(path: Path, is_dir: bool) -> None:
     os.chmod(path, (0o777 if is_dir else 0o666) & ~current_umask())
+
+
+def follow_umask(root: str | os.PathLike) -> None:
+    """Give every file and directory under ``root`` (``root`` included) the mode of the umask, as :func:`atomic_dir`
+    does to what is written into it: libraries that write 0600 whatever the umask (safetensors' ``save_file``, so
+    every ``save_pretrained``; ``mkstemp``) get the same modes as ``open`` would give. A file that is executable
+    keeps its execute bits (as the umask allows); symbolic links are left alone."""
+    mask = current_umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                os.chmod(path, (0o777 if st.st_mode & 0o111 else 0o666) & ~mask)
 
 
 # --- output locations -------------------------------------------------------------------------
@@ -178,6 +196,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     try:
         _chmod_default(tmp, is_dir=True)
         yield tmp
+        follow_umask(tmp)  # what the caller wrote into it, safetensors (0600) included
         old = target.with_name(f".{target.name}.old")  # also what a writer killed mid-swap leaves
         shutil.rmtree(old, ignore_errors=True)
         if target.exists():

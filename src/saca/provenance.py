@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -40,17 +41,25 @@ def config_hash(settings: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _git(where: Path, *args: str) -> subprocess.CompletedProcess:
+    """A read-only git command: ``--no-optional-locks`` (and GIT_OPTIONAL_LOCKS=0), so that ``git status`` does
+    not refresh the index under ``.git/index.lock``: jobs that run at once in one checkout (a cluster) would
+    collide on that lock, and so would the user's own ``git commit``."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+    return subprocess.run(["git", "--no-optional-locks", "-C", str(where), *args], capture_output=True, text=True,
+                          timeout=10, env=env)
+
+
 @lru_cache(maxsize=None)
 def git_state(path: str | None = None) -> dict | None:
-    """``{"commit", "dirty"}`` of the git checkout holding ``path`` (default: this package), or None."""
+    """``{"commit", "dirty"}`` of the git checkout holding ``path`` (default: this package), or None. Read only:
+    it never takes git's index lock (:func:`_git`)."""
     where = Path(path) if path else Path(__file__).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
+        commit = _git(where, "rev-parse", "HEAD")
         if commit.returncode != 0:
             return None
-        status = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        status = _git(where, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.TimeoutExpired):
         return None
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}

@@ -197,15 +197,51 @@ def fmt(x, digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def check_parameters(parameters: Mapping, flag: str = "--parameters") -> dict:
+    """The notebook parameters, their names checked: papermill writes ``name = value`` lines into the notebook,
+    so a name must be a Python identifier (not a keyword), else it would be code; values are written as
+    literals (data). SacaError naming the bad name."""
+    import keyword
+
+    for name in parameters:
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise SacaError(f"{flag}: {name!r} is not a notebook parameter name (a Python identifier)")
+    return dict(parameters)
+
+
+# what papermill and nbclient record that changes from run to run: the times of the run and of each cell, and the
+# temporary file the notebook was executed into
+_VOLATILE_NB = ("start_time", "end_time", "duration", "output_path")
+_VOLATILE_CELL = ("start_time", "end_time", "duration")
+
+
+def normalize_notebook(nb) -> None:
+    """Make an executed notebook the same bytes for the same inputs: cell ids numbered in order (nbformat draws
+    random ids for cells without one, papermill's parameters cell included), no run or cell times."""
+    meta = nb.metadata.get("papermill")
+    if meta is not None:
+        for k in _VOLATILE_NB:
+            meta.pop(k, None)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"
+        cell.metadata.pop("execution", None)  # nbclient's iopub / shell timestamps
+        pm_meta = cell.metadata.get("papermill")
+        if pm_meta is not None:
+            for k in _VOLATILE_CELL:
+                pm_meta.pop(k, None)
+
+
 def run_notebook(notebook, out_html, parameters: Mapping, kernel: str = "python3", timeout: int = 600) -> Path:
     """Execute ``notebook`` with papermill (``parameters`` injected), keep the executed notebook next to the HTML
-    (``.ipynb``), render HTML without the code cells; both written atomically."""
+    (``.ipynb``), render HTML without the code cells; both written atomically, and the same bytes for the same
+    notebook and parameters (:func:`normalize_notebook`)."""
     import nbformat
     import papermill as pm
     from nbconvert import HTMLExporter
 
     from saca.io import atomic_path, write_text
 
+    parameters = check_parameters(parameters)
     notebook, out_html = Path(notebook), Path(out_html)
     if not notebook.is_file():
         raise SacaError(f"{notebook}: the report notebook does not exist")
@@ -213,11 +249,13 @@ def run_notebook(notebook, out_html, parameters: Mapping, kernel: str = "python3
     executed = out_html.with_suffix(".ipynb")
     with atomic_path(executed, suffix=".ipynb") as tmp:
         try:
-            pm.execute_notebook(str(notebook), str(tmp), parameters=dict(parameters), kernel_name=kernel,
+            pm.execute_notebook(str(notebook), str(tmp), parameters=parameters, kernel_name=kernel,
                                 progress_bar=False, execution_timeout=timeout, cwd=str(Path.cwd()))
         except pm.PapermillExecutionError as err:
             raise SacaError(f"{notebook}: cell {err.exec_count} failed: {err.ename}: {err.evalue}") from err
-    nb = nbformat.read(str(executed), as_version=4)
+        nb = nbformat.read(str(tmp), as_version=4)
+        normalize_notebook(nb)
+        nbformat.write(nb, str(tmp))
     html, _ = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
     write_text(out_html, html)
     return out_html

@@ -36,8 +36,8 @@ rule landmarks:
         cfg=as_json(config["landmarks"]),
         episodes=lambda wc, input: Path(input.episodes).parent,
     shell:
-        "python -m saca landmarks --episodes {params.episodes} --split {wildcards.split}"
-        " --params {params.cfg} --out {output} > {log} 2>&1"
+        "python -m saca landmarks --episodes {params.episodes:q} --split {wildcards.split:q}"
+        " --params {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 AUDIT_INPUTS = dict(
@@ -59,8 +59,8 @@ AUDIT_PARAMS = dict(
     cfg=lambda wc: as_json({k: v for k, v in AUDITOR.items() if k not in ("runs", "splits", "group_size")}),
 )
 AUDIT_ARGS = (
-    " --episodes {params.episodes} --split {wildcards.split} --eval-dir {params.eval_dir}"
-    " --landmarks {input.landmarks} --scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds}"
+    " --episodes {params.episodes:q} --split {wildcards.split:q} --eval-dir {params.eval_dir:q}"
+    " --landmarks {input.landmarks:q} --scenes {params.scenes:q} --sim {params.sim} --dataset-config {params.ds}"
     " --params {params.cfg}"
 )
 
@@ -88,7 +88,7 @@ rule audit:
         out=lambda wc, output: Path(output.summary).parent,
     shell:
         f"OMP_NUM_THREADS={{threads}} python -m saca audit{AUDIT_ARGS} --group-size {{resources.audit_group}}"
-        " --out {params.out} > {log} 2>&1"
+        " --out {params.out:q} > {log:q} 2>&1"
 
 
 rule audit_figure:
@@ -110,7 +110,7 @@ rule audit_figure:
     params:
         **AUDIT_PARAMS,
     shell:
-        f"python -m saca audit-figure{AUDIT_ARGS} --audit {{input.audit}} --out {{output}} > {{log}} 2>&1"
+        f"python -m saca audit-figure{AUDIT_ARGS} --audit {{input.audit:q}} --out {{output:q}} > {{log:q}} 2>&1"
 
 
 TARGETS += expand(f"{RESULTS}/{{dataset}}/landmarks/{{split}}.jsonl", dataset=DATASETS, split=SPLITS)

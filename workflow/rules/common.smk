@@ -4,11 +4,17 @@ import os
 import re
 import shlex
 import sys
+from pathlib import Path
 
 from saca import SacaError
 from saca.external import check_config_paths, download_targets
 
 RESULTS = config.get("results", "results")
+# a results folder inside the working directory is named relative to it, however it was given: the params, the
+# commands and the outputs that name a path (agent specs, reports) are then the same in every copy of the checkout
+# (and with `results=$PWD/results`), so a moved or copied checkout neither reruns nor writes other bytes
+if os.path.isabs(RESULTS) and Path(os.path.normpath(RESULTS)).is_relative_to(Path.cwd()):
+    RESULTS = os.path.relpath(os.path.normpath(RESULTS), Path.cwd())
 # the seeds of every RFT run (training and evaluation): results/rft/{variant}/s{seed}, run rft-{variant}-s{seed}
 SEEDS = list(config.get("seeds", [0]))
 
@@ -216,7 +222,8 @@ def sft_inputs(wildcards):
 
 
 def sft_val_args(wildcards):
-    return " ".join(f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"])
+    """``NAME=DIR`` per validation split: a list, so that ``{params.val:q}`` quotes each word."""
+    return [f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"]]
 
 
 # --- RFT (RFT, RFT_VARIANTS and RFT_DATASETS are defined in rft.smk) ---

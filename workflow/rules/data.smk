@@ -26,7 +26,7 @@ rule scenes:
         cfg=as_json(SCENES),
         out=lambda wc, output: Path(output.index).parent,
     shell:
-        "python -m saca scenes --params {params.cfg} --out {params.out} > {log} 2>&1"
+        "python -m saca scenes --params {params.cfg} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule episodes:
@@ -51,9 +51,9 @@ rule episodes:
         scenes=lambda wc, input: Path(input.scenes).parent,
         out=lambda wc, output: Path(output.episodes).parent,
     shell:
-        "python -m saca episodes --dataset {wildcards.dataset} --split {wildcards.split} "
-        "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
-        "--out {params.out} > {log} 2>&1"
+        "python -m saca episodes --dataset {wildcards.dataset:q} --split {wildcards.split:q} "
+        "--scenes {params.scenes:q} --sim {params.sim} --dataset-config {params.ds} "
+        "--out {params.out:q} > {log:q} 2>&1"
 
 
 rule episodes_import:
@@ -80,8 +80,8 @@ rule episodes_import:
             if v
         ),
     shell:
-        "python -m saca episodes-import --format {params.fmt} --src {params.src:q} --split {wildcards.split}"
-        " --out {params.out} {params.opts} > {log} 2>&1"
+        "python -m saca episodes-import --format {params.fmt:q} --src {params.src:q} --split {wildcards.split:q}"
+        " --out {params.out:q} {params.opts} > {log:q} 2>&1"
 
 
 rule vln_ego:
@@ -108,9 +108,9 @@ rule vln_ego:
         scenes=lambda wc, input: Path(input.scenes).parent,
         episodes=lambda wc, input: Path(input.episodes).parent,
     shell:
-        "python -m saca vln-ego --episodes {params.episodes} --split {wildcards.split} "
-        "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} "
-        "--params {params.cfg} --out {output} > {log} 2>&1"
+        "python -m saca vln-ego --episodes {params.episodes:q} --split {wildcards.split:q} "
+        "--scenes {params.scenes:q} --sim {params.sim} --dataset-config {params.ds} "
+        "--params {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 rule preview:
@@ -134,8 +134,8 @@ rule preview:
         scenes=lambda wc, input: Path(input.scenes).parent,
         episodes=lambda wc, input: Path(input.episodes).parent,
     shell:
-        "python -m saca preview --episodes {params.episodes} --split val_unseen "
-        "--scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --out {output} > {log} 2>&1"
+        "python -m saca preview --episodes {params.episodes:q} --split val_unseen "
+        "--scenes {params.scenes:q} --sim {params.sim} --dataset-config {params.ds} --out {output:q} > {log:q} 2>&1"
 
 
 rule vln_ego_all:

@@ -50,7 +50,7 @@ rule download_scenes:
         ),
     shell:
         "python -m saca download-mp3d --download-dir {params.download_dir:q} --out {params.out:q} {params.opts} "
-        "> {log} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule download_episodes:
@@ -80,7 +80,7 @@ rule download_episodes:
         ),
     shell:
         "python -m saca download-archive --url {params.url:q} --archive {params.archive:q} --out {params.out:q} "
-        "{params.opts} > {log} 2>&1"
+        "{params.opts} > {log:q} 2>&1"
 
 
 rule download_model:
@@ -108,7 +108,7 @@ rule download_model:
             if o
         ),
     shell:
-        "python -m saca download-model --repo-id {params.repo_id:q} --out {params.out:q} {params.opts} > {log} 2>&1"
+        "python -m saca download-model --repo-id {params.repo_id:q} --out {params.out:q} {params.opts} > {log:q} 2>&1"
 
 
 rule download_all:

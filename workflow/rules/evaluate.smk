@@ -21,9 +21,9 @@ wildcard_constraints:
 
 
 EVAL_CMD = (
-    "OMP_NUM_THREADS={threads} python -m saca evaluate --dataset-dir {params.dataset_dir}"
-    " --split {wildcards.split} --agent {params.agent} --run {wildcards.run} --scenes {params.scenes}"
-    " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out}"
+    "OMP_NUM_THREADS={threads} python -m saca evaluate --dataset-dir {params.dataset_dir:q}"
+    " --split {wildcards.split:q} --agent {params.agent:q} --run {wildcards.run:q} --scenes {params.scenes:q}"
+    " --sim {params.sim} --dataset-config {params.ds} --params {params.cfg} --out {params.out:q}"
 )
 # a policy's evaluation runs on a GPU where resources.evaluate asks for one; a reference agent's only to render
 # (and on a habitat dataset every evaluation renders on a GPU: resources.render)
@@ -63,7 +63,7 @@ if EVAL["shards"] == 1:
         params:
             **EVAL_PARAMS,
         shell:
-            f"{EVAL_CMD} > {{log}} 2>&1"
+            f"{EVAL_CMD} > {{log:q}} 2>&1"
 
 else:
 
@@ -88,7 +88,7 @@ else:
         params:
             **EVAL_PARAMS,
         shell:
-            f"{EVAL_CMD} --shard {{wildcards.shard}}/{{wildcards.nshards}} > {{log}} 2>&1"
+            f"{EVAL_CMD} --shard {{wildcards.shard:q}}/{{wildcards.nshards:q}} > {{log:q}} 2>&1"
 
     rule evaluate:
         input:
@@ -113,7 +113,7 @@ else:
         params:
             out=eval_dir,
         shell:
-            "python -m saca eval-merge --out {params.out} > {log} 2>&1"
+            "python -m saca eval-merge --out {params.out:q} > {log:q} 2>&1"
 
 
 rule eval_plots:
@@ -132,9 +132,9 @@ rule eval_plots:
         **EVAL_PARAMS,
         n=EVAL["plots"],
     shell:
-        "python -m saca plot-episodes --dataset-dir {params.dataset_dir} --split {wildcards.split}"
-        " --scenes {params.scenes} --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"
-        " --eval-dir {params.out} --n {params.n} --out {output} > {log} 2>&1"
+        "python -m saca plot-episodes --dataset-dir {params.dataset_dir:q} --split {wildcards.split:q}"
+        " --scenes {params.scenes:q} --sim {params.sim} --dataset-config {params.ds} --params {params.cfg}"
+        " --eval-dir {params.out:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"
 
 
 for _run in EVAL["runs"]:

@@ -43,7 +43,7 @@ rule policy_init:
     params:
         cfg=as_json(POLICY.get("init", {})),
     shell:
-        "OMP_NUM_THREADS={threads} python -m saca policy-init --params {params.cfg} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m saca policy-init --params {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 rule vision_pretrain:
@@ -67,9 +67,9 @@ rule vision_pretrain:
         image_format=VLN_EGO["image_format"],
         quality=VLN_EGO["jpeg_quality"],
     shell:
-        "OMP_NUM_THREADS={threads} python -m saca vision-pretrain --init {input.init} --scenes {params.scenes}"
-        " --sim {params.sim} --image-format {params.image_format} --jpeg-quality {params.quality}"
-        " --params {params.cfg} --out {output} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m saca vision-pretrain --init {input.init:q} --scenes {params.scenes:q}"
+        " --sim {params.sim} --image-format {params.image_format:q} --jpeg-quality {params.quality:q}"
+        " --params {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 rule sft:
@@ -95,9 +95,9 @@ rule sft:
         run=f"{RESULTS}/sft/{{mix}}",
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
-        f"OMP_NUM_THREADS={{threads}} {launcher('sft')} -m saca sft --init {{params.init}} --train {{input.train}}"
-        " --val {params.val}"
-        " --out {params.run} --params {params.cfg} > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} {launcher('sft')} -m saca sft --init {{params.init:q}} --train {{input.train:q}}"
+        " --val {params.val:q}"
+        " --out {params.run:q} --params {params.cfg} > {log:q} 2>&1"
 
 
 rule policy_agent:
@@ -115,7 +115,7 @@ rule policy_agent:
     params:
         cfg=as_json(AGENT_PARAMS),
     shell:
-        "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
+        "python -m saca policy-agent --checkpoint {input.ckpt:q} --out {output:q} --params {params.cfg} > {log:q} 2>&1"
 
 
 # Evaluation of the SFT policy as run "sft" (rule evaluate, workflow/rules/evaluate.smk).

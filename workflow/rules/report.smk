@@ -46,7 +46,7 @@ rule report:
     params:
         cfg=lambda w: as_json(report_params(w)),
     shell:
-        "python -m saca report --notebook {input.notebook} --parameters {params.cfg} --out {output} > {log} 2>&1"
+        "python -m saca report --notebook {input.notebook:q} --parameters {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
 BUILT_REPORTS = REPORTS.get("build", ["table2", "fig5", "appendix_a", "training"])
@@ -64,7 +64,7 @@ rule report_index:
     params:
         entries=" ".join(shlex.quote(f"{n}.html={REPORT_NAMES[n]}") for n in BUILT_REPORTS),
     shell:
-        "python -m saca report-index --reports {params.entries} --out {output} > {log} 2>&1"
+        "python -m saca report-index --reports {params.entries} --out {output:q} > {log:q} 2>&1"
 
 
 for _n in REPORT_NAMES:

@@ -62,19 +62,20 @@ rule rft:
                 for d in RFT_DATASETS
             }
         ),
-        data=" ".join(f"{d}={RESULTS}/{d}" for d in RFT_DATASETS),
-        vln_ego=lambda w, input: " ".join(input.vln_ego) if hasattr(input, "vln_ego") else "",
+        # lists, so that {params.data:q} quotes each word (a results path may hold spaces)
+        data=[f"{d}={RESULTS}/{d}" for d in RFT_DATASETS],
+        vln_ego=lambda w, input: list(input.vln_ego) if hasattr(input, "vln_ego") else [],
         landmarks=lambda w, input: (
-            " ".join(f"{d}={f}" for d, f in zip(RFT_DATASETS, input.landmarks)) if hasattr(input, "landmarks") else ""
+            [f"{d}={f}" for d, f in zip(RFT_DATASETS, input.landmarks)] if hasattr(input, "landmarks") else []
         ),
         scenes=lambda w, input: Path(input.scenes).parent,
         run=f"{RESULTS}/rft/{{variant}}/s{{seed}}",
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
-        f"OMP_NUM_THREADS={{threads}} {launcher('rft')} -m saca rft --init {{input.init}} --out {{params.run}}"
-        " --data {params.data}"
-        " --datasets {params.datasets} --scenes {params.scenes} --sim {params.sim} --agent {params.agent}"
-        " --vln-ego {params.vln_ego} --landmarks {params.landmarks} --params {params.cfg} > {log} 2>&1"
+        f"OMP_NUM_THREADS={{threads}} {launcher('rft')} -m saca rft --init {{input.init:q}} --out {{params.run:q}}"
+        " --data {params.data:q}"
+        " --datasets {params.datasets} --scenes {params.scenes:q} --sim {params.sim} --agent {params.agent}"
+        " --vln-ego {params.vln_ego:q} --landmarks {params.landmarks:q} --params {params.cfg} > {log:q} 2>&1"
 
 
 rule rft_agent:
@@ -93,7 +94,7 @@ rule rft_agent:
     params:
         cfg=as_json(AGENT_PARAMS),
     shell:
-        "python -m saca policy-agent --checkpoint {input.ckpt} --out {output} --params {params.cfg} > {log} 2>&1"
+        "python -m saca policy-agent --checkpoint {input.ckpt:q} --out {output:q} --params {params.cfg} > {log:q} 2>&1"
 
 
 # Evaluation of each variant and seed as run "rft-{variant}-s{seed}" (rule evaluate, workflow/rules/evaluate.smk).

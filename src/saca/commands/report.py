@@ -28,7 +28,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     import json
 
     from saca import SacaError
-    from saca.report import run_notebook
+    from saca.report import check_parameters, run_notebook
 
     try:
         params = json.loads(args.parameters)
@@ -36,6 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise SacaError(f"--parameters: malformed JSON ({err})") from err
     if not isinstance(params, dict):
         raise SacaError("--parameters: expected a JSON object of notebook parameters")
+    check_parameters(params)  # before the kernel starts
     out = run_notebook(args.notebook, args.out, params)
     log.info("wrote %s", out)
     return 0
