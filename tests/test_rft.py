@@ -345,6 +345,34 @@ def test_a_reference_of_another_architecture_is_refused_naming_it(mini_world, ti
     assert not (tmp_path / "run").exists()
 
 
+def _train_log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_a_moved_checkout_resumes_and_logs_the_same_fingerprint(monkeypatch, mini_world, tiny_dir, tmp_path, caplog):
+    """Issue 25: the resume identity is the content of the weights and data, not their paths."""
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "a" / "init")
+    kw = dict(max_steps=2, eval_steps=0, eval_episodes=0)
+
+    def killed(self, summary):
+        raise KeyboardInterrupt  # a kill -9 after the last update: the checkpoint of update 1 and the journal
+
+    with monkeypatch.context() as m:
+        m.setattr(RftTrainer, "save_final", killed)
+        with pytest.raises(KeyboardInterrupt):
+            online_trainer(mini_world, tmp_path / "a" / "init", tmp_path / "a" / "run", **kw).run()
+    assert (tmp_path / "a" / "run" / "checkpoints" / "step-000001").exists()
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the checkout moved
+    out = tmp_path / "b" / "run"
+    with caplog.at_level("INFO", logger="saca.train.state"):
+        online_trainer(mini_world, tmp_path / "b" / "init", out, **kw).run()
+    assert "starting afresh" not in caplog.text and f"resumed from {out / 'checkpoints' / 'step-000001'}" in caplog.text
+    starts = [r for r in _train_log(out) if r["event"] == "start"]
+    assert [s["step"] for s in starts] == [0, 1] and starts[0]["fingerprint"] == starts[1]["fingerprint"]
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_named(token_rewards, monkeypatch, mini_world, tiny_dir, tmp_path):
     from saca.train import grpo
 

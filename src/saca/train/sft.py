@@ -44,7 +44,6 @@ the optimizer step, clipping and its own checkpoint format.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -65,6 +64,8 @@ from saca.train.state import (  # noqa: F401  (KILL_ENV: the test hook, re-expor
     Checkpoints,
     Dist,
     Journal,
+    content_digest,
+    fingerprint,
     make_scheduler,
     maybe_kill,
     param_groups,
@@ -276,13 +277,14 @@ class SftTrainer:
         self.ds_config = ds
 
     def _fingerprint(self) -> str:
+        """Settings and the content of the init weights and training data, not their paths (issue 25)."""
         data = {
             "cfg": self.cfg.fingerprint_dict(),
-            "init": os.path.abspath(self.init),
-            "train": [(os.path.abspath(d), len(p)) for d, p in zip(self.train_dirs, self.train.parts)],
+            "init": content_digest(self.init),
+            "train": [(content_digest(d), len(p)) for d, p in zip(self.train_dirs, self.train.parts)],
             "world": self.world,
         }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(data)
 
     # --- data order ---------------------------------------------------------------------
     def micro_batch_indices(self, step: int, micro: int) -> list[int]:
