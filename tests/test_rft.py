@@ -373,6 +373,35 @@ def test_a_moved_checkout_resumes_and_logs_the_same_fingerprint(monkeypatch, min
     assert [s["step"] for s in starts] == [0, 1] and starts[0]["fingerprint"] == starts[1]["fingerprint"]
 
 
+def test_a_finished_run_whose_final_was_deleted_is_restored_not_retrained(monkeypatch, mini_world, tiny_dir, tmp_path, caplog):
+    """Issue 25: Snakemake killed while `rft` ran on and finished; after --unlock the rerun deletes final/ (an
+    incomplete output to Snakemake) and runs the job again: it restores the result, it does not train again."""
+    import shutil
+
+    out = tmp_path / "run"
+    kw = dict(max_steps=2, eval_steps=0, eval_episodes=0)
+    first = online_trainer(mini_world, tiny_dir, out, **kw).run()
+    final = {p.name: p.read_bytes() for p in (out / "final").iterdir()}
+    log_bytes = (out / "train_log.jsonl").read_bytes()
+    assert not (out / "checkpoints").exists() and (out / "finished" / "finished.json").exists()
+    shutil.rmtree(out / "final")  # what Snakemake does before it reruns an incomplete job
+
+    def no_training(self, update):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as m, caplog.at_level("WARNING", logger="saca.train.state"):
+        m.setattr(RftTrainer, "update", no_training)
+        again = online_trainer(mini_world, tiny_dir, out, **kw).run()
+    assert again == first
+    assert {p.name: p.read_bytes() for p in (out / "final").iterdir()} == final
+    assert (out / "train_log.jsonl").read_bytes() == log_bytes
+    assert f"{out / 'final'}: restored the finished result" in caplog.text
+    # other settings: trained again (and the kept result replaced by the new one)
+    shutil.rmtree(out / "final")
+    online_trainer(mini_world, tiny_dir, out, **{**kw, "learning_rate": 5e-3}).run()
+    assert json.loads((out / "final" / "rft_summary.json").read_text())["config"]["learning_rate"] == 5e-3
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_named(token_rewards, monkeypatch, mini_world, tiny_dir, tmp_path):
     from saca.train import grpo
 

@@ -275,6 +275,31 @@ def test_a_moved_checkout_resumes_and_logs_the_same_fingerprint(tiny_dir, ego, t
         caplog.clear()
 
 
+def test_a_finished_run_whose_final_was_deleted_is_restored_not_retrained(tiny_dir, ego, tmp_path, monkeypatch):
+    """Issue 25: the rerun Snakemake makes after its controller was killed (final/ deleted) keeps the result."""
+    import shutil
+
+    from saca.train import state as state_mod
+
+    out = tmp_path / "run"
+    cfg = small_cfg(max_steps=4, save_steps=2)
+    SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "final")
+    with monkeypatch.context() as m:
+        m.setattr(SftTrainer, "validate", lambda self: (_ for _ in ()).throw(AssertionError("trained again")))
+        summary = SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    assert summary["steps"] == 4 and (out / "final" / "model.safetensors").read_bytes() == weights
+    # other code (the rule's src input changed): trained again
+    shutil.rmtree(out / "final")
+    monkeypatch.setattr(state_mod, "code_digest", lambda command: "edited")
+    calls = []
+    real = SftTrainer.validate
+    monkeypatch.setattr(SftTrainer, "validate", lambda self: calls.append(1) or real(self))
+    SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    assert calls and (out / "final" / "model.safetensors").read_bytes() == weights  # the same weights, retrained
+
+
 def test_changed_init_weights_start_afresh(tiny_dir, ego, tmp_path, monkeypatch, caplog):
     import shutil
 

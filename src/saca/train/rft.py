@@ -56,7 +56,7 @@ from saca.auditor.config import AuditorConfig
 from saca.io import atomic_dir, dumps_json, ensure_dir
 from saca.policy.generate import SamplingConfig, sampling_log_softmax
 from saca.train import grpo
-from saca.train.state import Checkpoints, Dist, Journal, content_digest, fingerprint, make_scheduler, maybe_kill, param_groups, pick_device, seed_everything
+from saca.train.state import Checkpoints, Dist, FinishedRun, Journal, content_digest, fingerprint, make_scheduler, maybe_kill, param_groups, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -991,6 +991,10 @@ class RftTrainer:
         cfg = self.cfg
         self._setup()
         ensure_dir(self.out, "RFT run directory")
+        self.finished = FinishedRun(self.out, self.fingerprint, "rft", self.dist.rank, self.dist.world)
+        restored = self.finished.restore(self.journal, "rft_summary.json")  # final/ deleted by a Snakemake rerun
+        if restored is not None:
+            return restored
         state = self.ckpts.resume(self.model, self.optimizer, self.scheduler, self.device)
         start = int(state["step"]) if state else 0
         self.journal.start(start, self.fingerprint)
@@ -1031,6 +1035,7 @@ class RftTrainer:
             shares = [r["appendix_a_share"] for r in train_rows if r.get("appendix_a_share") is not None]
             summary["appendix_a_share_mean"] = float(np.mean(shares)) if shares else None
         self.save_final(summary)
+        self.finished.keep()
         if self.dist.is_main:
             self.journal.finish()
             if not cfg.keep_checkpoints:

@@ -63,6 +63,7 @@ from saca.train.state import (  # noqa: F401  (KILL_ENV: the test hook, re-expor
     KILL_ENV,
     Checkpoints,
     Dist,
+    FinishedRun,
     Journal,
     content_digest,
     fingerprint,
@@ -389,6 +390,10 @@ class SftTrainer:
         cfg = self.cfg
         self._setup()  # reads and checks every input; nothing in the run directory is touched before
         ensure_dir(self.out, "SFT run directory")
+        self.finished = FinishedRun(self.out, self.fingerprint, "sft", self.rank, self.world)
+        restored = self.finished.restore(self.journal, "sft_summary.json")  # final/ deleted by a Snakemake rerun
+        if restored is not None:
+            return restored
         start = self._resume()
         self.journal.start(start, self.fingerprint)
         self.journal.log({"event": "start", "step": start, "total_steps": self.total_steps, "n_train": len(self.train),
@@ -480,6 +485,7 @@ class SftTrainer:
             "torch_threads": torch.get_num_threads(),
         }
         self.save_final(summary)
+        self.finished.keep()
         self.journal.finish()  # the finished run's log, after its final/
         if not cfg.keep_checkpoints:
             self.ckpts.clear()

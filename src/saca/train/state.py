@@ -423,6 +423,80 @@ class Checkpoints:
             shutil.rmtree(self.root, ignore_errors=True)
 
 
+# --- the finished result, kept beside the declared output ----------------------------------------------
+
+def code_digest(command: str) -> str:
+    """sha256 over the package files ``saca <command>`` can execute (:func:`saca.codegraph.command_sources`,
+    the files the workflow's rule lists as its ``src`` input), by content and path within the repository."""
+    from saca.codegraph import PACKAGE_DIR, command_sources
+
+    repo = PACKAGE_DIR.parent.parent
+    return fingerprint([(f, file_sha256(repo / f if not Path(f).is_absolute() else f)) for f in command_sources(command)])
+
+
+class FinishedRun:
+    """``{out}/finished/``: hard links to the files of a finished run's ``final/``, with ``finished.json``.
+
+    Snakemake deletes a job's declared output (``final/``) before it runs the job again: after its controller
+    was killed (the job itself ran on and finished) and ``--unlock``, it counts the output as incomplete; the
+    job had already cleared its checkpoints, so the rerun trained again from step 0 (issue 25). A run that
+    finishes therefore also links its result here (no extra disk space: the same files), and a run whose
+    ``final/`` is missing restores it from here, without training, when ``finished.json`` names the same
+    settings and inputs (the resume fingerprint) and the same code (:func:`code_digest`). Delete the folder
+    to train again. Rank 0 writes; all ranks call both methods.
+    """
+
+    def __init__(self, out_dir, run_fingerprint: str, command: str, rank: int = 0, world: int = 1):
+        out = Path(out_dir)
+        self.final = out / "final"
+        self.kept = out / "finished"
+        self.rank, self.world = rank, world
+        self.identity = {"fingerprint": run_fingerprint, "code": code_digest(command)}
+
+    def keep(self) -> None:
+        """Link the files of ``final/`` (just written) into ``finished/`` (rank 0)."""
+        if self.rank == 0:
+            with atomic_dir(self.kept) as tmp:
+                _link_tree(self.final, tmp)
+                write_json(tmp / "finished.json", self.identity)
+        _barrier(self.world)
+
+    def restore(self, journal: "Journal | None" = None, summary: str | None = None):
+        """Restore a missing ``final/`` from the kept result of this identity: its ``summary`` file's content
+        (or True), after finishing the ``journal`` a kill left unfinished; None when there is nothing to restore."""
+        try:
+            kept = read_json(self.kept / "finished.json") if (self.kept / "finished.json").exists() else None
+        except SacaError:
+            kept = None
+        use = kept == self.identity and not self.final.exists()
+        _barrier(self.world)  # every rank has decided before rank 0 writes final/
+        if use and self.rank == 0:
+            with atomic_dir(self.final) as tmp:
+                _link_tree(self.kept, tmp, skip=("finished.json",))
+            if journal is not None and journal.partial.exists():
+                journal.finish()
+            log.warning("%s: restored the finished result of an earlier run of these settings, inputs and code from "
+                        "%s (not trained again); delete %s to train again", self.final, self.kept, self.kept)
+        _barrier(self.world)
+        if not use:
+            return None
+        return read_json(self.final / summary) if summary else True
+
+
+def _link_tree(src: Path, dst: Path, skip: tuple = ()) -> None:
+    """Hard-link every file under ``src`` into ``dst`` (a copy where the file system has no hard links)."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if rel == Path(".") and name in skip:
+                continue
+            try:
+                os.link(Path(root) / name, dst / rel / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, dst / rel / name)
+
+
 # --- the journal --------------------------------------------------------------------------------------
 
 class Journal:
