@@ -351,7 +351,7 @@ def test_failed_rerun_keeps_the_finished_runs_records(tiny_dir, tmp_path):
         SftTrainer(tiny_dir, [split], out, cfg).run()
     assert (out / "train_log.jsonl").read_bytes() == log_before
     assert {p.name: p.read_bytes() for p in (out / "final").iterdir()} == final_before
-    assert sorted(p.name for p in out.iterdir()) == ["final", "train_log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["final", "finished", "train_log.jsonl"]
 
 
 # --- bad input ---------------------------------------------------------------------------------
