@@ -248,7 +248,7 @@ def load_policy_agent(path, **kwargs) -> PolicyAgent:
     fields, and unknown keys raise SacaError with a did-you-mean hint."""
     from saca.policy.model import load_policy
 
-    from saca.train.state import content_digest, fingerprint
+    from saca.digest import content_digest, fingerprint
 
     ckpt, options = resolve_agent_spec(path)
     options.update(kwargs)
