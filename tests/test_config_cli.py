@@ -130,10 +130,12 @@ def test_a_killed_vln_ego_leaves_no_temporary_after_the_next_run(mini_world, tmp
             break
         time.sleep(0.002)
     assert proc.wait() == -signal.SIGKILL, "vln-ego finished before it could be killed"
-    left = [p.name for p in out.parent.iterdir()]
-    assert len(left) == 1 and left[0].startswith(".train.tmp-") and not out.exists()
+    left = sorted(p.name for p in out.parent.iterdir())
+    # its temporary and its lock on the folder (saca.runlock), both of a process that no longer runs
+    assert len(left) == 2 and left[0] == ".train.lock" and left[1].startswith(".train.tmp-") and not out.exists()
     r = subprocess.run(argv, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    assert "taking over the lock of pid" in r.stderr
     assert [p.name for p in out.parent.iterdir()] == ["train"]
 
 

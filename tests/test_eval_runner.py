@@ -235,7 +235,7 @@ def test_killed_run_resumes_without_recomputing(tmp_path):
 def test_resume_refuses_a_different_run(tmp_path):
     eps = make_episodes(4)
     run(tmp_path, OracleAgent(), eps)
-    with pytest.raises(SacaError, match=r"run.json: this output directory holds a different run \(agent: 'oracle'"):
+    with pytest.raises(SacaError, match=r"run.json: this output directory holds a different run \(agent_id: 'oracle'"):
         run(tmp_path, ForwardAgent(), eps)
 
 

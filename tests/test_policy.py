@@ -178,6 +178,46 @@ def test_sampling_is_seeded_and_logprobs_are_returned(policy):
     assert torch.allclose(ref, torch.tensor(a.logprobs[0]), atol=1e-4)
 
 
+def test_row_seeded_sampling_does_not_depend_on_the_other_rows(policy):
+    """Issue 25: with row seeds a row's tokens (and log-probs) are a function of its input and seed alone:
+    the same alone, in a batch, at another position, beside other rows, split by max_batch."""
+    inputs = [PolicyInput(build_prompt(f"Instruction number {i}", n, 15), frames(n + 1, seed=i)) for i, n in enumerate([0, 5, 2, 7])]
+    cfg = SamplingConfig(do_sample=True, temperature=1.5, max_new_tokens=12, seed=0)
+    seeds = [11, 12, 13, 14]
+    together = generate_batch(policy, inputs, cfg, return_logprobs=True, row_seeds=seeds)
+    alone = [generate_batch(policy, [x], cfg, return_logprobs=True, row_seeds=[s]) for x, s in zip(inputs, seeds)]
+    assert together.token_ids == [g.token_ids[0] for g in alone]
+    assert np.allclose(sum(together.logprobs, []), sum((g.logprobs[0] for g in alone), []), atol=1e-5)
+    rev = generate_batch(policy, inputs[::-1], cfg, return_tokens=True, row_seeds=seeds[::-1], seed=99)
+    assert rev.token_ids[::-1] == together.token_ids
+    split = generate_batch(policy, inputs, cfg, return_tokens=True, row_seeds=seeds, max_batch=3)
+    assert split.token_ids == together.token_ids
+    other = generate_batch(policy, inputs, cfg, return_tokens=True, row_seeds=[11, 12, 13, 15])
+    assert other.token_ids[:3] == together.token_ids[:3]
+    assert len({tuple(t) for t in together.token_ids}) > 1  # the rows did sample
+    with pytest.raises(SacaError, match="3 row seeds for 4 rows"):
+        generate_batch(policy, inputs, cfg, row_seeds=seeds[:3])
+
+
+def test_row_sampler_draws_from_the_warped_softmax():
+    """The Gumbel-max draw of RowSampler follows softmax(logits / T), restricted to top-k / top-p as generate's."""
+    from saca.policy.generate import RowSampler
+
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]])
+    n = 20000
+    for sampling, expect in [
+        (SamplingConfig(do_sample=True, temperature=0.7), torch.softmax(logits[0] / 0.7, -1)),
+        (SamplingConfig(do_sample=True, temperature=1.0, top_k=2), torch.softmax(logits[0, :2], -1)),
+        # p = softmax(logits) = [0.563, 0.207, ...]: the top token alone holds less than 0.6, the top two more
+        (SamplingConfig(do_sample=True, temperature=1.0, top_p=0.6), torch.softmax(logits[0, :2], -1)),
+    ]:
+        picks = torch.cat([RowSampler(sampling, range(k, k + 1000))(None, logits.expand(1000, -1)).argmax(-1)
+                           for k in range(0, n, 1000)])
+        freq = torch.bincount(picks, minlength=5).double() / n
+        assert torch.allclose(freq[: len(expect)], expect.double(), atol=0.015), (sampling, freq)
+        assert freq[len(expect):].sum() == 0
+
+
 # --- the agent ---------------------------------------------------------------------------------
 
 class FakeSim:

@@ -345,6 +345,63 @@ def test_a_reference_of_another_architecture_is_refused_naming_it(mini_world, ti
     assert not (tmp_path / "run").exists()
 
 
+def _train_log(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_a_moved_checkout_resumes_and_logs_the_same_fingerprint(monkeypatch, mini_world, tiny_dir, tmp_path, caplog):
+    """Issue 25: the resume identity is the content of the weights and data, not their paths."""
+    import shutil
+
+    shutil.copytree(tiny_dir, tmp_path / "a" / "init")
+    kw = dict(max_steps=2, eval_steps=0, eval_episodes=0)
+
+    def killed(self, summary):
+        raise KeyboardInterrupt  # a kill -9 after the last update: the checkpoint of update 1 and the journal
+
+    with monkeypatch.context() as m:
+        m.setattr(RftTrainer, "save_final", killed)
+        with pytest.raises(KeyboardInterrupt):
+            online_trainer(mini_world, tmp_path / "a" / "init", tmp_path / "a" / "run", **kw).run()
+    assert (tmp_path / "a" / "run" / "checkpoints" / "step-000001").exists()
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the checkout moved
+    out = tmp_path / "b" / "run"
+    with caplog.at_level("INFO", logger="saca.train.state"):
+        online_trainer(mini_world, tmp_path / "b" / "init", out, **kw).run()
+    assert "starting afresh" not in caplog.text and f"resumed from {out / 'checkpoints' / 'step-000001'}" in caplog.text
+    starts = [r for r in _train_log(out) if r["event"] == "start"]
+    assert [s["step"] for s in starts] == [0, 1] and starts[0]["fingerprint"] == starts[1]["fingerprint"]
+
+
+def test_a_finished_run_whose_final_was_deleted_is_restored_not_retrained(monkeypatch, mini_world, tiny_dir, tmp_path, caplog):
+    """Issue 25: Snakemake killed while `rft` ran on and finished; after --unlock the rerun deletes final/ (an
+    incomplete output to Snakemake) and runs the job again: it restores the result, it does not train again."""
+    import shutil
+
+    out = tmp_path / "run"
+    kw = dict(max_steps=2, eval_steps=0, eval_episodes=0)
+    first = online_trainer(mini_world, tiny_dir, out, **kw).run()
+    final = {p.name: p.read_bytes() for p in (out / "final").iterdir()}
+    log_bytes = (out / "train_log.jsonl").read_bytes()
+    assert not (out / "checkpoints").exists() and (out / "finished" / "finished.json").exists()
+    shutil.rmtree(out / "final")  # what Snakemake does before it reruns an incomplete job
+
+    def no_training(self, update):
+        raise AssertionError("trained again")
+
+    with monkeypatch.context() as m, caplog.at_level("WARNING", logger="saca.train.state"):
+        m.setattr(RftTrainer, "update", no_training)
+        again = online_trainer(mini_world, tiny_dir, out, **kw).run()
+    assert again == first
+    assert {p.name: p.read_bytes() for p in (out / "final").iterdir()} == final
+    assert (out / "train_log.jsonl").read_bytes() == log_bytes
+    assert f"{out / 'final'}: restored the finished result" in caplog.text
+    # other settings: trained again (and the kept result replaced by the new one)
+    shutil.rmtree(out / "final")
+    online_trainer(mini_world, tiny_dir, out, **{**kw, "learning_rate": 5e-3}).run()
+    assert json.loads((out / "final" / "rft_summary.json").read_text())["config"]["learning_rate"] == 5e-3
+
+
 def test_non_finite_loss_stops_with_the_last_good_checkpoint_named(token_rewards, monkeypatch, mini_world, tiny_dir, tmp_path):
     from saca.train import grpo
 

@@ -245,6 +245,77 @@ def _killed_before_the_final_save(tiny_dir, split, out, cfg, monkeypatch):
     assert not (out / "final").exists() and (out / "checkpoints").exists()
 
 
+def _starts(out: Path) -> list[dict]:
+    return [r for r in read_log(out / "train_log.jsonl") if r["event"] == "start"]
+
+
+def test_a_moved_checkout_resumes_and_logs_the_same_fingerprint(tiny_dir, ego, tmp_path, monkeypatch, caplog):
+    """Issue 25: the resume identity is the content of the weights and data, not their paths."""
+    import shutil
+
+    a = tmp_path / "a"
+    shutil.copytree(tiny_dir, a / "init")
+    shutil.copytree(ego["train"], a / "train")
+    cfg = small_cfg(max_steps=4, save_steps=2, logging_steps=1)
+    SftTrainer(a / "init", [a / "train"], tmp_path / "straight", cfg).run()
+    _killed_before_the_final_save(a / "init", a / "train", a / "run", cfg, monkeypatch)
+    shutil.copytree(a, tmp_path / "b")  # a clone of the checkout at another path ...
+    shutil.move(a, tmp_path / "c")  # ... and the checkout moved
+    for root in ("b", "c"):
+        out = tmp_path / root / "run"
+        with caplog.at_level("INFO", logger="saca.train.state"):
+            SftTrainer(tmp_path / root / "init", [tmp_path / root / "train"], out, cfg).run()
+        assert "starting afresh" not in caplog.text
+        assert f"resumed from {out / 'checkpoints' / 'step-000002'}" in caplog.text
+        starts = _starts(out)
+        assert [s["step"] for s in starts] == [0, 2]
+        assert starts[0]["fingerprint"] == starts[1]["fingerprint"] == _starts(tmp_path / "straight")[0]["fingerprint"]
+        x, y = load_file(out / "final" / "model.safetensors"), load_file(tmp_path / "straight" / "final" / "model.safetensors")
+        assert all(torch.equal(x[k], y[k]) for k in x)
+        caplog.clear()
+
+
+def test_a_finished_run_whose_final_was_deleted_is_restored_not_retrained(tiny_dir, ego, tmp_path, monkeypatch):
+    """Issue 25: the rerun Snakemake makes after its controller was killed (final/ deleted) keeps the result."""
+    import shutil
+
+    from saca.train import state as state_mod
+
+    out = tmp_path / "run"
+    cfg = small_cfg(max_steps=4, save_steps=2)
+    SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    weights = (out / "final" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "final")
+    with monkeypatch.context() as m:
+        m.setattr(SftTrainer, "validate", lambda self: (_ for _ in ()).throw(AssertionError("trained again")))
+        summary = SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    assert summary["steps"] == 4 and (out / "final" / "model.safetensors").read_bytes() == weights
+    # other code (the rule's src input changed): trained again
+    shutil.rmtree(out / "final")
+    monkeypatch.setattr(state_mod, "code_digest", lambda command: "edited")
+    calls = []
+    real = SftTrainer.validate
+    monkeypatch.setattr(SftTrainer, "validate", lambda self: calls.append(1) or real(self))
+    SftTrainer(tiny_dir, [ego["train"]], out, cfg).run()
+    assert calls and (out / "final" / "model.safetensors").read_bytes() == weights  # the same weights, retrained
+
+
+def test_changed_init_weights_start_afresh(tiny_dir, ego, tmp_path, monkeypatch, caplog):
+    import shutil
+
+    from saca.policy.tiny import TinyConfig, build_tiny_policy
+
+    shutil.copytree(tiny_dir, tmp_path / "init")
+    cfg = small_cfg(max_steps=4, save_steps=2, logging_steps=1)
+    _killed_before_the_final_save(tmp_path / "init", ego["train"], tmp_path / "run", cfg, monkeypatch)
+    shutil.rmtree(tmp_path / "init")
+    build_tiny_policy(tmp_path / "init", TinyConfig(seed=1))  # other weights at the same path
+    with caplog.at_level("WARNING", logger="saca.train.state"):
+        SftTrainer(tmp_path / "init", [ego["train"]], tmp_path / "run", cfg).run()
+    assert "checkpoints come from another configuration; starting afresh" in caplog.text
+    assert [s["step"] for s in _starts(tmp_path / "run")] == [0]
+
+
 def test_resume_drops_a_torn_last_log_line(tiny_dir, ego, tmp_path, monkeypatch):
     cfg = small_cfg(max_steps=4, save_steps=2, logging_steps=1)
     SftTrainer(tiny_dir, [ego["train"]], tmp_path / "straight", cfg).run()
@@ -280,7 +351,7 @@ def test_failed_rerun_keeps_the_finished_runs_records(tiny_dir, tmp_path):
         SftTrainer(tiny_dir, [split], out, cfg).run()
     assert (out / "train_log.jsonl").read_bytes() == log_before
     assert {p.name: p.read_bytes() for p in (out / "final").iterdir()} == final_before
-    assert sorted(p.name for p in out.iterdir()) == ["final", "train_log.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["final", "finished", "train_log.jsonl"]
 
 
 # --- bad input ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from saca.train.state import (  # noqa: E402
     Checkpoints,
     Dist,
     Journal,
+    file_sha256,
     make_scheduler,
     maybe_kill,
     param_groups,
@@ -196,7 +197,8 @@ def test_checkpoint_round_trip_restores_weights_optimizer_scheduler_and_rng(tmp_
     seed_everything(99)  # a fresh process
     model2, opt2, sched2 = _objects(seed=1)
     state = Checkpoints(tmp_path / "ckpt", "fp1").resume(model2, opt2, sched2, torch.device("cpu"))
-    assert state == {"step": 3, "fingerprint": "fp1", "seed": 7, "n_train": 40}
+    digests = {n: file_sha256(path / n) for n in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")}
+    assert state == {"step": 3, "fingerprint": "fp1", "seed": 7, "n_train": 40, "sha256": digests}
     assert sched2.last_epoch == 3 and opt2.param_groups[0]["lr"] == lr_at_save == sched2.get_last_lr()[0]
     assert _draws() == after_save  # torch, python and numpy generators where they were at the save
     # the resumed objects continue exactly as the original ones did
@@ -236,22 +238,66 @@ def test_checkpoints_of_another_fingerprint_are_deleted_not_resumed(tmp_path):
     assert any(not torch.equal(v, before[k]) for k, v in model2.state_dict().items())
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"])
-def test_a_corrupt_checkpoint_is_an_error_naming_it(tmp_path, name):
+CKPT_FILES = ["model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"]
+
+
+def _damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # garbled: the same length, bytes in the middle overwritten
+        mid = len(data) // 2
+        path.write_bytes(data[:mid] + bytes(255 - b for b in data[mid : mid + 64]) + data[mid + 64 :])
+
+
+@pytest.mark.parametrize("name", CKPT_FILES)
+def test_a_corrupt_checkpoint_is_an_error_naming_the_file_in_one_line(tmp_path, name):
     model, opt, sched = _objects()
     path = Checkpoints(tmp_path / "ckpt", "fp").save(2, model, opt, sched)
-    data = (path / name).read_bytes()
-    (path / name).write_bytes(data[: len(data) // 2])
-    with pytest.raises(SacaError, match=rf"{re.escape(str(path))}: cannot resume .*delete it"):
-        Checkpoints(tmp_path / "ckpt", "fp").resume(*_objects(), "cpu")
+    _damage(path / name, "truncated")
+    objs = _objects(seed=5)
+    before = {k: v.clone() for k, v in objs[0].state_dict().items()}
+    with pytest.raises(SacaError) as err:
+        Checkpoints(tmp_path / "ckpt", "fp").resume(*objs, "cpu")
+    msg = str(err.value)
+    assert "\n" not in msg and len(msg) < 600, msg
+    assert msg.startswith(str(path / name) + ": ")
+    assert msg.endswith(f"no intact checkpoint in {tmp_path / 'ckpt'}: delete it to start afresh")
+    assert all(torch.equal(v, before[k]) for k, v in objs[0].state_dict().items())  # nothing was loaded
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbled"])
+@pytest.mark.parametrize("name", CKPT_FILES)
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, caplog, name, how):
+    model, opt, sched = _objects()
+    ckpts = Checkpoints(tmp_path / "ckpt", "fp", keep=3)
+    _train(model, opt, sched, 2)
+    ckpts.save(2, model, opt, sched)
+    at_2 = {k: v.clone() for k, v in model.state_dict().items()}
+    _train(model, opt, sched, 2)
+    newest = ckpts.save(4, model, opt, sched)
+    if how == "garbled" and name == "trainer_state.json":
+        (newest / name).write_text('{"step": 4, "fingerprint": "fp"')  # a torn JSON
+    else:
+        _damage(newest / name, how)
+    model2, opt2, sched2 = _objects(seed=5)
+    with caplog.at_level("WARNING", logger="saca.train.state"):
+        state = Checkpoints(tmp_path / "ckpt", "fp").resume(model2, opt2, sched2, "cpu")
+    assert state["step"] == 2 and sched2.last_epoch == 2
+    assert all(torch.equal(v, at_2[k]) for k, v in model2.state_dict().items())
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2 and all("\n" not in w for w in warnings), warnings
+    assert warnings[0].startswith(f"{newest / name}: ") and warnings[0].endswith("; falling back to step-000002")
+    assert warnings[1] == f"{tmp_path / 'ckpt'}: resuming from step-000002, the newest intact checkpoint"
 
 
 def test_a_pickled_object_in_a_checkpoint_is_refused(tmp_path):
     model, opt, sched = _objects()
     path = Checkpoints(tmp_path / "ckpt", "fp").save(2, model, opt, sched)
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "evil": Path("x")}, path / "rng.pt")
-    with pytest.raises(SacaError, match=re.escape(str(path))):
+    with pytest.raises(SacaError, match=re.escape(str(path / "rng.pt"))) as err:
         Checkpoints(tmp_path / "ckpt", "fp").resume(*_objects(), "cpu")
+    assert "\n" not in str(err.value)
 
 
 def test_other_ranks_write_nothing(tmp_path):

@@ -65,6 +65,13 @@ def _audit_sim(args, cfg):
 
 
 def cmd_audit(args) -> int:
+    from saca.runlock import folder_lock
+
+    with folder_lock(args.out, "audit folder"):  # one writer per output folder
+        return _cmd_audit(args)
+
+
+def _cmd_audit(args) -> int:
     from saca.auditor import Auditor, AuditorConfig
     from saca.auditor.run import Timer, audit_records, audit_row, summarize
     from saca.config import to_dict

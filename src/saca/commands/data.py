@@ -128,6 +128,13 @@ def cmd_episodes_import(args) -> int:
 
 
 def cmd_vln_ego(args) -> int:
+    from saca.runlock import folder_lock
+
+    with folder_lock(args.out, "VLN-Ego split folder"):  # one writer per output folder
+        return _cmd_vln_ego(args)
+
+
+def _cmd_vln_ego(args) -> int:
     from saca.episodes import load_split
     from saca.vln_ego.generate import VlnEgoConfig, generate_vln_ego
 

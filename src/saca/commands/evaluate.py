@@ -71,7 +71,8 @@ def _load(args):
 def cmd_evaluate(args) -> int:
     from saca.config import params_from_args
     from saca.evaluate.agents import make_agent
-    from saca.evaluate.runner import EvalConfig, evaluate_split, parse_shard
+    from saca.evaluate.runner import EvalConfig, evaluate_split, parse_shard, shard_dir
+    from saca.runlock import folder_lock
 
     cfg = params_from_args(args, EvalConfig, "evaluation")
     if args.batch_size is not None:
@@ -83,7 +84,8 @@ def cmd_evaluate(args) -> int:
     episodes, source = _load(args)
     make_sim = _make_sim_factory(args)
     agent = make_agent(args.agent, seed=cfg.seed, options=cfg.agent_options)  # last: a policy is the slow part
-    res = evaluate_split(episodes, make_sim, agent, out, cfg, args.split, args.agent, shard, source)
+    with folder_lock(shard_dir(out, shard), "evaluation folder"):  # one writer per output folder
+        res = evaluate_split(episodes, make_sim, agent, out, cfg, args.split, args.agent, shard, source)
     m = res["metrics"]
     log.info(
         "%s %s%s: %d episodes (%d run now, %d resumed) in %.1f s | SR %.3f SPL %.3f NE %.2f OS %.3f nDTW %.3f",
@@ -96,8 +98,10 @@ def cmd_evaluate(args) -> int:
 
 def cmd_merge(args) -> int:
     from saca.evaluate.runner import merge_shards
+    from saca.runlock import folder_lock
 
-    m = merge_shards(args.out)
+    with folder_lock(args.out, "evaluation folder"):
+        m = merge_shards(args.out)
     print(json.dumps(m, sort_keys=True))
     return 0
 

@@ -109,7 +109,14 @@ def cmd_vision_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sft(args: argparse.Namespace) -> int:
+def cmd_sft(args) -> int:
+    from saca.runlock import folder_lock
+
+    with folder_lock(args.out, "SFT run folder"):  # one writer per output folder
+        return _cmd_sft(args)
+
+
+def _cmd_sft(args: argparse.Namespace) -> int:
     from saca import SacaError
     from saca.config import params_from_args
     from saca.train.sft import SftConfig, SftTrainer

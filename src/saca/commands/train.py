@@ -74,7 +74,14 @@ def rft_config(args):
     return check_variant(data, args.variant, full.get("auditor"))
 
 
-def cmd_rft(args: argparse.Namespace) -> int:
+def cmd_rft(args) -> int:
+    from saca.runlock import folder_lock
+
+    with folder_lock(args.out, "RFT run folder"):  # one writer per output folder
+        return _cmd_rft(args)
+
+
+def _cmd_rft(args: argparse.Namespace) -> int:
     from saca import SacaError
     from saca.config import from_dict, parse_json_section, section_from_json
     from saca.episodes import load_split

@@ -23,8 +23,11 @@ Files in the output directory (``results/{dataset}/eval/{run}/{split}``, or
 * ``episodes.partial.jsonl``: the journal, one record per finished episode,
   flushed and fsync'ed line by line. A killed run resumes from it and skips
   the episodes it holds (a truncated last line from the kill is dropped).
-* ``run.json``: what the run is (agent, split, shard, episode ids, settings);
-  a resumed run with different settings is refused rather than mixed. A
+* ``run.json``: what the run is (agent, split, shard, episode ids, settings;
+  a policy agent by the sha256 of its weights and its settings, not by its
+  path); a resumed run with different settings is refused rather than mixed,
+  and the unfinished records of another agent (changed weights) are
+  discarded with a warning, the run starting afresh. A
   ``run.json`` alone, without records (Snakemake deletes a rule's outputs
   before rerunning it), describes nothing left and is replaced.
 * ``episodes.jsonl`` and ``metrics.json``: written atomically, and only
@@ -60,7 +63,7 @@ METRICS = "metrics.json"
 RUN = "run.json"
 REFERENCES = ("gt_locations", "reference_path")
 # run.json keys that must agree for a resumed run (or for the shards of one merge)
-_IDENTITY = ("agent", "split", "dtw", "reference", "seed", "max_steps", "turn_angle", "total_episodes")
+_IDENTITY = ("agent_id", "split", "dtw", "reference", "seed", "max_steps", "turn_angle", "total_episodes")
 
 
 @dataclass
@@ -191,9 +194,12 @@ def _finish(slot: _Slot, cfg: EvalConfig, source: str) -> dict:
 # --- the runner ---------------------------------------------------------------------------------------------
 
 
-def _run_identity(agent_spec, split, cfg, sim: Simulator, total, selected, shard) -> dict:
+def _run_identity(agent_spec, split, cfg, sim: Simulator, total, selected, shard, agent_id=None) -> dict:
     return {
         "agent": str(agent_spec),
+        # what the agent is: a policy's weights and settings by content (saca.policy.agent.load_policy_agent),
+        # a reference agent by its name; the path in "agent" may differ (a moved checkout) and is not compared
+        "agent_id": agent_id or str(agent_spec),
         "split": split,
         "dtw": cfg.dtw,
         "reference": cfg.reference,
@@ -250,10 +256,19 @@ def evaluate_split(
                     f"{source}: episode {ep.episode_id!r} was made for {made_for} degree turns, the simulator "
                     f"turns {sims[0].turn_angle:g} degrees (check the dataset's turn_angle)"
                 )
-        identity = _run_identity(agent_spec or getattr(agent, "name", "?"), split, cfg, sims[0], len(episodes), selected, shard)
+        identity = _run_identity(agent_spec or getattr(agent, "name", "?"), split, cfg, sims[0], len(episodes), selected,
+                                 shard, getattr(agent, "identity", None))
         run_path = out / RUN
         journal = out / JOURNAL
         has_records = (out / EPISODES).exists() or journal.exists()
+        if run_path.exists() and journal.exists() and not (out / EPISODES).exists():
+            old = read_json(run_path)
+            if old.get("agent_id") != identity["agent_id"] and all(old.get(k) == identity.get(k) for k in (*_IDENTITY[1:], "shard", "episode_ids")):
+                # an unfinished run of another agent (changed weights or settings): its records are of no use
+                log.warning("%s: the unfinished records are of another agent (%s there, %s now); starting afresh",
+                            out, old.get("agent_id"), identity["agent_id"])
+                journal.unlink()
+                has_records = False
         if run_path.exists() and has_records:
             _check_identity(run_path, read_json(run_path), identity)
         elif run_path.exists():

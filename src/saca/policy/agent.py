@@ -7,7 +7,10 @@ episode's queue is empty the agent needs a *decision*: the history frames are
 chosen with :func:`saca.vln_ego.samplers.history_indices`, the prompt with
 :func:`saca.prompt.build_prompt` (the simulator's real turn angle), and all
 episodes that need a decision in this call are generated in one batched
-``generate`` call. The parsed chunk of ``n_actions`` actions is queued and the
+``generate`` call. Each episode samples from its own random stream, seeded by
+the run seed and its episode id (one seed per decision, drawn from it, and
+:class:`saca.policy.generate.RowSampler`): an episode's actions do not depend on
+the batch size, on which episodes share a call, or on a resume. The parsed chunk of ``n_actions`` actions is queued and the
 first ``execute_actions`` of them are executed (0 = all), stopping early at STOP
 (method-notes §3.1).
 
@@ -106,14 +109,22 @@ class PolicyAgent:
         self.policy = policy
         self.cfg = config
         self.name = config.name
+        self.identity = None  # the resume identity of evaluations (load_policy_agent: weights and settings)
         self.counter = ParseCounter()
         self._calls = 0
         self._seed = config.generation.seed if config.seed is None else int(config.seed)
 
     # --- agent protocol ---------------------------------------------------------------------
     def reset(self, contexts) -> None:
+        import numpy as np
+
+        from saca.evaluate.agents import episode_seed
+
         for ctx in contexts:
-            ctx.memory["policy"] = {"frames": [], "queue": [], "decisions": [], "n_invalid": 0}
+            # the episode's own random stream (run seed, episode id): its decisions draw the same numbers
+            # whatever other episodes share their generate calls, the batch size, or a resume
+            rng = np.random.default_rng(episode_seed(self._seed, ctx.episode.episode_id))
+            ctx.memory["policy"] = {"frames": [], "queue": [], "decisions": [], "n_invalid": 0, "rng": rng}
 
     def queued_actions(self, ctx) -> int:
         """Planned actions ``ctx``'s episode still has; 0: its next step needs a decision. The
@@ -165,6 +176,7 @@ class PolicyAgent:
             seed=self._seed + self._calls,
             return_logprobs=self.cfg.record_tokens,
             max_batch=self.cfg.max_batch or None,
+            row_seeds=[int(ctx.memory["policy"]["rng"].integers(2**63 - 1)) for ctx in contexts],
         )
         self._calls += 1
         for k, (ctx, text) in enumerate(zip(contexts, gen.texts)):
@@ -236,11 +248,18 @@ def load_policy_agent(path, **kwargs) -> PolicyAgent:
     fields, and unknown keys raise SacaError with a did-you-mean hint."""
     from saca.policy.model import load_policy
 
+    from saca.digest import content_digest, fingerprint
+
     ckpt, options = resolve_agent_spec(path)
     options.update(kwargs)
     cfg = from_dict(PolicyAgentConfig, options, "policy.agent")
     policy = load_policy(ckpt, dtype=cfg.dtype, device=cfg.device, image_pixels=cfg.image_pixels)
-    return PolicyAgent(policy, cfg)
+    agent = PolicyAgent(policy, cfg)
+    # what the evaluation's resume identity compares (run.json): the weights' content and the settings that
+    # change the actions, not the checkpoint's path
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("device", "max_batch", "record_decisions", "name")}
+    agent.identity = f"policy:{fingerprint({'weights': content_digest(ckpt), 'settings': settings})}"
+    return agent
 
 
 def majority_baseline(truths: Sequence[Sequence[int]]) -> dict:

@@ -5,6 +5,10 @@ Sampling settings come from config (``policy.generation`` for evaluation, the RL
 section for rollouts): ``do_sample``, ``temperature``, ``top_p``, ``top_k``,
 ``max_new_tokens``, ``seed``. Each call seeds torch's generator with
 ``seed`` (callers pass ``base_seed + call index``), so a run is reproducible.
+With ``row_seeds`` (the evaluation's policy agent: one seed per decision, drawn
+from its episode's own stream) every row samples from its own generator instead
+(:class:`RowSampler`), so what a row draws does not depend on which other rows
+share the call, how many there are, or how many calls came before.
 
 ``generate_batch`` returns the texts and, when asked, the generated token ids and
 their log-probabilities under the distribution they were sampled from before
@@ -68,11 +72,15 @@ def generate_batch(
     return_tokens: bool = False,
     return_logprobs: bool = False,
     max_batch: int | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Generation:
-    """Generate an answer for every input; rows are processed ``max_batch`` at a time (default: all)."""
+    """Generate an answer for every input; rows are processed ``max_batch`` at a time (default: all).
+
+    ``row_seeds`` (one per input): each row samples from its own generator (:class:`RowSampler`)."""
     proc = policy.processor
     encoded = [proc.encode(x.prompt, x.images) for x in inputs]
-    gen = generate_encoded(policy, encoded, sampling, seed=seed, return_logprobs=return_logprobs, max_batch=max_batch)
+    gen = generate_encoded(policy, encoded, sampling, seed=seed, return_logprobs=return_logprobs, max_batch=max_batch,
+                           row_seeds=row_seeds)
     return Generation(
         gen.texts,
         gen.token_ids if (return_tokens or return_logprobs) else None,
@@ -87,6 +95,7 @@ def generate_encoded(
     seed: int | None = None,
     return_logprobs: bool = False,
     max_batch: int | None = None,
+    row_seeds: Sequence[int] | None = None,
 ) -> Generation:
     """:func:`generate_batch` for prompts already encoded by ``policy.processor.encode`` (no answer).
 
@@ -95,6 +104,8 @@ def generate_encoded(
     """
     if not encoded:
         return Generation([], [], [] if return_logprobs else None)
+    if row_seeds is not None and len(row_seeds) != len(encoded):
+        raise SacaError(f"generate: {len(row_seeds)} row seeds for {len(encoded)} rows")
     step = max_batch or len(encoded)
     texts: list[str] = []
     tokens: list[list[int]] = []
@@ -103,7 +114,8 @@ def generate_encoded(
     for k, lo in enumerate(range(0, len(encoded), step)):
         # chunk k of a call seeded `base` never shares a seed with another call's chunk
         seed_k = base if k == 0 else int(np.random.default_rng([base, k]).integers(2**31 - 1))
-        g = _generate_chunk(policy, encoded[lo : lo + step], sampling, seed_k, return_logprobs)
+        rows = None if row_seeds is None else row_seeds[lo : lo + step]
+        g = _generate_chunk(policy, encoded[lo : lo + step], sampling, seed_k, return_logprobs, rows)
         texts += g.texts
         tokens += g.token_ids
         if return_logprobs:
@@ -127,7 +139,41 @@ def sampling_log_softmax(logits, proc, temperature: float):
     return torch.log_softmax(logits, dim=-1)
 
 
-def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool) -> Generation:
+class RowSampler:
+    """Sampling with one random stream per row: a logits processor for greedy ``generate``.
+
+    It warps the scores as ``generate``'s sampling does (temperature, then top-k, then top-p, keeping at
+    least one token) and adds Gumbel noise drawn from row ``i``'s own ``torch.Generator`` (seeded
+    ``seeds[i]``; one draw over the vocabulary per generated token); greedy decoding then takes
+    ``argmax(scores + Gumbel)``, which is a draw from ``softmax(scores)`` (the Gumbel-max trick): the
+    same distribution as ``generate(do_sample=True)``, but the tokens of a row depend only on its own
+    seed and logits, not on the other rows of the batch. The noise is drawn on the CPU in float64.
+    """
+
+    def __init__(self, sampling: SamplingConfig, seeds: Sequence[int]):
+        import torch
+        from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.warpers = [TemperatureLogitsWarper(float(sampling.temperature))]
+        if int(sampling.top_k) > 0:
+            self.warpers.append(TopKLogitsWarper(int(sampling.top_k)))
+        if float(sampling.top_p) < 1.0:
+            self.warpers.append(TopPLogitsWarper(float(sampling.top_p)))
+        self.generators = [torch.Generator().manual_seed(int(s) % 2**63) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        vocab = scores.shape[-1]
+        u = torch.stack([torch.rand(vocab, generator=g, dtype=torch.float64) for g in self.generators])
+        gumbel = -torch.log(-torch.log(u.clamp_min(1e-300)))
+        return (scores.double() + gumbel.to(scores.device)).to(scores.dtype)
+
+
+def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool,
+                    row_seeds: Sequence[int] | None = None) -> Generation:
     import torch
 
     proc = policy.processor
@@ -143,7 +189,13 @@ def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return
         output_logits=return_logprobs,
         suppress_tokens=list(proc.suppressed_ids),  # image placeholders never appear in an answer
     )
-    if sampling.do_sample:
+    if sampling.do_sample and row_seeds is not None:
+        # one random stream per row: greedy decoding over Gumbel-perturbed warped scores (RowSampler)
+        from transformers.generation.logits_process import LogitsProcessorList
+
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None,
+                      logits_processor=LogitsProcessorList([RowSampler(sampling, row_seeds)]))
+    elif sampling.do_sample:
         kwargs.update(temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=int(sampling.top_k) or None)
     else:
         # greedy: neutralise sampling defaults a checkpoint's generation_config may carry

@@ -40,8 +40,6 @@ non-finite loss stops the run with the last good checkpoint kept.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -58,7 +56,7 @@ from saca.auditor.config import AuditorConfig
 from saca.io import atomic_dir, dumps_json, ensure_dir
 from saca.policy.generate import SamplingConfig, sampling_log_softmax
 from saca.train import grpo
-from saca.train.state import Checkpoints, Dist, Journal, make_scheduler, maybe_kill, param_groups, pick_device, seed_everything
+from saca.train.state import Checkpoints, Dist, FinishedRun, Journal, content_digest, fingerprint, make_scheduler, maybe_kill, param_groups, pick_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -472,11 +470,13 @@ class RftTrainer:
                                  rank=self.dist.rank, world=self.dist.world)
         self.journal = Journal(self.out, rank=self.dist.rank)
 
-    def _fingerprint(self) -> str:
-        data = {"cfg": self.cfg.fingerprint_dict(), "agent": {k: v for k, v in asdict(self.agent_cfg).items() if k not in ("device", "record_decisions", "record_tokens", "name")}, "init": os.path.abspath(self.init),
-                "ref": os.path.abspath(self.ref_path), "world": self.dist.world,
-                "pool": len(self.pool), "data": sorted(self.train_data) if self.cfg.mode == "online" else self.vln_ego_dirs}
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    def _fingerprint(self) -> str:  # settings and content (weights, data, simulator settings), not paths
+        init = content_digest(self.init)
+        data = {"cfg": self.cfg.fingerprint_dict(), "agent": {k: v for k, v in asdict(self.agent_cfg).items() if k not in ("device", "record_decisions", "record_tokens", "name")}, "init": init,
+                "ref": init if self.ref_path == self.init else content_digest(self.ref_path), "world": self.dist.world,
+                "pool": len(self.pool), "data": [self.train_data, self.landmarks] if self.cfg.mode == "online" else [content_digest(d) for d in self.vln_ego_dirs],
+                "sim": {ds: a[:2] for ds, a in self.sim_args.items()}}
+        return fingerprint(data)
 
     def _sim(self, dataset: str, slot, instance: bool = False):
         key = (dataset, slot)
@@ -991,6 +991,10 @@ class RftTrainer:
         cfg = self.cfg
         self._setup()
         ensure_dir(self.out, "RFT run directory")
+        self.finished = FinishedRun(self.out, self.fingerprint, "rft", self.dist.rank, self.dist.world)
+        restored = self.finished.restore(self.journal, "rft_summary.json")  # final/ deleted by a Snakemake rerun
+        if restored is not None:
+            return restored
         state = self.ckpts.resume(self.model, self.optimizer, self.scheduler, self.device)
         start = int(state["step"]) if state else 0
         self.journal.start(start, self.fingerprint)
@@ -1031,6 +1035,7 @@ class RftTrainer:
             shares = [r["appendix_a_share"] for r in train_rows if r.get("appendix_a_share") is not None]
             summary["appendix_a_share_mean"] = float(np.mean(shares)) if shares else None
         self.save_final(summary)
+        self.finished.keep()
         if self.dist.is_main:
             self.journal.finish()
             if not cfg.keep_checkpoints:

@@ -44,7 +44,6 @@ the optimizer step, clipping and its own checkpoint format.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -64,7 +63,10 @@ from saca.train.state import (  # noqa: F401  (KILL_ENV: the test hook, re-expor
     KILL_ENV,
     Checkpoints,
     Dist,
+    FinishedRun,
     Journal,
+    content_digest,
+    fingerprint,
     make_scheduler,
     maybe_kill,
     param_groups,
@@ -276,13 +278,14 @@ class SftTrainer:
         self.ds_config = ds
 
     def _fingerprint(self) -> str:
+        """Settings and the content of the init weights and training data, not their paths (issue 25)."""
         data = {
             "cfg": self.cfg.fingerprint_dict(),
-            "init": os.path.abspath(self.init),
-            "train": [(os.path.abspath(d), len(p)) for d, p in zip(self.train_dirs, self.train.parts)],
+            "init": content_digest(self.init),
+            "train": [(content_digest(d), len(p)) for d, p in zip(self.train_dirs, self.train.parts)],
             "world": self.world,
         }
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(data)
 
     # --- data order ---------------------------------------------------------------------
     def micro_batch_indices(self, step: int, micro: int) -> list[int]:
@@ -387,6 +390,10 @@ class SftTrainer:
         cfg = self.cfg
         self._setup()  # reads and checks every input; nothing in the run directory is touched before
         ensure_dir(self.out, "SFT run directory")
+        self.finished = FinishedRun(self.out, self.fingerprint, "sft", self.rank, self.world)
+        restored = self.finished.restore(self.journal, "sft_summary.json")  # final/ deleted by a Snakemake rerun
+        if restored is not None:
+            return restored
         start = self._resume()
         self.journal.start(start, self.fingerprint)
         self.journal.log({"event": "start", "step": start, "total_steps": self.total_steps, "n_train": len(self.train),
@@ -478,6 +485,7 @@ class SftTrainer:
             "torch_threads": torch.get_num_threads(),
         }
         self.save_final(summary)
+        self.finished.keep()
         self.journal.finish()  # the finished run's log, after its final/
         if not cfg.keep_checkpoints:
             self.ckpts.clear()

@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from saca import SacaError
+from saca.digest import content_digest, file_sha256, fingerprint  # noqa: F401  (re-exported: the resume identity)
 from saca.io import atomic_dir, read_journal, read_json, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,15 @@ def _load_errors() -> tuple:
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
+CHECKPOINT_FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
+
+
+def _one_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an error's text (PyTorch's unpickling errors run to several), at most ``limit`` chars."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Checkpoints:
     """``{root}/step-NNNNNN/`` checkpoints of one run; those of other settings (``fingerprint``) are never resumed."""
 
@@ -236,7 +246,9 @@ class Checkpoints:
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
                 torch.save(rng_state(), tmp / "rng.pt")
-                write_json(tmp / "trainer_state.json", {"step": step, "fingerprint": self.fingerprint, **(state or {})})
+                digests = {name: file_sha256(tmp / name) for name in CHECKPOINT_FILES}  # checked on resume
+                write_json(tmp / "trainer_state.json",
+                           {"step": step, "fingerprint": self.fingerprint, **(state or {}), "sha256": digests})
             self.prune()
         _barrier(self.world)
         return path
@@ -248,45 +260,92 @@ class Checkpoints:
         for old in self.list()[: -max(1, self.keep)]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def latest(self) -> tuple[Path, dict] | None:
-        """The newest checkpoint of these settings and its ``trainer_state.json``, or None.
+    def _state(self, ckpt: Path) -> dict:
+        """A checkpoint's ``trainer_state.json``; SacaError naming the file when it cannot be read."""
+        try:
+            state = read_json(ckpt / "trainer_state.json")
+        except SacaError as err:
+            raise SacaError(_one_line(err)) from err
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            raise SacaError(f"{ckpt / 'trainer_state.json'}: not a trainer state (no integer 'step')")
+        return state
 
-        Checkpoints of other settings are deleted (rank 0) with a warning; all ranks call it.
+    def latest(self, check=None) -> tuple[Path, dict] | None:
+        """The newest intact checkpoint of these settings and its ``trainer_state.json``, or None.
+
+        A checkpoint that cannot be read (``trainer_state.json``, or what ``check(path)`` loads, raises
+        SacaError naming the file) is skipped with a one-line warning naming the file, and the next older
+        one is tried ("falling back"); when none is intact, SacaError names the newest corrupt file.
+        Checkpoints of other settings (the newest readable one has another fingerprint) are deleted
+        (rank 0) with a warning; all ranks call it.
         """
         ckpts = self.list()
-        last = ckpts[-1] if ckpts else None
-        state = None
-        if last is not None:
+        found, first_error = None, None
+        for ckpt in reversed(ckpts):
             try:
-                state = read_json(last / "trainer_state.json")
+                state = self._state(ckpt)
+                if state.get("fingerprint") == self.fingerprint and check is not None:
+                    check(ckpt, state)
             except SacaError as err:
-                raise SacaError(f"{last}: cannot resume from this checkpoint ({err}); delete it to start afresh") from err
-        _barrier(self.world)  # every rank has read the newest checkpoint before rank 0 may delete it
-        if last is None:
+                first_error = first_error or err
+                older = ckpts[: ckpts.index(ckpt)]
+                then = f"falling back to {older[-1].name}" if older else "no older checkpoint"
+                log.warning("%s; %s", err, then)
+                continue
+            found = (ckpt, state)
+            break
+        _barrier(self.world)  # every rank has read the checkpoints before rank 0 may delete them
+        if found is None:
+            if first_error is not None:
+                raise SacaError(f"{first_error}; no intact checkpoint in {self.root}: delete it to start afresh")
             return None
-        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
+        if found[1].get("fingerprint") != self.fingerprint:
             log.warning("%s: checkpoints come from another configuration; starting afresh", self.root)
             self.clear()
             _barrier(self.world)
             return None
-        return last, state
+        if first_error is not None:
+            log.warning("%s: resuming from %s, the newest intact checkpoint", self.root, found[0].name)
+        return found
 
     def resume(self, model, optimizer, scheduler, device) -> dict | None:
-        """Load the newest checkpoint of these settings into the objects; its ``trainer_state`` or None."""
-        import torch
-        from safetensors.torch import load_model
+        """Load the newest intact checkpoint of these settings into the objects; its ``trainer_state`` or None.
 
-        found = self.latest()
+        Every file of a checkpoint is read (and checked) before anything is loaded into the objects, so a
+        corrupt file leaves them untouched and the next older checkpoint is tried (:meth:`latest`).
+        """
+        import torch
+        from safetensors.torch import load_file, load_model
+
+        loaded = {}
+
+        def check(ckpt: Path, state: dict) -> None:
+            loaded.clear()
+            for name in CHECKPOINT_FILES:
+                want = (state.get("sha256") or {}).get(name)  # absent in checkpoints of earlier versions
+                if want is not None and (ckpt / name).is_file() and file_sha256(ckpt / name) != want:
+                    raise SacaError(f"{ckpt / name}: corrupt (its sha256 is not the one trainer_state.json recorded)")
+                try:
+                    if name == "model.safetensors":
+                        load_file(ckpt / name, device="cpu")  # reads and checks every tensor
+                    else:
+                        loaded[name] = torch.load(ckpt / name, weights_only=True,
+                                                  map_location=device if name == "optimizer.pt" else None)
+                except _load_errors() as err:
+                    raise SacaError(f"{ckpt / name}: corrupt or unreadable ({_one_line(err)})") from err
+
+        found = self.latest(check)
         if found is None:
             return None
         last, state = found
         try:
             load_model(model, str(last / "model.safetensors"), device=str(device))
-            optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=True, map_location=device))
-            scheduler.load_state_dict(torch.load(last / "scheduler.pt", weights_only=True))
-            set_rng_state(torch.load(last / "rng.pt", weights_only=True))
+            optimizer.load_state_dict(loaded["optimizer.pt"])
+            scheduler.load_state_dict(loaded["scheduler.pt"])
+            set_rng_state(loaded["rng.pt"])
         except _load_errors() as err:
-            raise SacaError(f"{last}: cannot resume from this checkpoint ({err}); delete it to start afresh") from err
+            raise SacaError(f"{last}: cannot resume from this checkpoint ({_one_line(err)}); "
+                            "delete it to start afresh") from err
         log.info("resumed from %s (step %d)", last, state["step"])
         return state
 
@@ -294,6 +353,80 @@ class Checkpoints:
         """Delete every checkpoint (rank 0)."""
         if self.rank == 0:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- the finished result, kept beside the declared output ----------------------------------------------
+
+def code_digest(command: str) -> str:
+    """sha256 over the package files ``saca <command>`` can execute (:func:`saca.codegraph.command_sources`,
+    the files the workflow's rule lists as its ``src`` input), by content and path within the repository."""
+    from saca.codegraph import PACKAGE_DIR, command_sources
+
+    repo = PACKAGE_DIR.parent.parent
+    return fingerprint([(f, file_sha256(repo / f if not Path(f).is_absolute() else f)) for f in command_sources(command)])
+
+
+class FinishedRun:
+    """``{out}/finished/``: hard links to the files of a finished run's ``final/``, with ``finished.json``.
+
+    Snakemake deletes a job's declared output (``final/``) before it runs the job again: after its controller
+    was killed (the job itself ran on and finished) and ``--unlock``, it counts the output as incomplete; the
+    job had already cleared its checkpoints, so the rerun trained again from step 0 (issue 25). A run that
+    finishes therefore also links its result here (no extra disk space: the same files), and a run whose
+    ``final/`` is missing restores it from here, without training, when ``finished.json`` names the same
+    settings and inputs (the resume fingerprint) and the same code (:func:`code_digest`). Delete the folder
+    to train again. Rank 0 writes; all ranks call both methods.
+    """
+
+    def __init__(self, out_dir, run_fingerprint: str, command: str, rank: int = 0, world: int = 1):
+        out = Path(out_dir)
+        self.final = out / "final"
+        self.kept = out / "finished"
+        self.rank, self.world = rank, world
+        self.identity = {"fingerprint": run_fingerprint, "code": code_digest(command)}
+
+    def keep(self) -> None:
+        """Link the files of ``final/`` (just written) into ``finished/`` (rank 0)."""
+        if self.rank == 0:
+            with atomic_dir(self.kept) as tmp:
+                _link_tree(self.final, tmp)
+                write_json(tmp / "finished.json", self.identity)
+        _barrier(self.world)
+
+    def restore(self, journal: "Journal | None" = None, summary: str | None = None):
+        """Restore a missing ``final/`` from the kept result of this identity: its ``summary`` file's content
+        (or True), after finishing the ``journal`` a kill left unfinished; None when there is nothing to restore."""
+        try:
+            kept = read_json(self.kept / "finished.json") if (self.kept / "finished.json").exists() else None
+        except SacaError:
+            kept = None
+        use = kept == self.identity and not self.final.exists()
+        _barrier(self.world)  # every rank has decided before rank 0 writes final/
+        if use and self.rank == 0:
+            with atomic_dir(self.final) as tmp:
+                _link_tree(self.kept, tmp, skip=("finished.json",))
+            if journal is not None and journal.partial.exists():
+                journal.finish()
+            log.warning("%s: restored the finished result of an earlier run of these settings, inputs and code from "
+                        "%s (not trained again); delete %s to train again", self.final, self.kept, self.kept)
+        _barrier(self.world)
+        if not use:
+            return None
+        return read_json(self.final / summary) if summary else True
+
+
+def _link_tree(src: Path, dst: Path, skip: tuple = ()) -> None:
+    """Hard-link every file under ``src`` into ``dst`` (a copy where the file system has no hard links)."""
+    for root, dirs, files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        (dst / rel).mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if rel == Path(".") and name in skip:
+                continue
+            try:
+                os.link(Path(root) / name, dst / rel / name)
+            except OSError:
+                shutil.copy2(Path(root) / name, dst / rel / name)
 
 
 # --- the journal --------------------------------------------------------------------------------------
