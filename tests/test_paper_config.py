@@ -58,6 +58,8 @@ HYPER = {
         "eval_mix": "workflow", "val_splits": "workflow"}),
     "rft": ("saca.train.rft", "RftConfig", {
         "bf16": "as sft", "gradient_checkpointing": "as sft", "auditor": "merged over the top-level auditor section",
+        "micro_batch_size": "12,000-token decisions: one per pass fits 48 GB (docs/memory.md)",
+        "sharding": "FSDP shards on 8 GPUs (docs/memory.md)",
         "datasets": "workflow", "sft_mix": "workflow", "runs": "workflow", "variants": "workflow"}),
     "auditor": ("saca.auditor.config", "AuditorConfig", {"backend": "the foundation models (the paper's PGSA)",
                                                          "runs": "workflow"}),

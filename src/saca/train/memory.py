@@ -339,8 +339,7 @@ def jobs_from_config(cfg: dict, world: int | None = None, text_tokens: int = 320
     """The SFT job and every RFT variant of a project config (sizes from its sections), as :class:`Setup` s.
 
     World sizes are ``resources.sft.gpu`` / ``resources.rft.gpu`` unless ``world`` is given; frames per
-    decision are ``vln_ego.memory.max_frames``; rows per generate call are ``policy.agent.max_batch`` and
-    rows per prefill pass ``policy.agent.prefill_rows``."""
+    decision are ``vln_ego.memory.max_frames``; rows per generate call are ``policy.agent.max_batch``."""
     from saca.train.rft import check_variant
 
     res = cfg.get("resources") or {}
@@ -367,8 +366,7 @@ def jobs_from_config(cfg: dict, world: int | None = None, text_tokens: int = 320
             job="rft", world=world or int((res.get("rft") or {}).get("gpu", 1)), sharding=v.sharding, bf16=v.bf16,
             gradient_checkpointing=v.gradient_checkpointing, micro_batch=v.micro_batch_size, frames=frames,
             text_tokens=text_tokens, gen_tokens=v.generation.max_new_tokens, reference=v.beta > 0, G=v.G,
-            groups=v.groups_per_step, gen_rows=int(agent.get("max_batch", 0)),
-            prefill_rows=int(agent.get("prefill_rows", 0)))))
+            groups=v.groups_per_step, gen_rows=int(agent.get("max_batch", 0)))))
     return jobs
 
 
