@@ -98,11 +98,11 @@ def test_calibration_against_the_2b_measurement():
 def test_paper_config_fits_48_gb(capsys):
     from saca.cli import main
 
-    main(["memory", "--config", str(ROOT / "config" / "paper.yaml"), "--limit-gb", "44"])
+    assert main(["memory", "--config", str(ROOT / "config" / "paper.yaml"), "--limit-gb", "44"]) == 0
     out = capsys.readouterr().out
     assert "8.05 B parameters" in out and "12000 prompt tokens" in out
-    rft = [line for line in out.splitlines() if line.startswith("| rft ") and "| W |" not in line]
-    assert len(rft) == 2 * 15 and "rft g16_k3" in out  # both tables, every variant
-    assert all(line.endswith("| yes |") for line in rft[:15])
+    jobs = [line for line in out.splitlines() if line.startswith(("| rft ", "| sft "))]
+    assert len(jobs) == 2 * 16 and "rft g16_k3" in out  # both tables: SFT and every RFT variant
+    assert all(line.endswith("| yes |") for line in jobs[:16])
     # the same jobs unsharded: far over (the 128 GB per GPU of fp32 states alone)
     assert main(["memory", "--config", str(ROOT / "config" / "paper.yaml"), "--sharding", "none"]) == 1

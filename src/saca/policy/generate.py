@@ -236,6 +236,7 @@ class _StepFn:
         import torch
 
         self.model = model
+        self.compiled = compile_
         self.fn = torch.compile(self._step, mode="reduce-overhead", fullgraph=False, dynamic=False) if compile_ else self._step
 
     def _step(self, ids, positions, mask, cache):
@@ -243,7 +244,16 @@ class _StepFn:
                           use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
 
     def __call__(self, ids, positions, mask, cache):
-        return self.fn(ids, positions, mask, cache)
+        if not self.compiled:
+            return self.fn(ids, positions, mask, cache)
+        try:
+            return self.fn(ids, positions, mask, cache)
+        except Exception as err:  # noqa: BLE001 - a compiler failure must not end a rollout: decode eagerly
+            import logging
+
+            logging.getLogger(__name__).warning("torch.compile of the decode step failed (%s); decoding eagerly", err)
+            self.compiled, self.fn = False, self._step
+            return self.fn(ids, positions, mask, cache)
 
 
 _COMPILED: dict = {}

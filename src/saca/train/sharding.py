@@ -12,7 +12,9 @@ The interface a trainer uses (``rft.sharding: fsdp``):
 * :func:`shard_reference` ``(ref)``: the frozen reference sharded the same way, kept in its own dtype
   (bf16 shards on GPUs).
 * :func:`gathered_for_generation` ``(model)``: a context in which every unit stays all-gathered (bf16
-  with ``bf16``) across forward calls, so a rollout's decode steps do not all-gather per token.
+  with ``bf16``) across forward calls, so a rollout's decode steps do not all-gather per token;
+  :func:`reshard` ``(model)`` after any other forward without backward (reference / old-policy log-probs,
+  validation) before the next training forward.
 * :func:`save_checkpoint` / :func:`load_checkpoint`: sharded, resumable checkpoints with
   ``torch.distributed.checkpoint`` (every rank writes its shards of the weights and the optimizer; the
   scheduler, the trainer state and each rank's RNG beside them), written under a temporary name and
@@ -110,6 +112,15 @@ def gathered_for_generation(model):
         for m in mods:
             m.reshard()
             m.set_reshard_after_forward(True, recurse=False)
+
+
+def reshard(model) -> None:
+    """Give every unit's gathered weights back. Needed after forwards without a backward (validation, reference /
+    old-policy log-probs) outside :func:`gathered_for_generation`: FSDP's roots stay gathered after such a forward,
+    and a training step started from that state reduced wrong gradients here (2-process SFT drifted from the
+    1-process run by one step's update until validation ended with this call)."""
+    for m in fsdp_modules(model):
+        m.reshard()
 
 
 def _rank_world():
