@@ -259,7 +259,8 @@ class _StepFn:
 _COMPILED: dict = {}
 
 
-def _decode_static(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool) -> Generation:
+def _decode_static(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool,
+                   static_cache: bool | None = None) -> Generation:
     """Our own decode loop over the model's forward: the same tokens as ``model.generate`` (same logits processors,
     the same RNG draws), without generate's per-step host work.
 
@@ -270,9 +271,14 @@ def _decode_static(policy, encoded, sampling: SamplingConfig, seed: int, return_
       ``+ 1 + t``, as generate does;
     * on CUDA the decode step is compiled (``torch.compile``, CUDA graphs); end-of-turn is checked on the host
       every step only to stop early, as generate does.
+
+    ``static_cache`` (default: on CUDA) picks the ``StaticCache``; without it (CPU) the loop uses the
+    ``DynamicCache`` generate uses, and its log-probs are bitwise generate's: CPU runs (the mini world)
+    train the same weights as before. With the static cache, attention runs over all preallocated
+    positions (masked) and the logits differ from generate's in the last float bits (1e-7).
     """
     import torch
-    from transformers import StaticCache
+    from transformers import DynamicCache, StaticCache
 
     proc = policy.processor
     model = policy.model
@@ -287,11 +293,13 @@ def _decode_static(policy, encoded, sampling: SamplingConfig, seed: int, return_
     mask[:, :L] = prompt_mask
     positions = model._prepare_position_ids_for_generation(ids, {"attention_mask": prompt_mask, **batch})
     step_pos = positions[..., -1:].clone()
-    cache = StaticCache(config=model.config, max_cache_len=L + T)
+    cuda = device.type == "cuda" if hasattr(device, "type") else str(device).startswith("cuda")
+    static_cache = cuda if static_cache is None else static_cache
+    cache = StaticCache(config=model.config, max_cache_len=L + T) if static_cache else DynamicCache(config=model.config)
     procs = _warpers(proc, sampling)
     eos = torch.tensor(sorted(set(proc.eos_token_ids)), device=device)
     pad = int(proc.pad_token_id)
-    compile_ = device.type == "cuda" if hasattr(device, "type") else str(device).startswith("cuda")
+    compile_ = cuda and static_cache
     key = (id(model), compile_)
     if key not in _COMPILED:
         _COMPILED.clear()
