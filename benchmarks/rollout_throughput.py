@@ -20,6 +20,14 @@ generation; the rollout's env steps/s as a share of the render-only rate.
 ``--update`` also times one RFT update (rollout, reference log-probs,
 forward/backward, optimizer and the rest) with the real trainer.
 
+``--decode both`` is the decoding pair: for each B the same rollout (same seed, so the
+same trajectories: the two decoders give the same tokens) with ``model.generate``
+(``hf``, the old path) and with saca's static-cache decode loop (``static``), in
+alternating order ``--repeats`` times, in one process; reported: generated tokens/s
+of the generate calls (encoding excluded) and of the policy's time, and the ratio.
+
+    PYTHONPATH=src python benchmarks/rollout_throughput.py --sim stub --B 4 --G 8 --max-steps 24 --decode both --single 0
+
 A random-weight policy names no action: such output counts as invalid and
 ``--invalid-action forward`` (default for random weights) keeps the agent moving,
 one step per decision. ``--max-steps`` caps episodes (random agents never stop).
@@ -142,6 +150,9 @@ def main(argv=None) -> int:
     ap.add_argument("--update", action="store_true", help="also time one RFT update (B = the largest --B)")
     ap.add_argument("--micro-batch-size", type=int, default=16, help="rft.micro_batch_size of the timed update")
     ap.add_argument("--gradient-checkpointing", action="store_true", help="rft.gradient_checkpointing of the timed update")
+    ap.add_argument("--decode", choices=["hf", "static", "both"], default="static",
+                    help="decoder of the rollouts (policy.agent.decoder); both: the paired comparison")
+    ap.add_argument("--repeats", type=int, default=2, help="rollouts per decoder with --decode both (alternating)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -159,7 +170,8 @@ def main(argv=None) -> int:
     invalid = args.invalid_action or ("stop" if args.policy else "forward")
     sim_cfg = SimConfig(width=args.width, height=args.width, depth=False, instance=False, max_steps=args.max_steps)
     sampling = SamplingConfig(do_sample=True, temperature=1.0, max_new_tokens=48, seed=args.seed)
-    cfg = PolicyAgentConfig(generation=sampling, invalid_action=invalid, device=device)
+    cfg = PolicyAgentConfig(generation=sampling, invalid_action=invalid, device=device,
+                            decoder="static" if args.decode == "both" else args.decode)
     results = {"device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
                "policy": policy.source, "G": args.G, "invalid_action": invalid, "max_steps": args.max_steps,
                "threads": torch.get_num_threads(), "rows": []}
@@ -182,7 +194,11 @@ def main(argv=None) -> int:
 
         # warm-up: one short group (model kernels, scene caches)
         RolloutEngine(policy, replace(cfg, generation=replace(sampling, max_new_tokens=8)), make_sim, seed=99).rollout(episodes[:1], 2)
-        for B in args.B:
+        if args.decode == "both":
+            results["decode_pairs"] = [decode_pair(args, policy, cfg, make_sim, episodes[:B], device) for B in args.B]
+            for r in results["decode_pairs"]:
+                print(json.dumps(r), flush=True)
+        for B in (args.B if args.decode != "both" else []):
             eps = episodes[:B]
             engine = RolloutEngine(policy, cfg, make_sim, seed=args.seed)
             if device == "cuda":
@@ -228,6 +244,41 @@ def main(argv=None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     return 0
+
+
+def decode_pair(args, policy, cfg, make_sim, eps, device) -> dict:
+    """The same rollout with model.generate and with the static-cache loop, alternating, ``--repeats`` times each."""
+    import torch
+
+    from saca.train.rollout import RolloutEngine
+
+    out = {"B": len(eps), "G": args.G}
+    actions = {}
+    for rep in range(args.repeats):
+        for decoder in (("hf", "static") if rep % 2 == 0 else ("static", "hf")):
+            engine = RolloutEngine(policy, replace(cfg, decoder=decoder), make_sim, seed=args.seed)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            trajs = engine.rollout(eps, args.G)
+            st = engine.stats.as_dict()
+            acts = [list(tr.actions) for tr in trajs]
+            assert actions.setdefault(decoder, acts) == acts, "a decoder's rollout changed between repeats"
+            d = out.setdefault(decoder, {"tokens": 0, "generate_s": 0.0, "policy_s": 0.0, "calls": 0, "decisions": 0})
+            d["tokens"] += st["generated_tokens"]
+            d["generate_s"] += st["time_generate"] - st["time_encode"]
+            d["policy_s"] += st["time_generate"]
+            d["calls"] += st["generate_calls"]
+            d["decisions"] += st["decisions"]
+    for decoder in ("hf", "static"):
+        d = out[decoder]
+        d["tokens_per_s_generate"] = round(d["tokens"] / d["generate_s"], 1)
+        d["tokens_per_s_policy"] = round(d["tokens"] / d["policy_s"], 1)
+        d["rows_per_call"] = round(d["decisions"] / max(d["calls"], 1), 1)
+        d["generate_s"], d["policy_s"] = round(d["generate_s"], 2), round(d["policy_s"], 2)
+    out["same_trajectories"] = actions["hf"] == actions["static"]
+    out["static_over_hf_generate"] = round(out["static"]["tokens_per_s_generate"] / out["hf"]["tokens_per_s_generate"], 2)
+    out["static_over_hf_policy"] = round(out["static"]["tokens_per_s_policy"] / out["hf"]["tokens_per_s_policy"], 2)
+    return out
 
 
 def time_update(args, policy, cfg, sim_cfg, episodes, make_sim, tmp):

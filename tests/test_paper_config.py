@@ -54,10 +54,13 @@ HYPER = {
     "sft": ("saca.train.sft", "SftConfig", {
         "bf16": "the dataclass default is CPU-safe fp32; the paper trains in bf16 on GPUs",
         "gradient_checkpointing": "memory on the cluster, not a paper setting",
-        "deepspeed": "ZeRO-2 on 8 GPUs", "save_steps": "checkpoint cadence", "mixes": "workflow",
+        "sharding": "FSDP shards on 8 GPUs (docs/memory.md)",
+        "max_seq_length": "LLaVA-OneVision's 730 tokens per frame x 16 frames", "save_steps": "checkpoint cadence", "mixes": "workflow",
         "eval_mix": "workflow", "val_splits": "workflow"}),
     "rft": ("saca.train.rft", "RftConfig", {
         "bf16": "as sft", "gradient_checkpointing": "as sft", "auditor": "merged over the top-level auditor section",
+        "micro_batch_size": "12,000-token decisions: one per pass fits 48 GB (docs/memory.md)",
+        "sharding": "FSDP shards on 8 GPUs (docs/memory.md)",
         "datasets": "workflow", "sft_mix": "workflow", "runs": "workflow", "variants": "workflow"}),
     "auditor": ("saca.auditor.config", "AuditorConfig", {"backend": "the foundation models (the paper's PGSA)",
                                                          "runs": "workflow"}),

@@ -154,6 +154,57 @@ def test_batched_greedy_generation_equals_one_by_one(policy):
     assert together.texts == [g.texts[0] for g in alone]
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "llava_onevision"])
+def test_static_decoder_equals_generate_token_for_token(tmp_path, monkeypatch, family):
+    """saca.policy.generate's own decode loop (static KV cache, rope indices once per prompt) gives the tokens of
+    model.generate, greedy and sampled with the same seed, rows stopping at different steps."""
+    import copy
+
+    pol = load_policy(build_tiny_policy(tmp_path / family, TinyConfig(family=family)))
+    inputs = [PolicyInput(build_prompt(f"Instruction number {i}", n, 15), frames(n + 1, seed=i))
+              for i, n in enumerate([0, 5, 2, 7, 3])]
+    configs = [SamplingConfig(max_new_tokens=10), SamplingConfig(do_sample=True, max_new_tokens=10, seed=3),
+               SamplingConfig(do_sample=True, temperature=0.7, top_p=0.9, top_k=20, max_new_tokens=10, seed=4)]
+    first = generate_batch(pol, inputs, configs[1], return_tokens=True, decoder="hf")
+    # an end-of-turn id the random model emits early in some rows but not others: rows stop at different steps
+    counts = {}
+    for row in first.token_ids:
+        for t in set(row[1:5]):
+            counts[t] = counts.get(t, 0) + 1
+    stop = min(counts, key=lambda t: (abs(counts[t] - 2), t))
+    proc = copy.copy(pol.processor)
+    proc.eos_token_ids = sorted(set(pol.processor.eos_token_ids) | {stop})
+    monkeypatch.setattr(pol, "processor", proc)
+    from saca.policy import generate as gen_mod
+
+    encoded = [pol.processor.encode(x.prompt, x.images) for x in inputs]
+    lengths = set()
+    for cfg in configs:
+        for max_batch in (None, 2):
+            ref = generate_batch(pol, inputs, cfg, return_logprobs=True, max_batch=max_batch, decoder="hf")
+            lengths.add(tuple(len(ids) for ids in ref.token_ids))
+            new = generate_batch(pol, inputs, cfg, return_logprobs=True, max_batch=max_batch, decoder="static")
+            # on CPU the loop keeps generate's dynamic cache: bitwise the same log-probs, so the same weights
+            assert new.token_ids == ref.token_ids and new.texts == ref.texts and new.logprobs == ref.logprobs
+        # the static cache (CUDA's default, here forced): the same tokens, log-probs to float rounding
+        ref = gen_mod._generate_chunk(pol, encoded, cfg, cfg.seed, True)
+        new = gen_mod._decode_static(pol, encoded, cfg, cfg.seed, True, static_cache=True)
+        assert new.token_ids == ref.token_ids
+        assert all(len(lp) == len(ids) for lp, ids in zip(new.logprobs, new.token_ids))
+        assert max(abs(a - b) for la, lb in zip(new.logprobs, ref.logprobs) for a, b in zip(la, lb)) < 1e-5
+    assert any(len(set(run)) > 1 for run in lengths)  # the stop token ended rows at different steps
+
+
+def test_static_decoder_falls_back_where_the_checkpoint_adds_processors(policy, monkeypatch):
+    from saca.policy import generate as gen_mod
+
+    assert gen_mod.static_decoding_supported(policy.model)
+    monkeypatch.setattr(policy.model.generation_config, "repetition_penalty", 1.1)
+    assert not gen_mod.static_decoding_supported(policy.model)
+    with pytest.raises(SacaError, match="decoder 'fast'"):
+        generate_batch(policy, [PolicyInput(build_prompt("Go.", 0, 15), frames(1))], SamplingConfig(), decoder="fast")
+
+
 def test_sampling_is_seeded_and_logprobs_are_returned(policy):
     inputs = [PolicyInput(build_prompt("Walk ahead.", 1, 30), frames(2, seed=9))] * 3
     cfg = SamplingConfig(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=6, seed=5)

@@ -169,6 +169,45 @@ def _sft_args(tiny_dir, ego, out, cfg: SftConfig):
 
 
 @pytest.mark.slow
+def test_fsdp_two_processes_killed_and_resumed_equal_one_process(tiny_dir, ego, tmp_path):
+    """sft.sharding fsdp on 2 CPU processes (torchrun, gloo), killed with SIGKILL after step 3 and resumed from the
+    sharded checkpoint of step 2, ends with the weights of one unsharded process over the same global batches."""
+    one = small_cfg(max_steps=4, save_steps=2, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    two = small_cfg(max_steps=4, save_steps=2, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                    sharding="fsdp", keep_checkpoints=True)
+    alone = _run_cli(_sft_args(tiny_dir, ego, tmp_path / "one", one))
+    assert alone.returncode == 0, alone.stderr[-3000:]
+
+    def torchrun(env_extra=None):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if k != KILL_ENV}
+        env.update({"PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(env_extra or {})})
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), "-m", "saca", *_sft_args(tiny_dir, ego, tmp_path / "two", two)]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+    killed = torchrun({KILL_ENV: "3"})
+    assert killed.returncode != 0
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").glob("step-*")) == ["step-000002"]
+    assert (tmp_path / "two" / "checkpoints" / "step-000002" / "__1_0.distcp").is_file()  # rank 1's shard
+    resumed = torchrun()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    init = load_file(tiny_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - init[k]).abs().max()) for k in a) > 1e-3
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    la = [r["loss"] for r in read_log(tmp_path / "one" / "train_log.jsonl") if r["event"] == "train"]
+    lb = [r["loss"] for r in read_log(tmp_path / "two" / "train_log.jsonl") if r["event"] == "train"]
+    assert la == pytest.approx(lb, rel=1e-5)
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_to_identical_weights(tiny_dir, ego, tmp_path):
     cfg = small_cfg(max_steps=12, save_steps=4, keep_checkpoints=True)
     straight = _run_cli(_sft_args(tiny_dir, ego, tmp_path / "straight", cfg))

@@ -40,6 +40,60 @@ def register(sub) -> None:
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="overrides rft.device")
     p.set_defaults(func=cmd_rft)
 
+    m = sub.add_parser(
+        "memory",
+        help="per-GPU memory of SFT and every RFT variant of a config (docs/memory.md)",
+        description="Predict the per-GPU peak memory of the SFT job and of every RFT variant of a config: model "
+        "states under its sharding (rft.sharding, sft.sharding or sft.deepspeed's ZeRO stage), the bf16 reference, "
+        "activations (with or without gradient checkpointing), the rollouts' KV cache and prefill. The policy's "
+        "shapes come from policy.model's config.json or, before the download, from the built-in preset of its name. "
+        "Prints a markdown table; exits 1 when a job exceeds --limit-gb.",
+    )
+    m.add_argument("--config", required=True, help="YAML config file (e.g. config/paper.yaml)")
+    m.add_argument("--world", type=int, default=None, help="GPUs per job (default: resources.sft.gpu / resources.rft.gpu)")
+    m.add_argument("--sharding", default=None, help="override every job's sharding (none, fsdp, zero0-3)")
+    m.add_argument("--micro-batch", type=int, default=None, help="override every job's micro batch")
+    m.add_argument("--text-tokens", type=int, default=320, help="prompt text tokens per decision besides the frames'")
+    m.add_argument("--limit-gb", type=float, default=44.0, help="per-GPU budget in GB (1e9 bytes)")
+    m.add_argument("--out", default=None, help="also write the phases of every job as JSON here")
+    m.set_defaults(func=cmd_memory)
+
+
+def cmd_memory(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+
+    from saca import SacaError
+    from saca.config import load_yaml
+    from saca.io import write_json
+    from saca.train import memory
+
+    cfg = load_yaml(args.config)
+    model = ((cfg.get("policy") or {}).get("model"))
+    if not model:
+        raise SacaError(f"{args.config}: policy.model is not set")
+    sim = cfg.get("sim") or {}
+    dims = memory.dims_of(memory.transformers_config(model), (int(sim.get("height", 480)), int(sim.get("width", 640))),
+                          name=Path(model).name)
+    jobs = memory.jobs_from_config(cfg, args.world, args.text_tokens, base=str(Path(args.config).resolve().parent.parent))
+    for job in jobs:
+        if args.sharding:
+            job.setup = replace(job.setup, sharding=args.sharding)
+        if args.micro_batch:
+            job.setup = replace(job.setup, micro_batch=args.micro_batch)
+    print(f"# {dims.name}: {dims.params / 1e9:.2f} B parameters, {memory.seq_len(dims, jobs[0].setup)} prompt tokens "
+          f"({jobs[0].setup.frames} frames x {dims.tokens_per_frame} + {args.text_tokens} text)")
+    print(memory.table(dims, jobs, args.limit_gb))
+    print()
+    print(memory.phase_table(dims, jobs))
+    if args.out:
+        write_json(args.out, {"model": asdict(dims), "limit_gb": args.limit_gb, "jobs": [
+            {"name": j.name, "setup": asdict(j.setup), "phases": memory.phases(dims, j.setup)} for j in jobs]})
+    over = [j.name for j in jobs if memory.peak(dims, j.setup)[1] > args.limit_gb * memory.GB]
+    if over:
+        print(f"over {args.limit_gb:g} GB: {', '.join(over)}")
+        return 1
+    return 0
+
 
 def _pairs(items, flag):
     from saca import SacaError

@@ -58,6 +58,7 @@ class PolicyAgentConfig:
     jpeg_quality: int = 95
     image_pixels: int | None = None
     max_batch: int = 0  # largest generate() batch; 0: all decisions of a step at once
+    decoder: str = "static"  # static: our decode loop over a static KV cache; hf: model.generate (saca.policy.generate)
     record_decisions: bool = True  # keep text / status / actions of every decision in ctx.memory
     record_tokens: bool = False  # also keep each decision's generated token ids and log-probs (RL rollouts)
     seed: int | None = None  # overrides generation.seed
@@ -72,6 +73,8 @@ class PolicyAgentConfig:
             raise SacaError(f"{where}.invalid_action: '{self.invalid_action}' is not one of {', '.join(INVALID_ACTIONS)}")
         if self.image_format not in ("jpeg", "png", "none"):
             raise SacaError(f"{where}.image_format: must be jpeg, png or none")
+        if self.decoder not in ("static", "hf"):
+            raise SacaError(f"{where}.decoder: '{self.decoder}' is not one of static, hf")
         self.memory.validate(f"{where}.memory")
         self.generation.validate(f"{where}.generation")
 
@@ -177,6 +180,7 @@ class PolicyAgent:
             return_logprobs=self.cfg.record_tokens,
             max_batch=self.cfg.max_batch or None,
             row_seeds=[int(ctx.memory["policy"]["rng"].integers(2**63 - 1)) for ctx in contexts],
+            decoder=self.cfg.decoder,
         )
         self._calls += 1
         for k, (ctx, text) in enumerate(zip(contexts, gen.texts)):

@@ -8,7 +8,8 @@ section for rollouts): ``do_sample``, ``temperature``, ``top_p``, ``top_k``,
 With ``row_seeds`` (the evaluation's policy agent: one seed per decision, drawn
 from its episode's own stream) every row samples from its own generator instead
 (:class:`RowSampler`), so what a row draws does not depend on which other rows
-share the call, how many there are, or how many calls came before.
+share the call, how many there are, or how many calls came before. Such calls
+decode with ``model.generate`` and the :class:`RowSampler` logits processor.
 
 ``generate_batch`` returns the texts and, when asked, the generated token ids and
 their log-probabilities under the distribution they were sampled from before
@@ -25,6 +26,9 @@ from typing import Sequence
 import numpy as np
 
 from saca import SacaError
+
+DECODERS = ("static", "hf")
+DEFAULT_DECODER = "static"
 
 
 @dataclass
@@ -72,6 +76,7 @@ def generate_batch(
     return_tokens: bool = False,
     return_logprobs: bool = False,
     max_batch: int | None = None,
+    decoder: str | None = None,
     row_seeds: Sequence[int] | None = None,
 ) -> Generation:
     """Generate an answer for every input; rows are processed ``max_batch`` at a time (default: all).
@@ -80,7 +85,7 @@ def generate_batch(
     proc = policy.processor
     encoded = [proc.encode(x.prompt, x.images) for x in inputs]
     gen = generate_encoded(policy, encoded, sampling, seed=seed, return_logprobs=return_logprobs, max_batch=max_batch,
-                           row_seeds=row_seeds)
+                           decoder=decoder, row_seeds=row_seeds)
     return Generation(
         gen.texts,
         gen.token_ids if (return_tokens or return_logprobs) else None,
@@ -95,13 +100,18 @@ def generate_encoded(
     seed: int | None = None,
     return_logprobs: bool = False,
     max_batch: int | None = None,
+    decoder: str | None = None,
     row_seeds: Sequence[int] | None = None,
 ) -> Generation:
     """:func:`generate_batch` for prompts already encoded by ``policy.processor.encode`` (no answer).
 
     The rollout engine encodes each decision once (with per-frame pixel caching) and keeps the
-    encoding for the training forward pass. Token ids are always returned.
+    encoding for the training forward pass. Token ids are always returned. ``decoder``: ``static``
+    (default; :func:`_decode_static`) or ``hf`` (``model.generate``, the reference it must equal).
     """
+    decoder = decoder or DEFAULT_DECODER
+    if decoder not in DECODERS:
+        raise SacaError(f"decoder '{decoder}': expected one of {', '.join(DECODERS)}")
     if not encoded:
         return Generation([], [], [] if return_logprobs else None)
     if row_seeds is not None and len(row_seeds) != len(encoded):
@@ -114,8 +124,13 @@ def generate_encoded(
     for k, lo in enumerate(range(0, len(encoded), step)):
         # chunk k of a call seeded `base` never shares a seed with another call's chunk
         seed_k = base if k == 0 else int(np.random.default_rng([base, k]).integers(2**31 - 1))
-        rows = None if row_seeds is None else row_seeds[lo : lo + step]
-        g = _generate_chunk(policy, encoded[lo : lo + step], sampling, seed_k, return_logprobs, rows)
+        chunk = encoded[lo : lo + step]
+        if row_seeds is not None and sampling.do_sample:  # per-row streams: generate + RowSampler
+            g = _generate_chunk(policy, chunk, sampling, seed_k, return_logprobs, row_seeds[lo : lo + step])
+        elif decoder == "static" and static_decoding_supported(policy.model):
+            g = _decode_static(policy, chunk, sampling, seed_k, return_logprobs)
+        else:
+            g = _generate_chunk(policy, chunk, sampling, seed_k, return_logprobs)
         texts += g.texts
         tokens += g.token_ids
         if return_logprobs:
@@ -205,10 +220,16 @@ def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return
         out = policy.model.generate(**batch, **kwargs)
     prompt_len = batch["input_ids"].shape[1]
     gen = out.sequences[:, prompt_len:]
+    logits = torch.stack(out.logits, dim=1) if return_logprobs and gen.shape[1] else None  # (B, T, V), raw
+    return _finish(proc, sampling, gen, logits)
+
+
+def _finish(proc, sampling: SamplingConfig, gen, logits) -> Generation:
+    """Cut each row after its first end-of-turn token; texts, ids and (given raw ``logits``) log-probabilities."""
     seqs = gen.tolist()
-    if return_logprobs and seqs and seqs[0]:
+    return_logprobs = logits is not None
+    if return_logprobs:
         # log pi(token) under the sampling distribution before top-p / top-k truncation (logits / temperature)
-        logits = torch.stack(out.logits, dim=1)  # (B, T, V), raw
         lp = sampling_log_softmax(logits, proc, logprob_temperature(sampling))
         all_lp = lp.gather(-1, gen.unsqueeze(-1)).squeeze(-1).tolist()
     eos = set(proc.eos_token_ids)
@@ -225,3 +246,144 @@ def _generate_chunk(policy, encoded, sampling: SamplingConfig, seed: int, return
         if return_logprobs:
             logps.append([float(v) for v in all_lp[row][:cut]])
     return Generation(texts, ids, logps if return_logprobs else None)
+
+
+# generation_config settings that add logits processors the static loop does not implement: with any of them set,
+# decoding falls back to model.generate (a checkpoint's sampling defaults are overridden by SamplingConfig either way)
+_UNSUPPORTED = {"repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0,
+                "bad_words_ids": None, "min_length": 0, "min_new_tokens": None, "forced_bos_token_id": None,
+                "forced_eos_token_id": None, "sequence_bias": None, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                "eta_cutoff": 0.0, "min_p": None, "exponential_decay_length_penalty": None, "begin_suppress_tokens": None}
+
+
+def static_decoding_supported(model) -> bool:
+    """Whether the checkpoint's generation_config adds no logits processor beyond the ones :func:`_decode_static`
+    applies (suppressed tokens, temperature, top-k, top-p)."""
+    gc = getattr(model, "generation_config", None)
+    if gc is None:
+        return True
+    return all(getattr(gc, k, neutral) in (neutral, None) or (neutral is None and not getattr(gc, k, None))
+               for k, neutral in _UNSUPPORTED.items())
+
+
+def _warpers(proc, sampling: SamplingConfig):
+    """transformers' own logits processors, in generate's order: suppressed tokens, then temperature, top-k, top-p."""
+    from transformers.generation.logits_process import (LogitsProcessorList, SuppressTokensLogitsProcessor,
+                                                        TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
+
+    procs = LogitsProcessorList()
+    if proc.suppressed_ids:
+        procs.append(SuppressTokensLogitsProcessor(list(proc.suppressed_ids), device="cpu"))
+    if sampling.do_sample:
+        if float(sampling.temperature) != 1.0:
+            procs.append(TemperatureLogitsWarper(float(sampling.temperature)))
+        if int(sampling.top_k):
+            procs.append(TopKLogitsWarper(int(sampling.top_k)))
+        if float(sampling.top_p) < 1.0:
+            procs.append(TopPLogitsWarper(float(sampling.top_p)))
+    return procs
+
+
+class _StepFn:
+    """One decode step over a static KV cache: ``(ids (B, 1), positions, mask (B, L + T)) -> raw logits (B, V)``,
+    compiled with ``torch.compile`` on CUDA (static shapes: the cache and the mask are preallocated)."""
+
+    def __init__(self, model, compile_: bool):
+        import torch
+
+        self.model = model
+        self.compiled = compile_
+        self.fn = torch.compile(self._step, mode="reduce-overhead", fullgraph=False, dynamic=False) if compile_ else self._step
+
+    def _step(self, ids, positions, mask, cache):
+        return self.model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
+                          use_cache=True, logits_to_keep=1).logits[:, -1, :].float()
+
+    def __call__(self, ids, positions, mask, cache):
+        if not self.compiled:
+            return self.fn(ids, positions, mask, cache)
+        try:
+            return self.fn(ids, positions, mask, cache)
+        except Exception as err:  # noqa: BLE001 - a compiler failure must not end a rollout: decode eagerly
+            import logging
+
+            logging.getLogger(__name__).warning("torch.compile of the decode step failed (%s); decoding eagerly", err)
+            self.compiled, self.fn = False, self._step
+            return self.fn(ids, positions, mask, cache)
+
+
+_COMPILED: dict = {}
+
+
+def _decode_static(policy, encoded, sampling: SamplingConfig, seed: int, return_logprobs: bool,
+                   static_cache: bool | None = None) -> Generation:
+    """Our own decode loop over the model's forward: the same tokens as ``model.generate`` (same logits processors,
+    the same RNG draws), without generate's per-step host work.
+
+    * the KV cache is a preallocated ``transformers.StaticCache`` of ``prompt + max_new_tokens`` positions and
+      the attention mask is allocated once at that length: every decode step has the same shapes;
+    * the prompt's position ids (Qwen2-VL's 3-D M-RoPE indices, ``get_rope_index``) are computed once per prompt
+      by transformers' own ``_prepare_position_ids_for_generation``; step ``t`` uses the last prompt position
+      ``+ 1 + t``, as generate does;
+    * on CUDA the decode step is compiled (``torch.compile``, CUDA graphs); end-of-turn is checked on the host
+      every step only to stop early, as generate does.
+
+    ``static_cache`` (default: on CUDA) picks the ``StaticCache``; without it (CPU) the loop uses the
+    ``DynamicCache`` generate uses, and its log-probs are bitwise generate's: CPU runs (the mini world)
+    train the same weights as before. With the static cache, attention runs over all preallocated
+    positions (masked) and the logits differ from generate's in the last float bits (1e-7).
+    """
+    import torch
+    from transformers import DynamicCache, StaticCache
+
+    proc = policy.processor
+    model = policy.model
+    device = policy.device
+    batch = proc.collate(list(encoded), padding_side="left")
+    batch = {k: v.to(device) for k, v in batch.items()}
+    ids = batch.pop("input_ids")
+    prompt_mask = batch.pop("attention_mask")
+    B, L = ids.shape
+    T = int(sampling.max_new_tokens)
+    mask = torch.ones((B, L + T), dtype=prompt_mask.dtype, device=device)
+    mask[:, :L] = prompt_mask
+    positions = model._prepare_position_ids_for_generation(ids, {"attention_mask": prompt_mask, **batch})
+    step_pos = positions[..., -1:].clone()
+    cuda = device.type == "cuda" if hasattr(device, "type") else str(device).startswith("cuda")
+    static_cache = cuda if static_cache is None else static_cache
+    cache = StaticCache(config=model.config, max_cache_len=L + T) if static_cache else DynamicCache(config=model.config)
+    procs = _warpers(proc, sampling)
+    eos = torch.tensor(sorted(set(proc.eos_token_ids)), device=device)
+    pad = int(proc.pad_token_id)
+    compile_ = cuda and static_cache
+    key = (id(model), compile_)
+    if key not in _COMPILED:
+        _COMPILED.clear()
+        _COMPILED[key] = _StepFn(model, compile_)
+    step = _COMPILED[key]
+    torch.manual_seed(int(seed))
+    out_ids = torch.full((B, T), pad, dtype=torch.long, device=device)
+    raw = [] if return_logprobs else None
+    unfinished = torch.ones(B, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask[:, :L], position_ids=positions, past_key_values=cache,
+                       use_cache=True, logits_to_keep=1, **batch).logits[:, -1, :].to(copy=True, dtype=torch.float32)
+        n = 0
+        for t in range(T):
+            if raw is not None:
+                raw.append(logits.clone())
+            scores = procs(ids, logits)
+            if sampling.do_sample:
+                nxt = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                nxt = torch.argmax(scores, dim=-1)
+            nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+            out_ids[:, t] = nxt
+            n = t + 1
+            unfinished &= ~torch.isin(nxt, eos)
+            if t == T - 1 or not bool(unfinished.any()):
+                break
+            step_pos = step_pos + 1
+            logits = step(nxt[:, None], step_pos, mask[:, : L + t + 1] if not compile_ else mask, cache)
+    gen = out_ids[:, :n]
+    return _finish(proc, sampling, gen, torch.stack(raw, dim=1) if raw is not None and n else None)

@@ -116,6 +116,7 @@ class RftConfig:
     logging_steps: int = 1
     bf16: bool = False  # autocast to bfloat16 (fp32 master weights); the frozen reference is then held in bfloat16
     gradient_checkpointing: bool = False
+    sharding: str = "none"  # none (a full replica per GPU) | fsdp (saca.train.sharding; docs/memory.md)
     seed: int = 0
     device: str = "auto"
     # workflow keys (never reach a job's params)
@@ -129,6 +130,8 @@ class RftConfig:
             raise SacaError(f"{where}.mode: '{self.mode}' is not one of {', '.join(MODES)}")
         if self.G < 2:
             raise SacaError(f"{where}.G: must be at least 2 (GRPO normalises rewards within a group), got {self.G}")
+        if self.sharding not in ("none", "fsdp"):
+            raise SacaError(f"{where}.sharding: none or fsdp, got '{self.sharding}'")
         for key in ("groups_per_step", "max_steps", "num_iterations", "micro_batch_size"):
             if getattr(self, key) < 1:
                 raise SacaError(f"{where}.{key}: must be at least 1, got {getattr(self, key)}")
@@ -184,6 +187,8 @@ class RftConfig:
             d.pop(k)
         if not self.uses_auditor:
             d.pop("auditor")
+        if self.sharding == "none":
+            d.pop("sharding")  # runs before the key existed keep their fingerprint
         return d
 
 

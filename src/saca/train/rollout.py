@@ -336,7 +336,8 @@ class RolloutEngine:
             encoded.append(self._encode(tr, hist, prompt))
         self.stats.time_encode += time.perf_counter() - t0
         gen = generate_encoded(self.policy, encoded, cfg.generation, seed=self.seed + self.calls,
-                               return_logprobs=self.record_logprobs, max_batch=cfg.max_batch or None)
+                               return_logprobs=self.record_logprobs, max_batch=cfg.max_batch or None,
+                               decoder=cfg.decoder)
         self.calls += 1
         self.stats.generate_calls += 1
         self.stats.decisions += len(need)

@@ -109,6 +109,7 @@ class SftConfig:
     per_device_eval_batch_size: int = 8
     frame_cache: int = 0  # processed frames kept in memory (Qwen families); 0: off
     deepspeed: str | None = None  # ZeRO config file, e.g. config/deepspeed/zero2.json
+    sharding: str = "none"  # none | fsdp: torch FSDP2 shards (saca.train.sharding; docs/memory.md); not with deepspeed
     # workflow keys: which datasets each training mix holds, and which mix is evaluated as run "sft"
     mixes: dict = field(default_factory=dict)
     eval_mix: dict = field(default_factory=dict)
@@ -128,6 +129,10 @@ class SftConfig:
             raise SacaError(f"{where}: set num_train_epochs or max_steps")
         if self.device not in ("auto", "cpu", "cuda"):
             raise SacaError(f"{where}.device: auto, cpu or cuda")
+        if self.sharding not in ("none", "fsdp"):
+            raise SacaError(f"{where}.sharding: none or fsdp, got '{self.sharding}'")
+        if self.sharding == "fsdp" and self.deepspeed:
+            raise SacaError(f"{where}: sharding fsdp and deepspeed are two mechanisms for the same job; set one")
         for name, datasets in self.mixes.items():
             if not isinstance(datasets, list) or not datasets:
                 raise SacaError(f"{where}.mixes.{name}: must be a non-empty list of datasets")
@@ -141,6 +146,8 @@ class SftConfig:
         for k in ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "eval_steps", "val_samples",
                   "per_device_eval_batch_size", "frame_cache", "mixes", "eval_mix", "val_splits", "device"):
             d.pop(k)
+        if self.sharding == "none":
+            d.pop("sharding")  # runs before the key existed keep their fingerprint
         return d
 
 
@@ -205,6 +212,7 @@ class SftTrainer:
         self.world, self.rank, self.local_rank = self.dist.world, self.dist.rank, self.dist.local_rank
         self.journal = Journal(self.out, "train_log", rank=self.rank)  # train_log.partial.jsonl -> train_log.jsonl
         self.engine = None
+        self.fsdp = cfg.sharding == "fsdp" and self.world > 1  # alone, fsdp is the unsharded path
 
     # --- setup --------------------------------------------------------------------------
     def _setup(self) -> None:
@@ -214,8 +222,9 @@ class SftTrainer:
         from saca.policy.model import load_policy
 
         cfg = self.cfg
-        if self.world > 1 and not cfg.deepspeed:
-            raise SacaError(f"WORLD_SIZE={self.world}: multi-process training needs sft.deepspeed (a ZeRO config)")
+        if self.world > 1 and not cfg.deepspeed and cfg.sharding != "fsdp":
+            raise SacaError(f"WORLD_SIZE={self.world}: multi-process training needs sft.sharding: fsdp or sft.deepspeed "
+                            "(a ZeRO config)")
         seed_everything(cfg.seed)
         self.device = pick_device(cfg.device, self.local_rank, "sft.device")
         if self.device.type == "cuda":
@@ -247,6 +256,11 @@ class SftTrainer:
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else cfg.num_train_epochs * self.steps_per_epoch
         self.warmup_steps = math.ceil(cfg.warmup_ratio * self.total_steps)
         self.model.train()
+        if self.fsdp:
+            from saca.train import sharding
+
+            self.dist.init(self.device.type)
+            sharding.wrap(self.model, bf16=cfg.bf16)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.weight_decay),
             lr=cfg.learning_rate,
@@ -308,6 +322,14 @@ class SftTrainer:
 
         state = {"seed": self.cfg.seed, "global_batch": self.global_batch, "steps_per_epoch": self.steps_per_epoch,
                  "total_steps": self.total_steps, "n_train": len(self.train)}
+        if self.fsdp:  # torch.distributed.checkpoint shards (saca.train.sharding)
+            from saca.train import sharding
+
+            path = sharding.save_checkpoint(self.ckpt_root / f"step-{step:06d}", self.model, self.optimizer,
+                                            self.scheduler, {"step": step, "fingerprint": self.fingerprint, **state})
+            self.ckpts.prune()
+            self.dist.barrier()
+            return path
         if self.engine is None:
             return self.ckpts.save(step, self.model, self.optimizer, self.scheduler, state)
         # DeepSpeed: the engine's own (sharded) checkpoint format, our trainer_state.json and torch RNG beside it
@@ -325,6 +347,15 @@ class SftTrainer:
         """Load the newest checkpoint of this configuration; returns the step to continue from."""
         import torch
 
+        if self.fsdp:
+            from saca.train import sharding
+
+            found = self.ckpts.latest()
+            if found is None:
+                return 0
+            state = sharding.load_checkpoint(found[0], self.model, self.optimizer, self.scheduler)
+            log.info("resumed from %s (step %d of %d)", found[0], state["step"], self.total_steps)
+            return int(state["step"])
         if self.engine is None:
             state = self.ckpts.resume(self.model, self.optimizer, self.scheduler, self.device)
             return 0 if state is None else int(state["step"])
@@ -357,16 +388,25 @@ class SftTrainer:
             idx = idx[self.rank :: self.world]
             nll, n = 0.0, 0
             bs = self.cfg.per_device_eval_batch_size
+            # sharded forwards are collective: every rank runs as many batches (a rank short of samples
+            # repeats one and discards it)
+            n_batches = -(-len(evenly_spaced(len(data), self.cfg.val_samples)[0 :: self.world]) // bs)
             with torch.no_grad():
-                for lo in range(0, len(idx), bs):
-                    encs = [data.encode(self.proc, i) for i in idx[lo : lo + bs]]
+                for b in range(n_batches if self.fsdp else -(-len(idx) // bs)):
+                    chunk = idx[b * bs : (b + 1) * bs]
+                    encs = [data.encode(self.proc, i) for i in (chunk or idx[:1] or [0])]
                     batch = {k: v.to(self.device) for k, v in self.proc.collate(encs).items()}
                     with self._autocast():
                         s, k = sft_loss(model, batch)
-                    nll += float(s)
-                    n += k
+                    if chunk:
+                        nll += float(s)
+                        n += k
             nll, n = self._all_reduce_pair(nll, n)
             out[name] = nll / max(n, 1)
+        if self.fsdp:  # FSDP roots stay gathered after a forward without backward: give the memory back
+            from saca.train import sharding
+
+            sharding.reshard(model)
         model.train(was_training)
         return out
 
@@ -379,7 +419,7 @@ class SftTrainer:
 
         import torch
 
-        if self.cfg.bf16 and self.engine is None:
+        if self.cfg.bf16 and self.engine is None and not self.fsdp:  # FSDP: bf16 through its MixedPrecisionPolicy
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -435,8 +475,8 @@ class SftTrainer:
                 n_tokens += int(batch["attention_mask"].sum())
                 with self._autocast():
                     nll, _ = sft_loss(model, batch)
-                # token mean over the whole global batch; DDP/ZeRO average over ranks, hence * world
-                loss = nll * (self.world / max(n_global, 1))
+                # token mean over the whole global batch; ZeRO averages over ranks, hence * world (FSDP sums)
+                loss = nll * ((self.world if self.engine is not None else 1) / max(n_global, 1))
                 step_nll += float(nll.detach())
                 if self.engine is not None:
                     self.engine.backward(loss, scale_wrt_gas=False)
@@ -447,7 +487,8 @@ class SftTrainer:
                 grad_norm = self.engine.get_global_grad_norm()
                 grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
             else:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -502,6 +543,10 @@ class SftTrainer:
         state_dict = None
         if self.engine is not None and self.engine.zero_optimization_stage() == 3:
             state_dict = self.engine._zero3_consolidated_16bit_state_dict()
+        if self.fsdp:
+            from saca.train import sharding
+
+            state_dict = sharding.full_state_dict(self.model)  # every rank takes part; rank 0 gets the weights
         if self.rank == 0:
             model = self.engine.module if self.engine is not None else self.model
             model.config.use_cache = True
