@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +93,14 @@ def habitat_world(tmp_path_factory):
             write_episodes(root / name / "episodes", split, eps)
         sim.close()
     return {"root": root, "scenes": Path(scene).parent, "index": {}, "datasets": {}, "sim": sim_cfg}
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The results folder of one local run of the smoke config (shared by test_workflow.py and test_slurm.py)."""
+    out = tmp_path_factory.mktemp("smoke") / "results"
+    cmd = [sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock",
+           "--config", f"results={out}"]
+    r = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
+    return out

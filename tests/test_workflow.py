@@ -151,14 +151,6 @@ def test_an_ablation_outside_rft_runs_is_built_on_request_with_its_landmarks(tmp
         ("mini_r2r", "train"), ("mini_rxr", "train")}
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke") / "results"
-    r = snakemake("all", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock", "--config", f"results={out}")
-    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
-    return out
-
-
 @pytest.mark.slow
 def test_smoke_workflow_writes_every_dataset(smoke_run):
     out = smoke_run
