@@ -29,8 +29,10 @@ import os
 import shutil
 import signal
 import socket
+import re
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -179,6 +181,10 @@ class LocalSlurm:
             if not _our_link(DEFAULT_CONF):
                 raise SlurmUnavailable(f"{DEFAULT_CONF} exists and is not a link made by tools/local_slurm.py: "
                                        "this machine has a SLURM configuration of its own")
+            other = LocalSlurm(Path(os.readlink(DEFAULT_CONF)).parent)
+            if other.dir != self.dir and any(_alive(pid) for pid in other.pids().values()):
+                raise RuntimeError(f"{DEFAULT_CONF} belongs to the local cluster of {other.dir}, still running: "
+                                   f"stop it first (python tools/local_slurm.py down --dir {other.dir})")
             DEFAULT_CONF.unlink()
         DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
         DEFAULT_CONF.symlink_to(self.conf)
@@ -255,6 +261,51 @@ class LocalSlurm:
 
     def sinfo(self) -> str:
         return self.run("sinfo").stdout
+
+
+class JobRecorder:
+    """Every job the controller knows, polled (``scontrol show job -o``) while a run goes on.
+
+    The controller forgets a finished job after MinJobAge (300 s): a record kept here outlives that, so a test
+    can ask after a long run how each job was submitted (``TresPerJob`` holds its ``--gpus``) and how it ended.
+    ``jobs``: job id -> the fields of its last record (JobState, Comment = the executor's ``rule_NAME...``,
+    TresPerJob, NumCPUs, Restarts, StdOut, ...); ``states``: job id -> every state it was seen in, in order.
+    """
+
+    _FIELD = re.compile(r"(?:^| )([A-Za-z/:_]+)=(.*?)(?= [A-Za-z/:_]+=|$)")
+
+    def __init__(self, cluster: "LocalSlurm", every: float = 1.0):
+        self.cluster, self.every = cluster, every
+        self.jobs: dict[int, dict] = {}
+        self.states: dict[int, list[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def poll(self) -> None:
+        out = self.cluster.run("scontrol", "show", "job", "-o").stdout
+        for line in out.splitlines():
+            rec = dict(self._FIELD.findall(line.strip()))
+            if "JobId" not in rec:
+                continue
+            jid = int(rec["JobId"])
+            self.jobs[jid] = rec
+            seen = self.states.setdefault(jid, [])
+            if not seen or seen[-1] != rec.get("JobState"):
+                seen.append(rec.get("JobState"))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.poll()
+            self._stop.wait(self.every)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.poll()
 
 
 def _our_link(path: Path) -> bool:
