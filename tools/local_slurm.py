@@ -120,7 +120,8 @@ class LocalSlurm:
                     "SlurmdUser=root",
                     "AuthType=auth/munge",
                     "CredType=cred/munge",
-                    f"AuthInfo=socket={d / 'munge' / 'munge.socket'}",
+                    # cred_expire: also how long a requeued job waits before it may start again (default 120 s)
+                    f"AuthInfo=socket={d / 'munge' / 'munge.socket'},cred_expire=30",
                     f"StateSaveLocation={d / 'ctld'}",
                     f"SlurmdSpoolDir={d / 'd'}",
                     f"SlurmctldPidFile={d / 'slurmctld.pid'}",
