@@ -189,19 +189,38 @@ def test_the_smoke_dag_runs_every_rule_as_a_slurm_job(slurm_smoke, slurm_cluster
           f"(local: {', '.join(sorted(local))})")
 
 
-# outputs that record when, where or how long (their content is checked elsewhere)
+# what records when, where or how long a job ran: provenance records, the logs and benchmarks, the rendered
+# reports (papermill writes fresh cell ids and prints the timings below), and inside the JSON / JSONL outputs the
+# timing and throughput fields and a training run's ``fingerprint`` (a hash of its absolute input paths)
 NOT_COMPARED = {"provenance.json"}
-NOT_COMPARED_DIRS = {"logs", "benchmarks"}
+NOT_COMPARED_DIRS = {"logs", "benchmarks", "reports"}
+TIMING = re.compile(r"^(time_.*|rollout_time_.*|.*_seconds|.*_per_s|frames_per_second|fingerprint)$")
 
 
-def digests(root: Path) -> dict[str, str]:
+def _untimed(obj):
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if not TIMING.match(k)}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+def digests(root: Path) -> dict[str, tuple[str, str]]:
+    """relative path -> (how compared, sha256): every output byte for byte with the results folder's own path
+    written as <RESULTS>, JSON / JSONL outputs that differ only in their timing fields as ``untimed``."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
         if p.is_dir() or p.name in NOT_COMPARED or rel.parts[0] in NOT_COMPARED_DIRS:
             continue
         data = p.read_bytes().replace(str(root).encode(), b"<RESULTS>")
-        out[str(rel)] = hashlib.sha256(data).hexdigest()
+        how = "bytes"
+        if p.suffix in (".json", ".jsonl"):
+            text = data.decode()
+            objs = [json.loads(x) for x in text.splitlines() if x.strip()] if p.suffix == ".jsonl" else json.loads(text)
+            if _untimed(objs) != objs:
+                how, data = "untimed", json.dumps(_untimed(objs), sort_keys=True).encode()
+        out[str(rel)] = (how, hashlib.sha256(data).hexdigest())
     return out
 
 
@@ -212,8 +231,12 @@ def test_the_slurm_outputs_are_byte_identical_to_the_local_run(slurm_smoke, smok
     assert sorted(cluster) == sorted(local)
     differ = sorted(k for k in local if cluster[k] != local[k])
     assert differ == []
-    print(f"\n{len(local)} files byte-identical (results path written as <RESULTS>; not compared: "
-          f"{', '.join(sorted(NOT_COMPARED))}, {', '.join(sorted(NOT_COMPARED_DIRS))}/)")
+    untimed = sorted(k for k in local if local[k][0] == "untimed")
+    assert all(k.endswith(("summary.json", "train_log.jsonl")) for k in untimed), untimed
+    weights = [k for k in local if k.endswith(".safetensors")]
+    assert len(weights) >= 7  # the policy init, vision tower, SFT and every RFT run
+    print(f"\n{len(local) - len(untimed)} files byte-identical, {len(untimed)} equal but for their timing fields "
+          f"({', '.join(untimed)}); {len(weights)} weight files among the identical")
 
 
 @pytest.mark.slow

@@ -285,7 +285,7 @@ class JobRecorder:
     def poll(self) -> None:
         out = self.cluster.run("scontrol", "show", "job", "-o").stdout
         for line in out.splitlines():
-            rec = dict(self._FIELD.findall(line.strip()))
+            rec = {k: v.strip() for k, v in self._FIELD.findall(line.strip())}
             if "JobId" not in rec:
                 continue
             jid = int(rec["JobId"])
