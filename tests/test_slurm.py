@@ -371,7 +371,10 @@ def test_a_scancelled_rft_job_is_retried_and_resumes_from_its_checkpoint(rft_two
     train = [row["step"] for row in rows if row.get("event") == "train"]
     local = [json.loads(x) for x in (r["local"] / "train_log.jsonl").read_text().splitlines()]
     assert train == sorted(set(train)) and len(train) == RFT2["rft"]["max_steps"]
-    assert [row["step"] for row in rows] == [row["step"] for row in local]
+    # the same train and val rows as the uninterrupted run, plus a second `start` row: the resume, at its step
+    assert [(x["event"], x["step"]) for x in rows if x["event"] != "start"] == \
+        [(x["event"], x["step"]) for x in local if x["event"] != "start"]
+    assert [x["step"] for x in rows if x["event"] == "start"] == [0, int(m.group(2))]
     print(f"\nscancel {r['first']} after checkpoint step {m.group(2)}: states {r['jobs'].states[r['first']]}; "
           f"retry job {subs[1][1]} resumed at step {m.group(2)}; train_log steps {train}")
 

@@ -144,7 +144,8 @@ class LocalSlurm:
                     "JobCompType=jobcomp/none",
                     # finished jobs stay visible to squeue for 5 min: the profile's status query (squeue) needs them
                     "MinJobAge=300",
-                    "ReturnToService=2",
+                    # an admin-set DOWN node stays down until `scontrol update state=resume`
+                    "ReturnToService=1",
                     "SlurmdTimeout=60",
                     "KillWait=5",
                     "InactiveLimit=0",
