@@ -3,7 +3,7 @@
 PYTHON ?= python3
 CORES ?= 2
 
-.PHONY: install workflow smoke test lint bench screenshots clean
+.PHONY: install workflow smoke test lint bench screenshots clean slurm-up slurm-down slurm-test
 
 install: .installed
 
@@ -26,6 +26,18 @@ smoke: .installed
 
 test: .installed
 	$(PYTHON) -m pytest
+
+# a one-node SLURM cluster on this machine (root; installs Debian's slurmctld, slurmd, munge when missing; 2 CPUs,
+# 2 fake GPUs, partition debug): docs/slurm.md. slurm-test runs the profile through a cluster of its own.
+SLURM_DIR ?= /tmp/saca-slurm
+slurm-up:
+	$(PYTHON) tools/local_slurm.py up --dir $(SLURM_DIR)
+
+slurm-down:
+	$(PYTHON) tools/local_slurm.py down --dir $(SLURM_DIR)
+
+slurm-test: .installed
+	$(PYTHON) -m pytest tests/test_slurm.py
 
 # the workflow's conventions: Snakemake's linter and snakefmt (line length in pyproject.toml)
 lint: .installed

@@ -48,6 +48,20 @@ def code(command):
 TARGETS = []
 
 
+onstart:
+    # SLURM: the profile's placeholder account / partition fail every sbatch one by one; refuse them now, before
+    # the first job is submitted (dry runs never get here: `snakemake --profile slurm -n all` needs no cluster)
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        from saca.cluster import check_slurm_placeholders
+
+        try:
+            check_slurm_placeholders(
+                (job.rule.name, job.resources) for job in workflow.dag.needrun_jobs() if not job.is_local
+            )
+        except SacaError as err:
+            sys.exit(f"profile error: {err}")
+
+
 # --- cluster resources (config `resources`; profiles/slurm maps gpu + gpu_model to --gpus) ---
 RESOURCES = config.get("resources", {})
 
