@@ -18,7 +18,7 @@ SFT_MIXES = list(SFT["mixes"])
 
 
 # the sft section without the workflow keys (changing eval_mix must not retrain), plus the VLN-Ego answer length
-SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits")}
+SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits", "dagger")}
 SFT_PARAMS["n_actions"] = VLN_EGO["n_actions"]
 # the agent settings plus what must match the VLN-Ego data the policy was trained on
 AGENT_PARAMS = {

@@ -109,6 +109,7 @@ class SftConfig:
     deepspeed: str | None = None  # ZeRO config file, e.g. config/deepspeed/zero2.json
     # workflow keys: which datasets each training mix holds, and which mix is evaluated as run "sft"
     mixes: dict = field(default_factory=dict)
+    dagger: dict = field(default_factory=dict)  # workflow key (sft.dagger, saca.vln_ego.dagger); SFT ignores it
     eval_mix: dict = field(default_factory=dict)
     val_splits: list = field(default_factory=lambda: ["val_seen"])
 
