@@ -10,29 +10,6 @@
 DAGGER = SFT.get("dagger", {})
 
 
-def dagger_stage_dir(mix, r):
-    """The policy of round r (0: plain SFT); the last round's is the mix's final SFT policy."""
-    if r == DAGGER_ROUNDS:
-        return f"{RESULTS}/sft/{mix}/final"
-    return f"{RESULTS}/sft/{mix}/dagger/r{r}/final"
-
-
-def dagger_round(wildcards):
-    return DAGGER_ROUNDS if wildcards.stage == "final" else int(wildcards.stage.split("/r")[1].split("/")[0])
-
-
-def sft_dagger_inputs(wildcards):
-    r = dagger_round(wildcards)
-    mix = sft_mix(wildcards.mix)
-    return {
-        "init": dagger_stage_dir(wildcards.mix, r - 1),
-        "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix]
-        + [f"{RESULTS}/{d}/dagger/{wildcards.mix}/r{k}" for k in range(1, r + 1) for d in mix],
-        "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
-        "src": code("sft"),
-    }
-
-
 # each retraining round: the SFT settings, its own step budget (0: sft's)
 SFT_DAGGER_PARAMS = {**SFT_PARAMS, "max_steps": int(DAGGER.get("max_steps", 0)) or SFT_PARAMS.get("max_steps", 0)}
 
