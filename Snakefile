@@ -45,6 +45,7 @@ wildcard_constraints:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/policy.smk"
+include: "workflow/rules/dagger.smk"
 include: "workflow/rules/rft.smk"
 include: "workflow/rules/auditor.smk"
 include: "workflow/rules/report.smk"

@@ -89,3 +89,29 @@ def test_audit_bad_inputs(world, tmp_path, capsys):
     # a misspelled auditor key
     assert main(["audit", *_audit_args(d, "oracle", ["--params", '{"patiense": 3}']), "--out", str(tmp_path / "c")]) == 2
     assert "did you mean 'patience'" in capsys.readouterr().err
+
+
+def test_audit_expert_is_the_oracle_run_audited_as_failed(world, capsys):
+    """``saca audit-expert`` (issue 29): the expert's trajectories, replayed and audited as failures."""
+    d = world
+    out = d / "audit" / "oracle_plain"
+    assert main(["audit", *_audit_args(d, "oracle"), "--out", str(out)]) == 0
+    rows = read_jsonl(out / "audit.jsonl")
+    # a successful trajectory that never loses grounding has t* = T; as a failure its STOP diverged: t* = T - 1
+    rhos = [(r["T"] - 1) / r["T"] if r["t_star"] == r["T"] else r["rho"] for r in rows]
+    variants = {"default": {}, "look": {"lookahead": 1, "patience": 0}}
+    res = d / "expert.json"
+    assert main(["audit-expert", "--episodes", str(d / "episodes"), "--split", "val_unseen",
+                 "--landmarks", str(d / "landmarks.jsonl"), "--scenes", str(d / "scenes"), "--sim", SIM,
+                 "--dataset-config", DS, "--variants", json.dumps(variants), "--out", str(res)]) == 0
+    assert "default: rho > 0.9" in capsys.readouterr().out
+    s = read_json(res)
+    v = s["variants"]["default"]
+    assert v["episodes"] == len(rows)
+    assert v["rho_above_0.5"] == sum(x > 0.5 for x in rhos) / len(rhos)
+    assert v["rho_above_0.9"] == sum(x > 0.9 for x in rhos) / len(rhos)
+    assert s["variants"]["look"]["auditor_changes"] == {"lookahead": 1, "patience": 0}
+    assert main(["audit-expert", "--episodes", str(d / "episodes"), "--split", "val_unseen",
+                 "--landmarks", str(d / "landmarks.jsonl"), "--scenes", str(d / "scenes"), "--sim", SIM,
+                 "--dataset-config", DS, "--variants", "[1]", "--out", str(res)]) == 2
+    assert "--variants" in capsys.readouterr().err

@@ -297,3 +297,80 @@ def test_summarize_appendix_a_exact():
     assert s["mean_P_failed"] == pytest.approx(0.15, abs=EPS) and s["mean_P_success"] == 0.5
     assert s["success_fully_valid"] == 1.0 and s["max_gap_quantiles_success"]["q50"] == 3
     assert summarize([row(1.0, True)])["appendix_a"]["share"] is None  # no failures: undefined, not 0
+
+
+# --- issue 29: landmark look-ahead, the initial search --------------------------------------------
+
+# scores of landmarks 0, 1, 2 per step (hard: >= 0.25)
+_WALK = [
+    [0.9, 0.9, 0.9, 0.0, 0.0, 0.9],
+    [0.0, 0.0, 0.9, 0.9, 0.0, 0.0],
+    [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+]
+
+
+def test_literal_transition_leaves_the_landmark_on_its_first_grounding():
+    tr = track_landmarks(_table(_WALK)[0], 6, 3, tau_hard=0.25, k_consec=2, lookahead=0)
+    # landmark 0 grounded at steps 0-1 -> landmark 1 active from step 2; grounded at 2-3 -> landmark 2 from 4
+    assert tr.active == [0, 0, 1, 1, 2, 2]
+    assert tr.hard == [True, True, True, True, False, False]
+    assert tr.transitions == [1, 3] and tr.reached == 2
+
+
+def test_lookahead_keeps_the_landmark_until_the_next_is_grounded():
+    score, calls = _table(_WALK)
+    tr = track_landmarks(score, 6, 3, tau_hard=0.25, k_consec=2, lookahead=1)
+    # landmark 0 is reached at step 1 but stays active; landmark 1 hard at 2, 3 -> active from step 4;
+    # step 5 sees landmark 0 again, which is within one place of the active landmark: a hard match
+    assert tr.active == [0, 0, 0, 0, 1, 1]
+    assert tr.s == [0.9, 0.9, 0.9, 0.9, 0.0, 0.9]
+    assert tr.hard == [True, True, True, True, False, True]
+    assert tr.transitions == [3] and tr.reached == 2
+    # window j-1..j+1: steps 0-3 ask for landmarks 0 and 1, steps 4-5 for 0, 1 and 2
+    assert calls == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0), (3, 1),
+                     (4, 0), (4, 1), (4, 2), (5, 0), (5, 1), (5, 2)]
+
+
+def test_lookahead_takes_landmarks_in_order():
+    rows = [[0.0, 0.0, 0.9, 0.9, 0.0, 0.0], [0.9, 0.9, 0.0, 0.0, 0.9, 0.9]]
+    tr = track_landmarks(_table(rows)[0], 6, 2, tau_hard=0.25, k_consec=2, lookahead=1)
+    # landmark 1 seen first (steps 0-1): hard matches, but no transition before landmark 0 is grounded (2-3)
+    assert tr.hard == [True] * 6
+    assert tr.active == [0] * 6 and tr.transitions == [5] and tr.reached == 2
+    with pytest.raises(SacaError, match="lookahead"):
+        track_landmarks(_table(rows)[0], 6, 2, lookahead=-1)
+
+
+def test_initial_search_patience_and_first_grounding():
+    hard = [0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 1, 1]  # a glimpse at 3, grounded from 8 on; T = 12, failed
+    assert divergence_point(hard, patience=2) == 0  # literal: the search (3 steps) exceeds patience
+    assert divergence_point(hard, patience=2, initial_patience=5) == 4  # search allowed; gap 4-7 > 2
+    assert divergence_point(hard, patience=2, count_initial_gap=False) == 4
+    # the search ends at the first 2 hard matches in a row (step 8), not at the glimpse
+    assert divergence_point(hard, patience=2, count_initial_gap=False, initial_k_consec=2) == 11
+    assert divergence_point(hard, patience=2, initial_patience=8, initial_k_consec=2) == 11
+    assert divergence_point(hard, patience=2, initial_patience=7, initial_k_consec=2) == 0
+    assert divergence_point([0, 1, 0, 1, 0], patience=2, count_initial_gap=False, initial_k_consec=2) == 0
+    with pytest.raises(SacaError, match="initial_k_consec"):
+        divergence_point(hard, initial_k_consec=0)
+    with pytest.raises(SacaError, match="initial_patience"):
+        divergence_point(hard, initial_patience=-1)
+
+
+def test_auditor_lookahead_lazy_equals_all_and_credits_the_leg():
+    # an expert-like walk: the sofa in view on its leg (0-3), the door glimpsed early (1), then on its leg (5-8)
+    table = {(0, "sofa"): 0.9, (1, "sofa"): 0.9, (2, "sofa"): 0.9, (3, "sofa"): 0.9, (1, "door"): 0.9,
+             (5, "door"): 0.9, (6, "door"): 0.9, (7, "door"): 0.9, (8, "door"): 0.9}
+    frames = _frames(range(9))
+    literal = _auditor(table, patience=2).audit(frames, ["sofa", "door"])
+    # literal: the door becomes active after step 1; steps 2-4 have no door: a gap of 3 > patience -> t* = 2
+    assert literal.transitions == [1] and literal.t_star == 2
+    lazy = _auditor(table, patience=2, lookahead=1).audit(frames, ["sofa", "door"])
+    full = _auditor(table, patience=2, lookahead=1, schedule="all").audit(frames, ["sofa", "door"])
+    assert lazy.to_json() == full.to_json()
+    assert lazy.active == [0, 0, 0, 0, 0, 0, 0, 1, 1] and lazy.transitions == [6]  # door grounded at 5-6
+    assert lazy.t_star == 8 and lazy.rho == pytest.approx(8 / 9, abs=EPS)  # gap of 1 at step 4: never lost
+    with pytest.raises(SacaError, match="auditor.lookahead"):
+        from_dict(AuditorConfig, {"lookahead": -1}, "auditor")
+    with pytest.raises(SacaError, match="auditor.initial_k_consec"):
+        from_dict(AuditorConfig, {"initial_k_consec": 0}, "auditor")

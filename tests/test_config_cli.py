@@ -151,6 +151,7 @@ SECTIONS = [
     ("saca.policy.vision_pretrain", "VisionPretrainConfig", "policy.vision_pretrain"),
     ("saca.policy.agent", "PolicyAgentConfig", "policy.agent"),
     ("saca.train.sft", "SftConfig", "sft"),
+    ("saca.vln_ego.dagger", "DaggerConfig", "sft.dagger"),
 ]
 
 

@@ -162,3 +162,68 @@ def test_max_detour_keeps_every_leg_nearly_straight(mini_world):
     sim.close()
     with pytest.raises(SacaError, match=r"datasets\.mini_rxr\.max_detour"):
         DatasetConfig(max_detour=0.9).validate("datasets.mini_rxr")
+
+
+def test_longest_unseen_run_on_scripted_frames():
+    """The landmark-visibility check (issue 29) counts steps seeing neither the leg's landmark nor the last one."""
+    import numpy as np
+
+    from saca.episodes.generate import longest_unseen_run
+    from saca.sim.base import SimConfig
+
+    # 10 x 10 frames; per step the instance ids covering 5 pixels each (fraction 0.05)
+    script = [[7], [7], [], [], [8], [], [], [], [9], [9]]
+    targets = [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]  # instances[0] = 7, [1] = 8, [2] = 9
+
+    class Scripted:
+        def __init__(self):
+            self.config = SimConfig(width=10, height=10, instance=False)
+            self.t = 0
+
+        def reset(self, episode):
+            self.t = 0
+
+        def observe(self):
+            assert self.config.instance  # the check renders the instance channel
+            inst = np.full((10, 10), -1, np.int32)
+            for k, i in enumerate(script[self.t]):
+                inst[k, :5] = i
+            from types import SimpleNamespace
+            return SimpleNamespace(instance=inst)
+
+        def step(self, a):
+            self.t += 1
+
+    sim = Scripted()
+    # step 2 (target 0): unseen; 3 (target 1, last 0): unseen; 4 sees 8; 5 (1/0), 6 (2/1), 7 (2/1): unseen; 8 sees 9
+    assert longest_unseen_run(sim, None, [1] * 10, targets, [7, 8, 9], 0.05) == 3
+    assert sim.config.instance is False  # set back
+    assert longest_unseen_run(sim, None, [1] * 10, targets, [7, 8, 9], 0.06) == 10  # 5 pixels < 6 % of 100
+    assert longest_unseen_run(sim, None, [1] * 10, targets, [7, 8, 9], 0.06, limit=4) == 5  # stops early
+    from saca.episodes.generate import DatasetConfig
+
+    with pytest.raises(SacaError, match=r"datasets\.mini_rxr\.max_unseen_steps"):
+        DatasetConfig(max_unseen_steps=-1).validate("datasets.mini_rxr")
+    with pytest.raises(SacaError, match=r"datasets\.mini_rxr\.visible_fraction"):
+        DatasetConfig(visible_fraction=0).validate("datasets.mini_rxr")
+
+
+def test_max_unseen_steps_keeps_landmarks_in_view(mini_world):
+    """``datasets.*.max_unseen_steps``: along the generated expert routes no leg's landmark is out of view longer."""
+    from saca.episodes.generate import DatasetConfig, expert_actions, generate_split, longest_unseen_run
+    from saca.sim import make_simulator
+
+    cfg = DatasetConfig(turn_angle=30, style="rxr", landmarks=[2, 2], seed=3, max_detour=1.1, max_unseen_steps=4,
+                        episodes={"train": 2})
+    sim = make_simulator("embedded", mini_world["sim"], 30, mini_world["scenes"])
+    eps = generate_split("mini_rxr", cfg, "train", mini_world["index"]["train"], sim)
+    assert len(eps) == 2
+    for e in eps:
+        sim.reset(e)
+        objs = {o["instance_id"]: o for o in sim.scene["objects"]}
+        face = [objs[i]["position"] for i in e.info["landmark_instances"]]
+        targets: list[int] = []
+        actions, _ = expert_actions(sim, e.info["waypoints"], sim.config.max_steps - 1, face=face, targets=targets)
+        assert actions == e.gt_actions and len(targets) == len(actions)
+        assert longest_unseen_run(sim, e, actions, targets, e.info["landmark_instances"], 0.004) <= 4
+    sim.close()

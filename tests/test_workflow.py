@@ -29,7 +29,7 @@ def _make_recipe(target: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("target", ["smoke", "workflow"])
+@pytest.mark.parametrize("target", ["smoke", "workflow", "lab"])
 def test_readme_make_targets_parse_as_written(target):
     # the README's quick start runs `make smoke` / `make workflow`; CI runs them as written. Run the
     # Makefile's command line unchanged, as a dry run (options appended after it change nothing before)
@@ -387,3 +387,25 @@ def test_the_smoke_rft_takes_real_gradient_steps(smoke_run):
                if r["event"] == "train"]
         if all(r.get("skipped_step") for r in log):
             assert sha(smoke_run / "rft" / v / "s0" / "final" / "model.safetensors") == sft, v
+
+
+def test_lab_dag_builds_with_its_budgets(tmp_path):
+    """``make lab`` (issue 29): Table 2's four variants x 3 seeds, DAgger rounds after SFT, 500 val_unseen episodes."""
+    r = snakemake("all", "-n", "-p", "--cores", "2", "--nolock", "--configfile", "config/lab.yaml",
+                  "--config", f"results={tmp_path / 'results'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", r.stdout.split("Job stats:")[1].split("Reasons")[0], re.M))
+    lab = yaml.safe_load((REPO / "config" / "lab.yaml").read_text())
+    rounds = lab["sft"]["dagger"]["rounds"]
+    assert int(counts["rft"]) == len(lab["rft"]["runs"]) * len(lab["seeds"]) == 12
+    assert int(counts["sft"]) == 1 and int(counts["sft_dagger"]) == rounds
+    assert int(counts["dagger_rollouts"]) == 2 * rounds  # each round, each dataset of the mix
+    # policies evaluated on val_unseen: sft and every RFT run, plus the 3 reference agents, per dataset
+    assert int(counts["evaluate"]) == 2 * (1 + 12 + 3)
+    for variant in ("grpo", "ss", "ss_afr", "saca"):
+        for seed in (0, 1, 2):
+            assert f"rft/{variant}/s{seed}/final" in r.stdout
+    assert '"val_unseen": 500' in r.stdout and '"max_unseen_steps": 8' in r.stdout
+    # the last DAgger round is the mix's SFT policy; plain SFT is round 0
+    assert f"sft/r2r_rxr/dagger/r{rounds - 1}/final" in r.stdout and "sft/r2r_rxr/dagger/r0/final" in r.stdout
+    assert '"lookahead": 1' in r.stdout and '"max_steps": 100' in r.stdout

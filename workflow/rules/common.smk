@@ -240,6 +240,35 @@ def sft_val_args(wildcards):
     return [f"{d}/{s}={RESULTS}/{d}/vln_ego/{s}" for d in sft_mix(wildcards.mix) for s in SFT["val_splits"]]
 
 
+# --- DAgger (DAGGER_ROUNDS is defined in policy.smk, the rules in dagger.smk) ---
+
+
+def dagger_stage_dir(mix, r):
+    """The policy of round r (0: plain SFT); the last round's is the mix's final SFT policy."""
+    if r == DAGGER_ROUNDS:
+        return f"{RESULTS}/sft/{mix}/final"
+    return f"{RESULTS}/sft/{mix}/dagger/r{r}/final"
+
+
+def dagger_round(wildcards):
+    """The DAgger round a ``sft_dagger`` output is (``final``: the last one)."""
+    if wildcards.stage == "final":
+        return DAGGER_ROUNDS
+    return int(re.fullmatch(r"dagger.r(\d+).final", wildcards.stage).group(1))
+
+
+def sft_dagger_inputs(wildcards):
+    r = dagger_round(wildcards)
+    mix = sft_mix(wildcards.mix)
+    return {
+        "init": dagger_stage_dir(wildcards.mix, r - 1),
+        "train": [f"{RESULTS}/{d}/vln_ego/train" for d in mix]
+        + [f"{RESULTS}/{d}/dagger/{wildcards.mix}/r{k}" for k in range(1, r + 1) for d in mix],
+        "val": [f"{RESULTS}/{d}/vln_ego/{s}" for d in mix for s in SFT["val_splits"]],
+        "src": code("sft"),
+    }
+
+
 # --- RFT (RFT, RFT_VARIANTS and RFT_DATASETS are defined in rft.smk) ---
 
 

@@ -4,6 +4,7 @@
 # vision_pretrain results/policy/init_vision/       its vision tower pretrained on rendered train-house frames
 #                                                   (only when policy.vision_pretrain.frames > 0)
 # sft           results/sft/{mix}/final/            SFT on the VLN-Ego train split of every dataset of the mix
+#                                                   (results/sft/{mix}/dagger/r0/final/ with DAgger: dagger.smk)
 # policy_agent  results/sft/{mix}/agent.json        agent spec (checkpoint + agent settings) for evaluation
 # and the evaluation run "sft": results/{dataset}/eval/sft/{split}/metrics.json, through the
 # evaluation rule of evaluate.smk (RUN_AGENTS["sft"] -> the agent spec of sft.eval_mix[dataset]).
@@ -18,7 +19,7 @@ SFT_MIXES = list(SFT["mixes"])
 
 
 # the sft section without the workflow keys (changing eval_mix must not retrain), plus the VLN-Ego answer length
-SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits")}
+SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits", "dagger")}
 SFT_PARAMS["n_actions"] = VLN_EGO["n_actions"]
 # the agent settings plus what must match the VLN-Ego data the policy was trained on
 AGENT_PARAMS = {
@@ -72,11 +73,17 @@ rule vision_pretrain:
         " --params {params.cfg} --out {output:q} > {log:q} 2>&1"
 
 
+# with DAgger (sft.dagger.rounds > 0; workflow/rules/dagger.smk) plain SFT is round 0 and the last round's
+# policy is the mix's final one
+DAGGER_ROUNDS = int(SFT.get("dagger", {}).get("rounds", 0))
+SFT_RUN = f"{RESULTS}/sft/{{mix}}/dagger/r0" if DAGGER_ROUNDS else f"{RESULTS}/sft/{{mix}}"
+
+
 rule sft:
     input:
         unpack(sft_inputs),
     output:
-        directory(f"{RESULTS}/sft/{{mix}}/final"),
+        directory(f"{SFT_RUN}/final"),
     log:
         f"{RESULTS}/logs/sft/{{mix}}.log",
     benchmark:
@@ -92,7 +99,7 @@ rule sft:
         init=policy_base(),
         val=sft_val_args,
         cfg=as_json(SFT_PARAMS),
-        run=f"{RESULTS}/sft/{{mix}}",
+        run=SFT_RUN,
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
         f"OMP_NUM_THREADS={{threads}} {launcher('sft')} -m saca sft --init {{params.init:q}} --train {{input.train:q}}"

@@ -144,7 +144,8 @@ class Auditor:
                     raise _Missing(t, j)
                 return self.step_score(ps)
 
-            return track_landmarks(score, len(frames), len(lms), tau_hard=cfg.tau_hard, k_consec=cfg.k_consec)
+            return track_landmarks(score, len(frames), len(lms), tau_hard=cfg.tau_hard, k_consec=cfg.k_consec,
+                                   lookahead=cfg.lookahead)
 
         rounds = 0
         while True:
@@ -194,7 +195,8 @@ class Auditor:
     def _result(self, frames, lms, success, track, cache) -> AuditResult:
         cfg = self.config
         T = len(frames)
-        t_star = divergence_point(track.hard, cfg.patience, success, cfg.count_initial_gap)
+        t_star = divergence_point(track.hard, cfg.patience, success, cfg.count_initial_gap, cfg.initial_patience,
+                                  cfg.initial_k_consec)
         comps, masks = [], []
         for t, j in enumerate(track.active):
             ps = cache.get((frames[t].key, lms[j])) if lms else None

@@ -75,6 +75,11 @@ class AuditorConfig:
     k_consec: int = 2  # reconstruction
     patience: int = 8  # reconstruction
     count_initial_gap: bool = True  # reconstruction: the search for the first landmark counts as a gap
+    # issue 29 (reconstructions, docs/reconstructions.md): which landmarks a step is scored against, and how
+    # long the search for the first one may take
+    lookahead: int = 0  # 0: the active landmark only (literal); n: also the next n, the transition waits for them
+    initial_patience: int | None = None  # longest initial search that keeps the prefix valid; None: patience
+    initial_k_consec: int = 1  # hard matches in a row that end the search for the first landmark
     rho: float = 0.5  # near-miss prefix-ratio threshold (Eq. 4); the Appendix-A statistic uses it
     prompt: str = "A photo of a {l}."
     schedule: str = "lazy"  # lazy | all: which (frame, landmark) pairs are scored
@@ -104,6 +109,14 @@ class AuditorConfig:
             raise SacaError(f"{where}.k_consec: must be an integer >= 1, got {self.k_consec!r}")
         if not isinstance(self.patience, int) or self.patience < 0:
             raise SacaError(f"{where}.patience: must be an integer >= 0, got {self.patience!r}")
+        if not isinstance(self.lookahead, int) or isinstance(self.lookahead, bool) or self.lookahead < 0:
+            raise SacaError(f"{where}.lookahead: must be an integer >= 0, got {self.lookahead!r}")
+        if self.initial_patience is not None and (
+                not isinstance(self.initial_patience, int) or isinstance(self.initial_patience, bool)
+                or self.initial_patience < 0):
+            raise SacaError(f"{where}.initial_patience: must be null or an integer >= 0, got {self.initial_patience!r}")
+        if not isinstance(self.initial_k_consec, int) or self.initial_k_consec < 1:
+            raise SacaError(f"{where}.initial_k_consec: must be an integer >= 1, got {self.initial_k_consec!r}")
         if "{l}" not in self.prompt:
             raise SacaError(f"{where}.prompt: must contain the landmark placeholder '{{l}}', got {self.prompt!r}")
         if self.schedule not in ("lazy", "all"):

@@ -88,6 +88,39 @@ def audit_records(
             yield rec, res
 
 
+def expert_records(episodes: Sequence) -> list[dict]:
+    """Evaluation-style records of the episodes' expert trajectories (``gt_actions``), marked as failed.
+
+    Audited like a policy's failures, they give the auditor's *expert ceiling*: the prefix ratio a
+    rollout that follows the expert all the way would get (issue 29). An episode without expert
+    actions is an error naming it.
+    """
+    recs = []
+    for ep in episodes:
+        if not ep.gt_actions:
+            raise SacaError(f"episode {ep.episode_id!r} has no expert actions (the split's _gt.json.gz file)")
+        recs.append({"episode_id": ep.episode_id, "scene_id": ep.scene_id, "actions": list(ep.gt_actions),
+                     "success": False})
+    return recs
+
+
+def ceiling_summary(rows: Sequence[Mapping], thresholds: Sequence[float] = (0.5, 0.9)) -> dict:
+    """Shares of audited trajectories with prefix ratio above each threshold, and where the rest diverge."""
+    n = len(rows)
+    rhos = sorted(float(r["rho"]) for r in rows)
+    out = {"episodes": n}
+    for th in thresholds:
+        out[f"rho_above_{th:g}"] = (sum(1 for x in rhos if x > th) / n) if n else None
+    out["rho_quartiles"] = [rhos[min(n - 1, max(0, math.ceil(q * n) - 1))] for q in (0.25, 0.5, 0.75)] if n else None
+    out["never_grounded"] = sum(1 for r in rows if not any(r["hard"]))
+    out["mean_reached_fraction"] = (
+        math.fsum(r["reached"] / len(r["landmarks"]) for r in rows if r["landmarks"])
+        / max(1, sum(1 for r in rows if r["landmarks"])))
+    out["max_gap_quantiles"] = _quantiles([r["max_gap"] for r in rows])
+    out["mean_T"] = math.fsum(r["T"] for r in rows) / n if n else None
+    return out
+
+
 def audit_row(rec: Mapping, res: AuditResult, with_components: bool = False) -> dict:
     return {"episode_id": rec.get("episode_id"), "scene_id": rec.get("scene_id"), **res.to_json(with_components)}
 

@@ -114,41 +114,83 @@ def track_landmarks(
     *,
     tau_hard: float = 0.25,
     k_consec: int = 2,
+    lookahead: int = 0,
 ) -> LandmarkTrack:
     """Landmark transition (SACA §3.1 "Structural Hard Masking", Appendix B.1 item 3).
 
-    Step ``t`` is scored against the active landmark ``j``: ``s_t = score(t, j)``.
-    It is a *hard match* when ``s_t >= tau_hard``. After ``k_consec``
-    consecutive hard matches the active landmark advances to ``j + 1`` (from
-    step ``t + 1`` on) and the run count restarts; the last landmark stays
-    active once reached. ``score`` is called only for the pairs the walk
-    needs, so a caller can compute scores lazily. With no landmarks
+    ``lookahead = 0`` (the literal reading): step ``t`` is scored against the
+    active landmark ``j``: ``s_t = score(t, j)``. It is a *hard match* when
+    ``s_t >= tau_hard``. After ``k_consec`` consecutive hard matches the active
+    landmark advances to ``j + 1`` (from step ``t + 1`` on) and the run count
+    restarts; the last landmark stays active once reached.
+
+    ``lookahead = n > 0`` (reconstruction, issue 29): step ``t`` is scored
+    against the landmarks within ``n`` places of the active one in the
+    instruction's order, ``s_t = max_i score(t, i)`` for ``i`` in
+    ``j-n..j+n``, and is a hard match when ``s_t >= tau_hard``. The transition
+    from ``l_j`` to ``l_{j+1}`` happens once ``l_j`` has been grounded
+    (``k_consec`` hard matches in a row) and ``l_{j+1}`` has then been
+    hard-matched ``k_consec`` steps in a row (``l_{j+1}`` active from step
+    ``t + 1``). The active landmark thus stays active along its leg, while the
+    agent walks toward it, and hands over when the next one comes into view;
+    a landmark left early (the next one glimpsed on the way) still grounds the
+    steps that see it. Landmarks are taken in order: only ``j + 1`` triggers
+    a transition, whatever ``n``.
+
+    ``reached`` is one more than the highest landmark index grounded
+    ``k_consec`` times in a row. ``score`` is called only for the pairs the
+    walk needs, so a caller can compute scores lazily. With no landmarks
     (``M == 0``) every step scores 0 and nothing is ever a hard match.
     """
     if k_consec < 1:
         raise SacaError(f"auditor.k_consec must be >= 1, got {k_consec}")
+    if lookahead < 0:
+        raise SacaError(f"auditor.lookahead must be >= 0, got {lookahead}")
     tr = LandmarkTrack()
-    j, run = 0, 0
+    j = 0
+    runs: dict[int, int] = {}
     for t in range(T):
-        s = float(score(t, j)) if M > 0 else 0.0
-        if math.isnan(s):
-            raise SacaError(f"auditor: soft score of step {t} (landmark {j}) is NaN")
+        window = range(max(0, j - lookahead), min(j + lookahead, M - 1) + 1) if M > 0 else range(0)
+        scores = {}
+        for i in window:
+            v = float(score(t, i))
+            if math.isnan(v):
+                raise SacaError(f"auditor: soft score of step {t} (landmark {i}) is NaN")
+            scores[i] = v
+        s = max(scores.values()) if scores else 0.0
         hard = M > 0 and s >= tau_hard
         tr.s.append(s)
         tr.active.append(j)
         tr.hard.append(hard)
-        run = run + 1 if hard else 0
-        if run >= k_consec and tr.reached <= j:
-            tr.reached = j + 1
-            if j < M - 1:
-                j += 1
-                tr.transitions.append(t)
-            run = 0
+        runs = {i: (runs.get(i, 0) + 1 if v >= tau_hard else 0) for i, v in scores.items()}
+        if runs.get(j, 0) >= k_consec:  # the active landmark grounded
+            tr.reached = max(tr.reached, j + 1)
+            if lookahead == 0:
+                if j < M - 1:
+                    j += 1
+                    tr.transitions.append(t)
+                runs = {}
+        if lookahead > 0 and j < M - 1 and tr.reached > j and runs.get(j + 1, 0) >= k_consec:
+            j += 1  # l_j was grounded; l_{j+1} now has been, k_consec steps in a row
+            tr.reached = max(tr.reached, j + 1)
+            tr.transitions.append(t)
+            runs = {}
     return tr
 
 
+def first_grounding(hard: Sequence[bool], k: int = 1) -> int | None:
+    """First step of the first run of ``k`` hard matches in a row (``None`` if there is none)."""
+    run = 0
+    for t, h in enumerate(hard):
+        run = run + 1 if h else 0
+        if run >= k:
+            return t - k + 1
+    return None
+
+
 def divergence_point(hard: Sequence[bool], patience: int = 8, success: bool = False,
-                     count_initial_gap: bool = True) -> int:
+                     count_initial_gap: bool = True, initial_patience: int | None = None,
+                     initial_k_consec: int = 1) -> int:
     """Divergence point ``t*`` (SACA Eq. 3, method-notes §3.2; reconstruction).
 
     A *gap* is a maximal run of steps without a hard match. The first gap
@@ -166,15 +208,29 @@ def divergence_point(hard: Sequence[bool], patience: int = 8, success: bool = Fa
     long search for the first landmark gives ``t* = 0``). With
     ``count_initial_gap=False`` (a config option, reconstruction) the agent has
     to ground something before it can lose grounding: gaps are counted from
-    the first hard match on.
+    the first hard match on. ``initial_patience`` (reconstruction, issue 29;
+    ``None``: ``patience``) is the longest search for the first landmark that
+    does not count as losing grounding when ``count_initial_gap`` is True: an
+    initial gap longer than it gives ``t* = 0``. The initial search ends at the
+    first run of ``initial_k_consec`` hard matches in a row (reconstruction,
+    issue 29; 1: the first hard match, so a one-frame glimpse of a distant
+    landmark ends it; ``k_consec``: the first grounding, as for a transition);
+    gaps before it are not counted (``count_initial_gap=False``) or bounded by
+    ``initial_patience``. A trajectory with no such run gets ``t* = 0``.
     """
     if patience < 0:
         raise SacaError(f"auditor.patience must be >= 0, got {patience}")
+    if initial_patience is not None and initial_patience < 0:
+        raise SacaError(f"auditor.initial_patience must be >= 0, got {initial_patience}")
+    if initial_k_consec < 1:
+        raise SacaError(f"auditor.initial_k_consec must be >= 1, got {initial_k_consec}")
     T = len(hard)
-    if not any(hard):
+    first = first_grounding(hard, initial_k_consec)
+    if first is None:
         return 0
     gap_start, gap = 0, 0
-    first = 0 if count_initial_gap else next(t for t, h in enumerate(hard) if h)
+    if count_initial_gap and first > (patience if initial_patience is None else initial_patience):
+        return 0
     for t in range(first, T):
         h = hard[t]
         if h:

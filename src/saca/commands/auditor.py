@@ -166,6 +166,63 @@ def cmd_audit_figure(args) -> int:
     return 0
 
 
+def cmd_audit_expert(args) -> int:
+    """The auditor's expert ceiling: the split's expert trajectories audited as if they had failed (issue 29)."""
+    from dataclasses import replace
+
+    from saca.auditor import Auditor, AuditorConfig, Trajectory
+    from saca.auditor.run import audit_row, ceiling_summary, expert_records, replay
+    from saca.config import from_dict, to_dict
+    from saca.episodes import read_episodes
+    from saca.io import write_json
+    from saca.landmarks import read_landmarks
+
+    base = params_from_args(args, AuditorConfig, "auditor")
+    try:
+        variants = json.loads(args.variants)
+    except json.JSONDecodeError as err:
+        raise SacaError(f"--variants: not JSON ({err})") from None
+    if not isinstance(variants, dict) or not variants or not all(isinstance(v, dict) for v in variants.values()):
+        raise SacaError("--variants: a JSON object {name: {auditor key: value}} with at least one entry")
+    auditors = {}
+    for name, over in variants.items():
+        cfg = from_dict(AuditorConfig, {**to_dict(base), **over}, f"--variants.{name}")
+        auditors[name] = Auditor(replace(cfg, keep_masks=False))
+    episodes = read_episodes(Path(args.episodes) / f"{args.split}.json.gz",
+                             Path(args.episodes) / f"{args.split}_gt.json.gz")
+    if args.limit:
+        episodes = episodes[: args.limit]
+    by_id = {e.episode_id: e for e in episodes}
+    landmarks = read_landmarks(args.landmarks)
+    records = expert_records(episodes)
+    sim = _audit_sim(args, base)
+    rows: dict[str, list] = {name: [] for name in auditors}
+    with sim:
+        for k in range(0, len(records), args.group_size):
+            chunk = records[k:k + args.group_size]
+            trajs = []
+            for rec in chunk:
+                lms = landmarks.get(rec["episode_id"], landmarks.get(str(rec["episode_id"])))
+                if lms is None:
+                    raise SacaError(f"{args.landmarks}: no row for episode {rec['episode_id']!r}")
+                frames, _ = replay(sim, by_id[rec["episode_id"]], rec["actions"])
+                trajs.append(Trajectory(frames, lms, False))
+            for name, auditor in auditors.items():
+                rows[name] += [audit_row(rec, res) for rec, res in zip(chunk, auditor.audit_group(trajs))]
+    out = {"split": args.split, "episodes": str(args.episodes), "landmarks": str(args.landmarks),
+           "statistic": "expert trajectories audited as failures: share with prefix ratio rho above each threshold",
+           "variants": {}}
+    for name, auditor in auditors.items():
+        summ = ceiling_summary(rows[name])
+        diff = {k: v for k, v in to_dict(auditor.config).items() if to_dict(base).get(k) != v}
+        out["variants"][name] = {"overrides": variants[name], "auditor_changes": diff, **summ}
+        print(f"{name}: rho > 0.9 {summ['rho_above_0.9']:.3f}, rho > 0.5 {summ['rho_above_0.5']:.3f} "
+              f"({summ['episodes']} expert trajectories)")
+    out["auditor"] = to_dict(base)
+    write_json(args.out, out)
+    return 0
+
+
 def register(sub) -> None:
     from saca.commands.data import add_sim_args
 
@@ -195,6 +252,21 @@ def register(sub) -> None:
     p.add_argument("--components", action="store_true", help="store S_g, c, S_b, u, S_m and boxes per step")
     p.add_argument("--out", required=True, help="output directory (audit.jsonl, summary.json)")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("audit-expert", help="the auditor's expert ceiling: expert trajectories audited as failures")
+    p.add_argument("--episodes", required=True, help="episodes directory with {split}.json.gz and {split}_gt.json.gz")
+    p.add_argument("--split", required=True, choices=["train", "val_seen", "val_unseen"])
+    p.add_argument("--landmarks", required=True, help="landmarks/{split}.jsonl")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--params", default=None, help="JSON of the 'auditor' config section (the base)")
+    g.add_argument("--config", default=None, help="YAML config file; its 'auditor' section is the base")
+    add_sim_args(p)
+    p.add_argument("--variants", default='{"default": {}}',
+                   help="JSON {name: {auditor key: value}}: auditor settings compared on the same replays")
+    p.add_argument("--group-size", type=int, default=8, help="episodes audited together (one batched audit)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N episodes (0: all)")
+    p.add_argument("--out", required=True, help="output JSON file")
+    p.set_defaults(func=cmd_audit_expert)
 
     p = sub.add_parser("audit-figure", help="Fig. 6-style figure of one audited episode (PNG)")
     audit_args(p)

@@ -172,6 +172,36 @@ def cmd_preview(args) -> int:
     return 0
 
 
+def cmd_dagger_rollouts(args) -> int:
+    """One DAgger round's data: the current policy rolled out, every visited frame labelled by the expert."""
+    import json
+
+    from saca.episodes import load_split
+    from saca.evaluate.agents import make_agent
+    from saca.vln_ego.dagger import DaggerConfig, labelled_policy_rollouts, select_episodes, write_dagger_split
+    from saca.vln_ego.generate import VlnEgoConfig
+
+    cfg = section_from_json(args.params, VlnEgoConfig, "vln_ego")
+    dcfg = section_from_json(args.dagger, DaggerConfig, "sft.dagger", "--dagger")
+    try:
+        options = json.loads(args.agent_options) if args.agent_options else {}
+    except json.JSONDecodeError as err:
+        raise SacaError(f"--agent-options: not JSON ({err})") from None
+    episodes = select_episodes(load_split(args.episodes, args.split), dcfg.episodes)
+    agent = make_agent(args.agent, seed=dcfg.seed + args.round, options=options)
+    _, ds = sim_configs(args)
+    rollouts = labelled_policy_rollouts(episodes, lambda: sim_from_args(args)[0], agent, cfg.n_actions,
+                                        batch_size=dcfg.batch_size, max_steps=dcfg.rollout_steps)
+    m = write_dagger_split(rollouts, cfg, ds.turn_angle, args.out, args.round,
+                           extra={"agent": str(args.agent), "split": args.split})
+    r = m["rollouts"]
+    share = "n/a" if r["wall_collision_share"] is None else f"{r['wall_collision_share']:.3f}"
+    print(f"DAgger round {args.round}: {m['samples']} samples from {m['episodes']} rollouts -> {args.out}; "
+          f"rollout SR {r['success_rate']:.3f}, forward steps into walls {share}, "
+          f"expert agreement {r['expert_agreement']:.3f}")
+    return 0
+
+
 def register(sub) -> None:
     p = sub.add_parser("scenes", help="generate the embedded houses (scene files + index.json)")
     p.add_argument("--params", default=None, help="JSON of the 'scenes' config section")
@@ -204,6 +234,18 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (results/{dataset}/vln_ego/{split})")
     add_sim_args(p)
     p.set_defaults(func=cmd_vln_ego)
+
+    p = sub.add_parser("dagger-rollouts", help="DAgger: roll a policy out, label every visited frame by the expert")
+    p.add_argument("--episodes", required=True, help="episodes directory with {split}.json.gz and {split}_gt.json.gz")
+    p.add_argument("--split", default="train", choices=["train", "val_seen", "val_unseen"])
+    p.add_argument("--params", default=None, help="JSON of the 'vln_ego' config section")
+    p.add_argument("--dagger", default=None, help="JSON of the 'sft.dagger' config section")
+    p.add_argument("--agent", required=True, help="the policy: agent.json or a checkpoint (or a reference agent)")
+    p.add_argument("--agent-options", default=None, help="JSON keyword arguments of the agent loader")
+    p.add_argument("--round", type=int, default=1, help="DAgger round (names the trajectories, offsets the seed)")
+    p.add_argument("--out", required=True, help="output VLN-Ego directory (results/{dataset}/dagger/{mix}/r{round})")
+    add_sim_args(p)
+    p.set_defaults(func=cmd_dagger_rollouts)
 
     p = sub.add_parser("export-sharegpt", help="export a VLN-Ego split to LLaMA-Factory's sharegpt layout")
     p.add_argument("--vln-ego", required=True, help="VLN-Ego split directory")

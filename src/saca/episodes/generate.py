@@ -40,6 +40,11 @@ class DatasetConfig:
     landmarks: list = field(default_factory=lambda: [1, 2])
     path_length: list | None = None  # [min, max] metres of the route through the landmarks; None: the style's PATH_LIMITS
     max_detour: float | None = None  # each leg's geodesic length <= max_detour x its straight-line length; None: any
+    # issue 29 (mini-world deviation): the longest run of expert steps in which neither the landmark the expert
+    # walks to (or turns to face) nor the one it just reached covers ``visible_fraction`` of the frame; a route
+    # with a longer run is rejected. None: no check
+    max_unseen_steps: int | None = None
+    visible_fraction: float = 0.004
     seed: int = 0
     episodes: dict = field(default_factory=lambda: {"train": 100, "val_seen": 20, "val_unseen": 20})
     sim: dict = field(default_factory=dict)  # overrides of the global ``sim`` section for this dataset (saca.sim.dataset_sim_config)
@@ -69,6 +74,10 @@ class DatasetConfig:
                 raise SacaError(f"{where}.path_length: need {MIN_START_GOAL} <= min <= max (metres), got {self.path_length}")
         if self.max_detour is not None and self.max_detour < 1.0:
             raise SacaError(f"{where}.max_detour: a leg's geodesic length is at least its straight-line length (>= 1.0), got {self.max_detour}")
+        if self.max_unseen_steps is not None and (not isinstance(self.max_unseen_steps, int) or self.max_unseen_steps < 0):
+            raise SacaError(f"{where}.max_unseen_steps: null or an integer >= 0, got {self.max_unseen_steps!r}")
+        if not 0.0 < self.visible_fraction <= 1.0:
+            raise SacaError(f"{where}.visible_fraction: must be in (0, 1], got {self.visible_fraction}")
         for k in self.episodes:
             if k not in SPLITS:
                 raise SacaError(f"unknown config key '{where}.episodes.{k}'; splits are {', '.join(SPLITS)}")
@@ -162,13 +171,16 @@ class ExpertPlan:
         return out + [int(Action.STOP)] * (n - len(out))
 
 
-def expert_actions(sim, waypoints, max_steps: int, face=None) -> tuple[list[int], list[list[float]]] | None:
+def expert_actions(sim, waypoints, max_steps: int, face=None,
+                   targets: list | None = None) -> tuple[list[int], list[list[float]]] | None:
     """Teacher actions through ``waypoints`` in order, ending with STOP; None if it does not get there.
 
     With ``face`` (one point per waypoint, e.g. the landmark's centre) the
     expert turns toward that point on arrival, so every landmark the
     instruction names is seen, and the episode ends facing the last one.
     ``locations[t]`` is the agent position at frame ``t``, before ``actions[t]``.
+    ``targets``, when given, receives for every action the index of the waypoint
+    the expert walks to or turns at (the final STOP: the last one).
     """
     actions, locations = [], []
     plan = ExpertPlan(waypoints, face, sim.turn_angle)
@@ -180,13 +192,46 @@ def expert_actions(sim, waypoints, max_steps: int, face=None) -> tuple[list[int]
             return None
         locations.append(list(sim.state.position))
         actions.append(int(a))
+        if targets is not None:
+            targets.append(plan.i)
         sim.step(a)
         if not plan.facing and len(actions) >= 8 and len(set(actions[-8:])) == 2 and Action.MOVE_FORWARD not in actions[-8:]:
             return None  # oscillating between left and right: reject this route
     locations.append(list(sim.state.position))
     actions.append(int(Action.STOP))
+    if targets is not None:
+        targets.append(len(waypoints) - 1)
     sim.step(Action.STOP)
     return actions, locations
+
+
+def longest_unseen_run(sim, episode, actions, targets, instances, fraction: float,
+                       limit: int | None = None) -> int:
+    """The longest run of steps of ``actions`` (replayed from ``episode``'s start) in whose frame neither
+    ``instances[targets[t]]`` (the landmark the expert heads for) nor ``instances[targets[t] - 1]`` (the one it
+    just reached) covers at least ``fraction`` of the pixels (issue 29, the landmark-visibility check).
+
+    The simulator renders its instance channel for the check (and is set back afterwards); the replay stops
+    as soon as the run exceeds ``limit``.
+    """
+    old = sim.config.instance
+    sim.config.instance = True
+    try:
+        sim.reset(episode)
+        best = run = 0
+        for a, j in zip(actions, targets):
+            inst = sim.observe().instance
+            n = inst.size
+            seen = any(0 <= i < len(instances) and np.count_nonzero(inst == instances[i]) >= fraction * n
+                       for i in (j, j - 1))
+            run = 0 if seen else run + 1
+            best = max(best, run)
+            if limit is not None and best > limit:
+                break
+            sim.step(int(a))
+        return best
+    finally:
+        sim.config.instance = old
 
 
 def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[str], sim) -> list[Episode]:
@@ -247,10 +292,16 @@ def generate_split(name: str, cfg: DatasetConfig, split: str, scene_ids: list[st
             instruction_text="",
         )
         sim.reset(ep)
-        result = expert_actions(sim, waypoints, sim.config.max_steps - 1, face=[o["position"] for o in chosen])
+        targets: list[int] = []
+        result = expert_actions(sim, waypoints, sim.config.max_steps - 1, face=[o["position"] for o in chosen],
+                                targets=targets)
         if result is None:
             continue
         actions, locations = result
+        if cfg.max_unseen_steps is not None and longest_unseen_run(
+                sim, ep, actions, targets, [int(o["instance_id"]) for o in chosen], cfg.visible_fraction,
+                limit=cfg.max_unseen_steps) > cfg.max_unseen_steps:
+            continue  # a landmark out of view for too long along its leg
         path = [start]
         for a, b in zip(legs, legs[1:]):
             path += list(nav.shortest_path(a, b))[1:]

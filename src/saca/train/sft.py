@@ -112,6 +112,7 @@ class SftConfig:
     sharding: str = "none"  # none | fsdp: torch FSDP2 shards (saca.train.sharding; docs/memory.md); not with deepspeed
     # workflow keys: which datasets each training mix holds, and which mix is evaluated as run "sft"
     mixes: dict = field(default_factory=dict)
+    dagger: dict = field(default_factory=dict)  # workflow key (sft.dagger, saca.vln_ego.dagger); SFT ignores it
     eval_mix: dict = field(default_factory=dict)
     val_splits: list = field(default_factory=lambda: ["val_seen"])
 
