@@ -233,7 +233,7 @@ def scripted_decide(monkeypatch, wander_after=None, n=3):
                                                                                    tr.sim.turn_angle, n))))
             self.calls += 1
 
-    monkeypatch.setattr(rollout_mod.RolloutEngine, "_decide", decide)
+    monkeypatch.setattr(rollout_mod.RolloutEngine, "decide", decide)
 
 
 def _engine(policy, mini_world, audit=True):
@@ -323,9 +323,11 @@ def _fake_audit(monkeypatch, by_member):
 
 
 def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world, tiny_dir, tmp_path, policy):
+    from saca.train.rft import alignment_samples, repair_samples
+
     scripted_decide(monkeypatch, wander_after=lambda tr: 6, n=3)
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run")
-    tr._setup()
+    tr.setup()
     eng = _engine(tr.policy, mini_world)
     [orig] = eng.rollout([_episode(mini_world)], 1)
     # decisions of 3 actions: steps 0-2, 3-5 (the teacher's), 6-8 (B B B, cut at t* = 7 after one action), ...
@@ -333,8 +335,8 @@ def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world
     rep = eng.branch(orig, t_star)
     eng.run([rep])
     assert rep.success
-    samples = tr._clone_samples(rep, rep.steps)
     tok = tr.proc.tokenizer
+    samples = repair_samples(tok, rep)
     texts = [tok.decode(s.token_ids, skip_special_tokens=True) for s in samples]
     pre = [d for d in orig.decisions if d.step < t_star]
     assert [d.step for d in pre] == [0, 3, 6]
@@ -346,19 +348,21 @@ def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world
     assert texts[3:] == [d.text for d in rep.decisions if d.step >= t_star]
     assert sum(len(d.executed) for d in rep.decisions) == rep.steps
     # L_align's samples on the valid prefix [0, t*): the same two whole decisions and the cut one
-    align = tr._clone_samples(orig, t_star)
+    align = alignment_samples(tok, orig, t_star)
     assert [tok.decode(s.token_ids, skip_special_tokens=True) for s in align] == texts[:3]
 
 
 def test_contrastive_pair_at_exactly_the_divergence_decision(monkeypatch, mini_world, tiny_dir, tmp_path):
+    from saca.train.rft import contrastive_pair
+
     scripted_decide(monkeypatch, wander_after=lambda tr: 6, n=3)
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run")
-    tr._setup()
+    tr.setup()
     eng = _engine(tr.policy, mini_world)
     [orig] = eng.rollout([_episode(mini_world)], 1)
     tok = tr.proc.tokenizer
     # at step 7 (the 2nd action of the decision at step 6) the trajectory turned left (B) where the teacher would not
-    con, why = tr._contrastive_pair(eng, orig, 7)
+    con, why = contrastive_pair(tok, eng, orig, 7)
     d = orig.decisions[orig.decision_at(7)]
     assert d.step == 6 and con is not None and why == ""
     assert con.position == option_letter_positions(tok, d.token_ids)[1]  # the 2nd option of the decision at step 7
@@ -369,9 +373,9 @@ def test_contrastive_pair_at_exactly_the_divergence_decision(monkeypatch, mini_w
 
     assert teacher != B and tok.decode([con.teacher_id]).strip() == LETTERS[Action(teacher)]
     # the teacher's own action: skipped
-    none, why = tr._contrastive_pair(eng, orig, 2)
+    none, why = contrastive_pair(tok, eng, orig, 2)
     assert none is None and why == "same"
-    assert tr._contrastive_pair(eng, orig, orig.steps)[1] == "end"
+    assert contrastive_pair(tok, eng, orig, orig.steps)[1] == "end"
 
 
 def test_one_saca_update_routes_repairs_rescues_and_logs(monkeypatch, mini_world, tiny_dir, tmp_path):
@@ -381,7 +385,7 @@ def test_one_saca_update_routes_repairs_rescues_and_logs(monkeypatch, mini_world
     _fake_audit(monkeypatch, [(0.6, 100), (0.4, 15), (0.1, 1), (0.3, 2)])
     torch = pytest.importorskip("torch")
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", weight_decay=0.0)
-    tr._setup()
+    tr.setup()
     tr.ckpts.resume(tr.model, tr.optimizer, tr.scheduler, tr.device)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     row = tr.update(0)
@@ -399,7 +403,7 @@ def test_all_failure_groups_are_rescued_with_align_and_con(monkeypatch, mini_wor
     scripted_decide(monkeypatch, wander_after=lambda tr: [6, 0, 3, 9][tr.member])
     _fake_audit(monkeypatch, [(0.2, 9), (0.1, 1), (0.3, 8), (0.05, 3)])  # anchor: member 2, t* = 8 (turning left)
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", n_hard_negatives=2)
-    tr._setup()
+    tr.setup()
     row = tr.update(0)
     assert row["groups_all_failure"] == 2 and row["afr_groups"] == 2 and row["collapsed_share"] == 0.0
     assert row["role_anchor"] == 2 and row["role_hard_negative"] == 4 and row["role_discarded"] == 2
@@ -407,7 +411,7 @@ def test_all_failure_groups_are_rescued_with_align_and_con(monkeypatch, mini_wor
     assert row["align_loss"] > 0 and row["con_loss"] > 0 and row["repair_attempts"] == 0
     # without AFR the same groups give nothing to train on: no step
     tr2 = _trainer(mini_world, tiny_dir, tmp_path / "run2", afr=False)
-    tr2._setup()
+    tr2.setup()
     row2 = tr2.update(0)
     assert row2["collapsed_share"] == 1.0 and row2["samples"] == 0 and row2.get("skipped_step") is True
 
@@ -420,7 +424,7 @@ def test_with_every_saca_switch_off_the_update_is_grpo_exactly(monkeypatch, mini
     for name, kw in (("grpo", dict(soft_score=False, afr=False, rr=False)),
                      ("off", dict(soft_score=False, afr=False, rr=False, audit_rollouts=True))):
         tr = _trainer(mini_world, tiny_dir, tmp_path / name, **kw)
-        tr._setup()
+        tr.setup()
         captured = {}
         real = tr.optimizer.step
 
@@ -450,7 +454,7 @@ def test_the_foundation_backend_runs_one_saca_update(monkeypatch, mini_world, ti
         "clip_path": paths["clip_path"], "gdino_path": paths["gdino_path"], "sam3_path": paths["sam3_path"],
         "device": "cpu", "batch_size": 32}}, "auditor")
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", auditor=aud, G=2, groups_per_step=1)
-    tr._setup()
+    tr.setup()
     assert tr.auditor.backend.name == "foundation"
     row = tr.update(0)
     assert row["audit_calls"] >= 1 and row["audit_pairs"] > 0 and row["time_audit"] > 0
@@ -461,11 +465,11 @@ def test_missing_landmarks_are_named(mini_world, tiny_dir, tmp_path):
     pytest.importorskip("torch")
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", landmarks={})
     with pytest.raises(SacaError, match=r"landmarks of dataset 'mini_r2r'"):
-        tr._setup()
+        tr.setup()
     eps = [_episode(mini_world, k=0)]
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", landmarks={"mini_r2r": _landmarks(eps)})
     with pytest.raises(SacaError, match=r"no row for training episode"):
-        tr._setup()
+        tr.setup()
 
 
 def test_saca_switches_need_online_mode_and_sane_values():
