@@ -352,6 +352,92 @@ def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world
     assert [tok.decode(s.token_ids, skip_special_tokens=True) for s in align] == texts[:3]
 
 
+def _decision(tok, step, chunk, executed, status="valid"):
+    from saca.action_text import format_actions
+    from saca.train.rollout import Decision
+
+    text = format_actions(chunk, 15)
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return Decision(step=step, history=[], prompt="", token_ids=ids, logprobs=None, text=text, status=status,
+                    actions=list(chunk), executed=list(executed))
+
+
+def test_cloning_keeps_only_the_actions_executed_before_the_cut(policy):
+    """execute_actions 2: each decision names 3 options and runs 2 before re-planning; the last one stops early."""
+    from saca.action_text import format_actions
+    from saca.train.rft import alignment_samples, repair_samples
+    from saca.train.rollout import Trajectory
+
+    tok = policy.processor.tokenizer
+    tr = Trajectory(episode=None, group=0, member=0, actions=[A, B, C, C, A, D], decisions=[
+        _decision(tok, 0, [A, B, C], [A, B]), _decision(tok, 2, [C, C, A], [C, C]),
+        _decision(tok, 4, [A, D, A], [A, D])])
+    text = lambda samples: [tok.decode(s.token_ids, skip_special_tokens=True) for s in samples]  # noqa: E731
+    # L_align on [0, t* = 3): the first decision's two executed options (not its third, never executed and
+    # naming step 2, which the second decision planned again), the second decision's first option only
+    assert text(alignment_samples(tok, tr, 3)) == [format_actions([A, B], 15), format_actions([C], 15)]
+    assert [len(s.token_ids) for s in alignment_samples(tok, tr, 3)] == [13, 6]  # no end-of-text token: cut
+    # L_rep on the whole trajectory: the executed options of every decision; the last one ends at its STOP
+    assert text(repair_samples(tok, tr)) == [format_actions(a, 15) for a in ([A, B], [C, C], [A, D])]
+    # a decision whose every option ran is cloned whole, its end-of-text token included
+    whole = Trajectory(episode=None, group=0, member=0, actions=[A, B, C], decisions=[_decision(tok, 0, [A, B, C], [A, B, C])])
+    [s] = repair_samples(tok, whole)
+    assert s.token_ids == whole.decisions[0].token_ids and s.token_ids[-1] == tok.eos_token_id
+
+
+def test_partial_and_invalid_decisions_are_not_cloned_nor_contrasted(policy):
+    """Only canonical (valid) decision text trains L_rep, L_align and L_con (docs/reconstructions.md)."""
+    from saca.action_text import format_actions
+    from saca.train.rft import alignment_samples, contrastive_pair
+    from saca.train.rollout import Trajectory
+
+    tok = policy.processor.tokenizer
+    tr = Trajectory(episode=None, group=0, member=0, actions=[A, A, B, B, C, C], decisions=[
+        _decision(tok, 0, [A, A], [A, A]), _decision(tok, 2, [B, B], [B, B], status="partial"),
+        _decision(tok, 4, [C, C], [C, C], status="invalid")])
+    assert [tok.decode(s.token_ids, skip_special_tokens=True) for s in alignment_samples(tok, tr, 6)] == [
+        format_actions([A, A], 15)]
+
+    class Teacher:  # the shortest-path teacher would turn right at every step
+        def teacher_action_at(self, traj, t):
+            return C
+
+    assert contrastive_pair(tok, Teacher(), tr, 2) == (None, "token")  # the partial decision's step
+    con, why = contrastive_pair(tok, Teacher(), tr, 1)  # the valid decision's 2nd option: a real pair
+    assert why == "" and con.position == option_letter_positions(tok, tr.decisions[0].token_ids)[1]
+
+
+def test_kl_reward_lowers_the_rewards_of_both_scenarios():
+    """kl_mode reward: a mixed group's rewards and a rescue sub-group's process scores both lose beta x KL."""
+    torch = pytest.importorskip("torch")
+    from saca.train.rft import Sample
+    from saca.train.rft.objective import kl_reward_advantages
+    from saca.train.saca import SacaSwitches
+
+    def sample(behav, ref):
+        return [Sample(None, [1] * len(behav), 0.0, behav_logp=torch.tensor(behav), ref_logp=torch.tensor(ref))]
+
+    # trajectories 0, 1: a mixed group (R = 1, 0); 2, 3, 4: an all-failure group's sub-group (anchor 2)
+    samples_of = [sample([-1.0, -1.0], [-1.5, -1.5]), sample([-2.0], [-2.0]),
+                  sample([-1.0], [-1.0]), sample([-1.25], [-1.0]), sample([-0.5], [-0.5])]
+    sw = SacaSwitches(delta=0.1, kappa=0.5, eta=0.5, adv_eps=1e-4)
+    got = kl_reward_advantages([1.0, 0.0, 0.0, 0.0, 0.0], [0, 0, 1, 1, 1], [0, 1], [([2, 3, 4], [0.6, 0.45, 0.2])],
+                               samples_of, beta=1.0, sw=sw)
+    # mixed group: r = (1 - 1.0 * 0.5, 0 - 0) = (0.5, 0): mean 0.25, std 0.25
+    assert got[0] == pytest.approx(0.25 / 0.2501, abs=1e-12) and got[1] == pytest.approx(-0.25 / 0.2501, abs=1e-12)
+    # sub-group: P - penalty = (0.6 - 0, 0.45 + 0.25, 0.2 - 0) = (0.6, 0.7, 0.2): mean 0.5, std 0.216025 (ddof 0);
+    # margin 0.6 - 0.7 < delta: x kappa 0.5; the negative one x eta 0.5 (Eq. 8-11)
+    P = np.array([0.6, 0.7, 0.2])
+    base = (P - 0.5) / (np.sqrt(0.14 / 3) + 1e-4) * 0.5
+    assert P.std() == pytest.approx(0.216025, abs=1e-6)
+    assert [got[2], got[3], got[4]] == pytest.approx([base[0], base[1], 0.5 * base[2]], abs=1e-12)
+    assert got[2] > 0 and got[3] > got[2] and got[4] < 0
+    # without the KL the same sub-group is not rescued (margin 0.15) and the anchor leads: the KL changed it
+    none = kl_reward_advantages([1.0, 0.0, 0.0, 0.0, 0.0], [0, 0, 1, 1, 1], [0, 1], [([2, 3, 4], [0.6, 0.45, 0.2])],
+                                samples_of, beta=0.0, sw=sw)
+    assert none[2] > none[3] and none[2] == pytest.approx((0.6 - 1.25 / 3) / (np.std([0.6, 0.45, 0.2]) + 1e-4), abs=1e-12)
+
+
 def test_contrastive_pair_at_exactly_the_divergence_decision(monkeypatch, mini_world, tiny_dir, tmp_path):
     from saca.train.rft import contrastive_pair
 

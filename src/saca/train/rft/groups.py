@@ -40,10 +40,12 @@ class SacaBatch:
     ``rewards``: per trajectory, the rewards GRPO normalises; ``override``: trajectory -> fixed advantage (the
     rescue's process advantages); ``excluded``: trajectories outside ``L_GRPO`` (discarded members); ``rep``,
     ``align``: behaviour-cloning samples of ``L_rep`` and ``L_align``; ``con``: the pairs of ``L_con``;
-    ``log``: the counts and times of the update's log row."""
+    ``subgroups``: the rescue's reflection sub-groups as ``(members, P)`` (anchor first; ``kl_mode: reward``
+    lowers their process scores); ``log``: the counts and times of the update's log row."""
 
     rewards: list = field(default_factory=list)
     override: dict = field(default_factory=dict)
+    subgroups: list = field(default_factory=list)
     excluded: set = field(default_factory=set)
     rep: list = field(default_factory=list)
     align: list = field(default_factory=list)
@@ -106,6 +108,8 @@ def route(trajs, R: Sequence[float], res, sw, out: SacaBatch) -> tuple[list, lis
         for k, a in plan.advantages.items():
             out.override[idx[k]] = a
         if plan.scenario == "all_failure" and plan.anchor is not None:
+            S = [plan.anchor] + plan.negatives
+            out.subgroups.append(([idx[k] for k in S], [float(res[idx[k]].P) for k in S]))
             _count(log, "afr_groups")
             _count(log, "afr_margin_rescued", int(plan.rescued))
             if all(plan.advantages[k] == 0.0 for k in plan.grpo):
@@ -137,9 +141,15 @@ def repair_resample(engine, trajs, near_miss: Sequence[int], t_star: Sequence[in
 # --- behaviour cloning: L_rep and L_align (Eq. 12) --------------------------------------------------
 
 def clone_samples(tokenizer, tr, t: int) -> list[Sample]:
-    """Behaviour-cloning samples of ``tr``'s steps ``[0, t)``: every valid decision that started before ``t``;
-    one that runs past ``t`` (or that a branch cut) keeps the tokens of its options before ``t`` only.
-    Decisions whose text did not parse (the agent's fallback action ran) are not cloned."""
+    """Behaviour-cloning samples of ``tr``'s steps ``[0, t)``: the actions the trajectory executed before ``t``,
+    as the tokens of their options. A decision that started before ``t`` keeps the tokens of its options that
+    were executed before ``t``: all of them (end of text included) when every option of its chunk was, else the
+    executed ones only: options never executed (``execute_actions > 0`` re-planned before them, STOP or the
+    episode's end came first, a branch cut the decision) or executed at or after ``t`` are not cloned.
+
+    Only ``valid`` decisions (the canonical option text) are cloned: an ``invalid`` one executed the agent's
+    fallback action, not the policy's, and a ``partial`` one's text is non-canonical (cloning it would train the
+    format errors the SFT format removes, and its option letters cannot be located reliably)."""
     from saca.train.saca import kept_tokens
 
     out = []
@@ -148,9 +158,8 @@ def clone_samples(tokenizer, tr, t: int) -> list[Sample]:
             break
         if d.status != "valid":
             continue
-        n = min(len(d.executed), t - d.step)
-        whole = n == len(d.executed) and not d.cut
-        ntok = len(d.token_ids) if whole else kept_tokens(tokenizer, d.token_ids, n)
+        n = min(len(d.executed), t - d.step)  # this decision's actions executed before t
+        ntok = len(d.token_ids) if n == len(d.actions) else kept_tokens(tokenizer, d.token_ids, n)
         if ntok > 0:
             out.append(Sample(d.encoded, list(d.token_ids[:ntok]), 0.0, tr.group))
     return out

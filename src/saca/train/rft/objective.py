@@ -44,16 +44,35 @@ def advantages(rewards: Sequence[float], groups: Sequence, override: dict, exclu
     return adv, live, {g for g, v in spread.items() if not v}
 
 
-def kl_reward_advantages(rewards: Sequence[float], groups: Sequence, idx: Sequence[int], samples_of, beta: float,
-                         eps: float = 1e-4) -> dict[int, float]:
-    """``kl_mode: reward`` (reconstruction, docs/reconstructions.md): the rewards of trajectories ``idx`` lowered
-    by ``beta`` x their token-mean ``logp - ref`` (:func:`saca.train.grpo.kl_reward_penalty`, log-probs under the
-    policy that sampled them), then group-normalised again. Returns ``{trajectory: advantage}``."""
-    lps = [[float(v) for s in samples_of[i] for v in s.behav_logp] for i in idx]
-    refs = [[float(v) for s in samples_of[i] for v in s.ref_logp] for i in idx]
-    r_pen = np.asarray(rewards, dtype=np.float64)[list(idx)] - grpo.kl_reward_penalty(lps, refs, beta)
-    a_pen, _ = grpo.group_advantages(r_pen, [groups[i] for i in idx], eps=eps)
-    return dict(zip(idx, (float(a) for a in a_pen)))
+def kl_reward_advantages(rewards: Sequence[float], groups: Sequence, reward_idx: Sequence[int], subgroups: Sequence,
+                         samples_of, beta: float, sw) -> dict[int, float]:
+    """``kl_mode: reward`` (SACA Appendix C.2's implicit KL, in both scenarios; reconstruction, docs/reconstructions.md):
+    each trajectory's reward lowered by ``beta`` x its token-mean ``logp - ref``
+    (:func:`saca.train.grpo.kl_reward_penalty`, log-probs under the policy that sampled it), then the advantages
+    recomputed from the lowered rewards.
+
+    * trajectories ``reward_idx`` (GRPO's advantages: mixed groups, plain GRPO): ``r_i - penalty_i``, group-normalised;
+    * the rescue's reflection sub-groups ``subgroups`` (``(members, P)``, anchor first): the process scores
+      ``P_j - penalty_j`` through Eq. 8-11 again (:func:`saca.train.saca.reflection_advantages`, switches ``sw``).
+
+    Returns ``{trajectory: advantage}``."""
+    from saca.train.saca import reflection_advantages
+
+    def penalty(idx):
+        lps = [[float(v) for s in samples_of[i] for v in s.behav_logp] for i in idx]
+        refs = [[float(v) for s in samples_of[i] for v in s.ref_logp] for i in idx]
+        return grpo.kl_reward_penalty(lps, refs, beta)
+
+    out = {}
+    if reward_idx:
+        r_pen = np.asarray(rewards, dtype=np.float64)[list(reward_idx)] - penalty(reward_idx)
+        a_pen, _ = grpo.group_advantages(r_pen, [groups[i] for i in reward_idx], eps=sw.adv_eps)
+        out.update(zip(reward_idx, (float(a) for a in a_pen)))
+    for members, P in subgroups:
+        adv, _ = reflection_advantages(np.asarray(P, dtype=np.float64) - penalty(members), sw.delta, sw.kappa, sw.eta,
+                                       sw.adv_eps)
+        out.update(zip(members, (float(a) for a in adv)))
+    return out
 
 
 # --- one micro batch's share of each term ---------------------------------------------------------

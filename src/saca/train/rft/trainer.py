@@ -375,10 +375,12 @@ class RftTrainer:
         self.fill_reference_logprobs([s for i in live for s in batch.samples_of[i]], need_old=cfg.num_iterations > 1 or kl_reward,
                                      need_ref=cfg.beta > 0, keep_old=cfg.num_iterations > 1)
         t_ref = time.perf_counter() - t_ref0
-        reward_i = [i for i in live if i not in saca.override]  # advantages from rewards: the KL may lower them
-        if kl_reward and reward_i:
-            for i, a in kl_reward_advantages(batch.rewards, batch.groups, reward_i, batch.samples_of, cfg.beta,
-                                             cfg.adv_eps).items():
+        if kl_reward:  # the KL lowers the rewards of both scenarios: GRPO's and the rescue sub-groups' (P)
+            alive = set(live)
+            reward_i = [i for i in live if i not in saca.override]
+            rescue = [(m, P) for m, P in saca.subgroups if all(i in alive for i in m)]
+            for i, a in kl_reward_advantages(batch.rewards, batch.groups, reward_i, rescue, batch.samples_of, cfg.beta,
+                                             cfg.switches()).items():
                 adv[i] = a
         keep = []
         for i in live:  # members of a collapsed group give no gradient (not even KL)
