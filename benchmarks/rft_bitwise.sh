@@ -41,8 +41,8 @@ for v in $variants; do targets="$targets $base/rft/$v/s0/final"; done
 ta=$(tree "$a")
 # the inputs of the rft jobs (SFT, episodes, landmarks, VLN-Ego), built with A's workflow; then the rft commands
 (cd "$ta" && PYTHONPATH="$ta/src" nice -n "$nice_n" python -m snakemake $targets --cores 1 \
-  --configfile config/config.yaml "$overlay" --omit-from rft) >"$out/build.log" 2>&1
-(cd "$ta" && PYTHONPATH="$ta/src" python -m snakemake $targets --cores 1 -n -p --forcerun rft \
+  --configfile config/config.yaml "$overlay" --omit-from rft --nolock) >"$out/build.log" 2>&1
+(cd "$ta" && PYTHONPATH="$ta/src" python -m snakemake $targets --cores 1 -n -p --forcerun rft --nolock \
   --configfile config/config.yaml "$overlay") 2>/dev/null | grep -o 'OMP_NUM_THREADS=1 python -m saca rft .*' > "$out/commands.txt"
 
 run() {  # run REV VARIANT: the run's directory (made unless a cached commit run exists)
