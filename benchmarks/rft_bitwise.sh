@@ -35,6 +35,7 @@ tree() {  # tree REV: the directory holding REV's code ("." = this checkout)
 label() { if [ "$1" = "." ]; then echo worktree; else git -C "$repo" rev-parse --short "$1"; fi; }
 
 overlay="$out/overlay.yaml"
+cmds="$out/commands.$$.txt"  # per call: calls may run side by side
 printf 'results: %s\nsft:\n  max_steps: 300\npolicy:\n  vision_pretrain:\n    frames: 0\n' "$base" > "$overlay"
 targets=""
 for v in $variants; do targets="$targets $base/rft/$v/s0/final"; done
@@ -43,14 +44,14 @@ ta=$(tree "$a")
 (cd "$ta" && PYTHONPATH="$ta/src" nice -n "$nice_n" python -m snakemake $targets --cores 1 \
   --configfile config/config.yaml "$overlay" --omit-from rft --nolock) >"$out/build.log" 2>&1
 (cd "$ta" && PYTHONPATH="$ta/src" python -m snakemake $targets --cores 1 -n -p --forcerun rft --nolock \
-  --configfile config/config.yaml "$overlay") 2>/dev/null | grep -o 'OMP_NUM_THREADS=1 python -m saca rft .*' > "$out/commands.txt"
+  --configfile config/config.yaml "$overlay") 2>/dev/null | grep -o 'OMP_NUM_THREADS=1 python -m saca rft .*' > "$cmds"
 
 run() {  # run REV VARIANT: the run's directory (made unless a cached commit run exists)
   local dir lab dest cmd
   dir=$(tree "$1"); lab=$(label "$1"); dest="$out/runs/$lab/$2"
   if [ "$lab" != worktree ] && [ -f "$dest/final/model.safetensors" ]; then echo "$dest"; return; fi
   rm -rf "$dest"; mkdir -p "$out/runs/$lab"
-  cmd=$(grep -F -- "--out $base/rft/$2/s0 " "$out/commands.txt")
+  cmd=$(grep -F -- "--out $base/rft/$2/s0 " "$cmds")
   cmd=${cmd//"--out $base/rft/$2/s0 "/"--out $dest "}
   cmd=${cmd%% > *}
   if [ -n "$params" ]; then
