@@ -293,17 +293,11 @@ def time_update(args, policy, cfg, sim_cfg, episodes, make_sim, tmp):
                      micro_batch_size=args.micro_batch_size, gradient_checkpointing=args.gradient_checkpointing,
                      device=args.device, bf16=args.bf16, learning_rate=1e-6, seed=args.seed, generation=cfg.generation,
                      soft_score=False, afr=False, rr=False, audit_rollouts=False)  # plain GRPO: no auditor, no landmarks
-    tr = RftTrainer(ckpt, None, tmp / "rft", rcfg, cfg, {"bench": episodes[:B]}, {}, {})
-    tr._setup()
+    # rewards of a random policy are all 0 (no gradient): time the loss as if every group were mixed
+    tr = RftTrainer(ckpt, None, tmp / "rft", rcfg, cfg, {"bench": episodes[:B]}, {}, {},
+                    reward=lambda batch: [float(k % 2) for k in range(len(batch.samples_of))])
+    tr.setup()
     tr._sim = lambda dataset, slot, instance=False: make_sim()
-    collect = tr._collect_online
-
-    def mixed(update):
-        # rewards of a random policy are all 0 (no gradient): time the loss as if every group were mixed
-        samples_of, rewards, groups, stats = collect(update)
-        return samples_of, [float(k % 2) for k in range(len(rewards))], groups, stats
-
-    tr._collect_online = mixed
     import torch
 
     cuda = tr.device.type == "cuda"

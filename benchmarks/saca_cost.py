@@ -83,7 +83,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {v: trainer(res, cfg, v, Path(tmp) / v) for v in rows}
         for t in trainers.values():
-            t._setup()
+            t.setup()
         for u in range(args.updates):
             for v, t in trainers.items():
                 t0 = time.perf_counter()

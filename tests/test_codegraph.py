@@ -94,9 +94,12 @@ def test_the_real_commands_import_what_they_should():
     evaluate = command_sources("evaluate")
     # SFT does not run the RL code: editing SACA's group construction does not retrain SFT
     assert "src/saca/train/sft.py" in sft
-    assert not {"src/saca/train/rft.py", "src/saca/train/saca.py", "src/saca/train/grpo.py"} & set(sft)
-    # RFT runs SACA, the auditor and the simulator
-    assert {"src/saca/train/saca.py", "src/saca/auditor/oracle.py", "src/saca/sim/embedded/sim.py"} <= set(rft)
+    assert not {"src/saca/train/saca.py", "src/saca/train/grpo.py"} & set(sft)
+    assert not any(f.startswith("src/saca/train/rft/") for f in sft)
+    # RFT runs every stage of the trainer, SACA, the auditor and the simulator
+    stages = {f"src/saca/train/rft/{m}.py" for m in ("__init__", "collect", "config", "groups", "objective", "samples",
+                                                     "trainer")}
+    assert stages | {"src/saca/train/saca.py", "src/saca/auditor/oracle.py", "src/saca/sim/embedded/sim.py"} <= set(rft)
     # evaluation runs the policy agent but no trainer
     assert "src/saca/policy/agent.py" in evaluate and not any("/train/" in f for f in evaluate)
     assert not any("/policy/" in f or "/auditor/" in f for f in command_sources("episodes"))

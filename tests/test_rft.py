@@ -29,7 +29,7 @@ from saca.policy.synthetic import make_vln_ego  # noqa: E402
 from saca.policy.tiny import TinyConfig, build_tiny_policy  # noqa: E402
 from saca.sim import make_simulator  # noqa: E402
 from saca.train import rollout as rollout_mod  # noqa: E402
-from saca.train.rft import RftConfig, RftTrainer, resolve_variant, token_logprobs  # noqa: E402
+from saca.train.rft import RftConfig, RftTrainer, outcome_reward, resolve_variant, token_logprobs  # noqa: E402
 from saca.train.rollout import RolloutEngine, group_outcomes  # noqa: E402
 from saca.vln_ego.samplers import MemoryConfig  # noqa: E402
 
@@ -230,7 +230,7 @@ def sim_args(world):
     return {name: (world["sim"], cfg, world["scenes"]) for name, cfg in world["datasets"].items()}
 
 
-def online_trainer(world, tiny_dir, out, **kw):
+def online_trainer(world, tiny_dir, out, reward=None, **kw):
     base = dict(G=2, groups_per_step=2, max_steps=2, learning_rate=1e-3, eval_steps=1, eval_episodes=1,
                 save_steps=1, micro_batch_size=8, device="cpu", seed=5, **GRPO_ONLY,
                 generation=SamplingConfig(do_sample=True, temperature=1.0, max_new_tokens=40))
@@ -238,51 +238,38 @@ def online_trainer(world, tiny_dir, out, **kw):
     cfg = RftConfig(**base)
     train = {n: episodes(world, n)[:2] for n in world["datasets"]}
     val = {n: episodes(world, n, "val_seen")[:1] for n in world["datasets"]}
-    return RftTrainer(tiny_dir, None, out, cfg, agent_cfg(), train, val, sim_args(world))
+    return RftTrainer(tiny_dir, None, out, cfg, agent_cfg(), train, val, sim_args(world), reward=reward)
 
 
-REWARD_PATCH = """
-from saca.train import rft as _rft
+def token_reward(batch):
+    """Rewards from the generated tokens (a random tiny policy never succeeds): groups are mixed, weights move."""
+    return [float(sum(sum(s.token_ids) for s in ss) % 2) for ss in batch.samples_of]
 
-def _token_reward(samples):
-    return float(sum(sum(s.token_ids) for s in samples) % 2)
 
-def _wrap(name):
-    orig = getattr(_rft.RftTrainer, name)
+def scripted_rewards(first):
+    """The outcome rewards ``first`` for the first rollouts collected, the real ones (success) after them."""
+    it = iter(first)
 
-    def collect(self, update):
-        samples_of, rewards, groups, stats = orig(self, update)
-        return samples_of, [_token_reward(ss) for ss in samples_of], groups, stats
+    def reward(batch):
+        return [next(it, r) for r in outcome_reward(batch)]
 
-    setattr(_rft.RftTrainer, name, collect)
+    return reward
 
-_wrap("_collect_online")
-_wrap("_collect_offline")
+
+# the command with the token rewards, through the reward seam of `saca rft` (for the subprocess tests)
+REWARD_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_rft import token_reward
+from saca.cli import build_parser
+from saca.commands.train import cmd_rft
+sys.exit(cmd_rft(build_parser().parse_args(sys.argv[1:]), reward=token_reward))
 """
 
 
-def patch_rewards():
-    """Rewards from the generated tokens (a random tiny policy never succeeds): groups are mixed, weights move."""
-    exec(REWARD_PATCH, {})
-
-
-@pytest.fixture
-def token_rewards(monkeypatch):
-    monkeypatch.setattr(RftTrainer, "_collect_online", RftTrainer._collect_online)
-    monkeypatch.setattr(RftTrainer, "_collect_offline", RftTrainer._collect_offline)
-    patch_rewards()
-
-
-def test_online_grpo_runs_logs_and_writes_the_final_model(monkeypatch, mini_world, tiny_dir, tmp_path):
-    scripted = iter([1.0, 0.0, 0.0, 0.0])  # update 1: one mixed group, one all-failure group
-    orig = RftTrainer._collect_online
-
-    def collect(self, update):
-        samples_of, rewards, groups, stats = orig(self, update)
-        return samples_of, [next(scripted, r) for r in rewards], groups, stats
-
-    monkeypatch.setattr(RftTrainer, "_collect_online", collect)
-    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run")
+def test_online_grpo_runs_logs_and_writes_the_final_model(mini_world, tiny_dir, tmp_path):
+    # update 1: one mixed group, one all-failure group
+    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", reward=scripted_rewards([1.0, 0.0, 0.0, 0.0]))
     before = load_file(Path(tiny_dir) / "model.safetensors")
     summary = tr.run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -313,9 +300,9 @@ def test_all_collapsed_update_leaves_the_weights_alone(mini_world, tiny_dir, tmp
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-def test_num_iterations_makes_pi_old_differ_from_pi_theta(token_rewards, mini_world, tiny_dir, tmp_path):
+def test_num_iterations_makes_pi_old_differ_from_pi_theta(mini_world, tiny_dir, tmp_path):
     tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", max_steps=1, num_iterations=3, eval_steps=0,
-                        eval_episodes=0, learning_rate=1e-2)
+                        eval_episodes=0, learning_rate=1e-2, reward=token_reward)
     tr.run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     row = [r for r in rows if r["event"] == "train"][0]
@@ -402,11 +389,12 @@ def test_a_finished_run_whose_final_was_deleted_is_restored_not_retrained(monkey
     assert json.loads((out / "final" / "rft_summary.json").read_text())["config"]["learning_rate"] == 5e-3
 
 
-def test_non_finite_loss_stops_with_the_last_good_checkpoint_named(token_rewards, monkeypatch, mini_world, tiny_dir, tmp_path):
+def test_non_finite_loss_stops_with_the_last_good_checkpoint_named(monkeypatch, mini_world, tiny_dir, tmp_path):
     from saca.train import grpo
 
     real = grpo.grpo_loss
-    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", max_steps=3, eval_steps=0, eval_episodes=0)
+    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", max_steps=3, eval_steps=0, eval_episodes=0,
+                        reward=token_reward)
     orig_update = RftTrainer.update
     current = {"u": 0}
 
@@ -429,12 +417,12 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_named(token_rewards
 # --- the command: kill -9 and resume, torchrun ---------------------------------------------------
 
 def _cli(args, env_extra=None, nproc=None, rewards=False, tmp=None):
-    """``python -m saca ARGS`` (or under torchrun); ``rewards``: with the token rewards of REWARD_PATCH."""
+    """``python -m saca ARGS`` (or under torchrun); ``rewards``: ``saca rft`` with :func:`token_reward`."""
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", **(env_extra or {})}
     entry = ["-m", "saca"]
     if rewards:
-        script = Path(tmp) / "saca_with_token_rewards.py"
-        script.write_text(REWARD_PATCH + "\nimport sys\nfrom saca.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+        script = Path(tmp) / "saca_rft_with_token_rewards.py"
+        script.write_text(REWARD_SCRIPT.format(tests=str(REPO / "tests")))
         entry = [str(script)]
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *entry, *args]
@@ -522,16 +510,10 @@ def test_groups_of_different_episodes_can_share_one_simulator(monkeypatch, mini_
 
 
 @pytest.mark.parametrize("kw", [{"kl_mode": "reward"}, {"loss_aggregation": "sequence_mean"}])
-def test_collapse_is_decided_on_task_rewards_in_every_mode(monkeypatch, mini_world, tiny_dir, tmp_path, kw):
-    scripted = iter([1.0, 0.0, 0.0, 0.0])  # one mixed group, one all-failure group
-    orig = RftTrainer._collect_online
-
-    def collect(self, update):
-        samples_of, rewards, groups, stats = orig(self, update)
-        return samples_of, [next(scripted, 0.0) for _ in rewards], groups, stats
-
-    monkeypatch.setattr(RftTrainer, "_collect_online", collect)
-    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", max_steps=1, eval_steps=0, eval_episodes=0, **kw)
+def test_collapse_is_decided_on_task_rewards_in_every_mode(mini_world, tiny_dir, tmp_path, kw):
+    # one mixed group, one all-failure group
+    tr = online_trainer(mini_world, tiny_dir, tmp_path / "run", max_steps=1, eval_steps=0, eval_episodes=0,
+                        reward=scripted_rewards([1.0, 0.0, 0.0, 0.0]), **kw)
     tr.run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     row = [r for r in rows if r["event"] == "train"][0]

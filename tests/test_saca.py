@@ -233,7 +233,7 @@ def scripted_decide(monkeypatch, wander_after=None, n=3):
                                                                                    tr.sim.turn_angle, n))))
             self.calls += 1
 
-    monkeypatch.setattr(rollout_mod.RolloutEngine, "_decide", decide)
+    monkeypatch.setattr(rollout_mod.RolloutEngine, "decide", decide)
 
 
 def _engine(policy, mini_world, audit=True):
@@ -323,9 +323,11 @@ def _fake_audit(monkeypatch, by_member):
 
 
 def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world, tiny_dir, tmp_path, policy):
+    from saca.train.rft import alignment_samples, repair_samples
+
     scripted_decide(monkeypatch, wander_after=lambda tr: 6, n=3)
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run")
-    tr._setup()
+    tr.setup()
     eng = _engine(tr.policy, mini_world)
     [orig] = eng.rollout([_episode(mini_world)], 1)
     # decisions of 3 actions: steps 0-2, 3-5 (the teacher's), 6-8 (B B B, cut at t* = 7 after one action), ...
@@ -333,8 +335,8 @@ def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world
     rep = eng.branch(orig, t_star)
     eng.run([rep])
     assert rep.success
-    samples = tr._clone_samples(rep, rep.steps)
     tok = tr.proc.tokenizer
+    samples = repair_samples(tok, rep)
     texts = [tok.decode(s.token_ids, skip_special_tokens=True) for s in samples]
     pre = [d for d in orig.decisions if d.step < t_star]
     assert [d.step for d in pre] == [0, 3, 6]
@@ -346,19 +348,107 @@ def test_repair_splicing_gives_prefix_and_suffix_samples(monkeypatch, mini_world
     assert texts[3:] == [d.text for d in rep.decisions if d.step >= t_star]
     assert sum(len(d.executed) for d in rep.decisions) == rep.steps
     # L_align's samples on the valid prefix [0, t*): the same two whole decisions and the cut one
-    align = tr._clone_samples(orig, t_star)
+    align = alignment_samples(tok, orig, t_star)
     assert [tok.decode(s.token_ids, skip_special_tokens=True) for s in align] == texts[:3]
 
 
+def _decision(tok, step, chunk, executed, status="valid"):
+    from saca.action_text import format_actions
+    from saca.train.rollout import Decision
+
+    text = format_actions(chunk, 15)
+    ids = tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return Decision(step=step, history=[], prompt="", token_ids=ids, logprobs=None, text=text, status=status,
+                    actions=list(chunk), executed=list(executed))
+
+
+def test_cloning_keeps_only_the_actions_executed_before_the_cut(policy):
+    """execute_actions 2: each decision names 3 options and runs 2 before re-planning; the last one stops early."""
+    from saca.action_text import format_actions
+    from saca.train.rft import alignment_samples, repair_samples
+    from saca.train.rollout import Trajectory
+
+    tok = policy.processor.tokenizer
+    tr = Trajectory(episode=None, group=0, member=0, actions=[A, B, C, C, A, D], decisions=[
+        _decision(tok, 0, [A, B, C], [A, B]), _decision(tok, 2, [C, C, A], [C, C]),
+        _decision(tok, 4, [A, D, A], [A, D])])
+    text = lambda samples: [tok.decode(s.token_ids, skip_special_tokens=True) for s in samples]  # noqa: E731
+    # L_align on [0, t* = 3): the first decision's two executed options (not its third, never executed and
+    # naming step 2, which the second decision planned again), the second decision's first option only
+    assert text(alignment_samples(tok, tr, 3)) == [format_actions([A, B], 15), format_actions([C], 15)]
+    assert [len(s.token_ids) for s in alignment_samples(tok, tr, 3)] == [13, 6]  # no end-of-text token: cut
+    # L_rep on the whole trajectory: the executed options of every decision; the last one ends at its STOP
+    assert text(repair_samples(tok, tr)) == [format_actions(a, 15) for a in ([A, B], [C, C], [A, D])]
+    # a decision whose every option ran is cloned whole, its end-of-text token included
+    whole = Trajectory(episode=None, group=0, member=0, actions=[A, B, C], decisions=[_decision(tok, 0, [A, B, C], [A, B, C])])
+    [s] = repair_samples(tok, whole)
+    assert s.token_ids == whole.decisions[0].token_ids and s.token_ids[-1] == tok.eos_token_id
+
+
+def test_partial_and_invalid_decisions_are_not_cloned_nor_contrasted(policy):
+    """Only canonical (valid) decision text trains L_rep, L_align and L_con (docs/reconstructions.md)."""
+    from saca.action_text import format_actions
+    from saca.train.rft import alignment_samples, contrastive_pair
+    from saca.train.rollout import Trajectory
+
+    tok = policy.processor.tokenizer
+    tr = Trajectory(episode=None, group=0, member=0, actions=[A, A, B, B, C, C], decisions=[
+        _decision(tok, 0, [A, A], [A, A]), _decision(tok, 2, [B, B], [B, B], status="partial"),
+        _decision(tok, 4, [C, C], [C, C], status="invalid")])
+    assert [tok.decode(s.token_ids, skip_special_tokens=True) for s in alignment_samples(tok, tr, 6)] == [
+        format_actions([A, A], 15)]
+
+    class Teacher:  # the shortest-path teacher would turn right at every step
+        def teacher_action_at(self, traj, t):
+            return C
+
+    assert contrastive_pair(tok, Teacher(), tr, 2) == (None, "token")  # the partial decision's step
+    con, why = contrastive_pair(tok, Teacher(), tr, 1)  # the valid decision's 2nd option: a real pair
+    assert why == "" and con.position == option_letter_positions(tok, tr.decisions[0].token_ids)[1]
+
+
+def test_kl_reward_lowers_the_rewards_of_both_scenarios():
+    """kl_mode reward: a mixed group's rewards and a rescue sub-group's process scores both lose beta x KL."""
+    torch = pytest.importorskip("torch")
+    from saca.train.rft import Sample
+    from saca.train.rft.objective import kl_reward_advantages
+    from saca.train.saca import SacaSwitches
+
+    def sample(behav, ref):
+        return [Sample(None, [1] * len(behav), 0.0, behav_logp=torch.tensor(behav), ref_logp=torch.tensor(ref))]
+
+    # trajectories 0, 1: a mixed group (R = 1, 0); 2, 3, 4: an all-failure group's sub-group (anchor 2)
+    samples_of = [sample([-1.0, -1.0], [-1.5, -1.5]), sample([-2.0], [-2.0]),
+                  sample([-1.0], [-1.0]), sample([-1.25], [-1.0]), sample([-0.5], [-0.5])]
+    sw = SacaSwitches(delta=0.1, kappa=0.5, eta=0.5, adv_eps=1e-4)
+    got = kl_reward_advantages([1.0, 0.0, 0.0, 0.0, 0.0], [0, 0, 1, 1, 1], [0, 1], [([2, 3, 4], [0.6, 0.45, 0.2])],
+                               samples_of, beta=1.0, sw=sw)
+    # mixed group: r = (1 - 1.0 * 0.5, 0 - 0) = (0.5, 0): mean 0.25, std 0.25
+    assert got[0] == pytest.approx(0.25 / 0.2501, abs=1e-12) and got[1] == pytest.approx(-0.25 / 0.2501, abs=1e-12)
+    # sub-group: P - penalty = (0.6 - 0, 0.45 + 0.25, 0.2 - 0) = (0.6, 0.7, 0.2): mean 0.5, std 0.216025 (ddof 0);
+    # margin 0.6 - 0.7 < delta: x kappa 0.5; the negative one x eta 0.5 (Eq. 8-11)
+    P = np.array([0.6, 0.7, 0.2])
+    base = (P - 0.5) / (np.sqrt(0.14 / 3) + 1e-4) * 0.5
+    assert P.std() == pytest.approx(0.216025, abs=1e-6)
+    assert [got[2], got[3], got[4]] == pytest.approx([base[0], base[1], 0.5 * base[2]], abs=1e-12)
+    assert got[2] > 0 and got[3] > got[2] and got[4] < 0
+    # without the KL the same sub-group is not rescued (margin 0.15) and the anchor leads: the KL changed it
+    none = kl_reward_advantages([1.0, 0.0, 0.0, 0.0, 0.0], [0, 0, 1, 1, 1], [0, 1], [([2, 3, 4], [0.6, 0.45, 0.2])],
+                                samples_of, beta=0.0, sw=sw)
+    assert none[2] > none[3] and none[2] == pytest.approx((0.6 - 1.25 / 3) / (np.std([0.6, 0.45, 0.2]) + 1e-4), abs=1e-12)
+
+
 def test_contrastive_pair_at_exactly_the_divergence_decision(monkeypatch, mini_world, tiny_dir, tmp_path):
+    from saca.train.rft import contrastive_pair
+
     scripted_decide(monkeypatch, wander_after=lambda tr: 6, n=3)
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run")
-    tr._setup()
+    tr.setup()
     eng = _engine(tr.policy, mini_world)
     [orig] = eng.rollout([_episode(mini_world)], 1)
     tok = tr.proc.tokenizer
     # at step 7 (the 2nd action of the decision at step 6) the trajectory turned left (B) where the teacher would not
-    con, why = tr._contrastive_pair(eng, orig, 7)
+    con, why = contrastive_pair(tok, eng, orig, 7)
     d = orig.decisions[orig.decision_at(7)]
     assert d.step == 6 and con is not None and why == ""
     assert con.position == option_letter_positions(tok, d.token_ids)[1]  # the 2nd option of the decision at step 7
@@ -369,9 +459,9 @@ def test_contrastive_pair_at_exactly_the_divergence_decision(monkeypatch, mini_w
 
     assert teacher != B and tok.decode([con.teacher_id]).strip() == LETTERS[Action(teacher)]
     # the teacher's own action: skipped
-    none, why = tr._contrastive_pair(eng, orig, 2)
+    none, why = contrastive_pair(tok, eng, orig, 2)
     assert none is None and why == "same"
-    assert tr._contrastive_pair(eng, orig, orig.steps)[1] == "end"
+    assert contrastive_pair(tok, eng, orig, orig.steps)[1] == "end"
 
 
 def test_one_saca_update_routes_repairs_rescues_and_logs(monkeypatch, mini_world, tiny_dir, tmp_path):
@@ -381,7 +471,7 @@ def test_one_saca_update_routes_repairs_rescues_and_logs(monkeypatch, mini_world
     _fake_audit(monkeypatch, [(0.6, 100), (0.4, 15), (0.1, 1), (0.3, 2)])
     torch = pytest.importorskip("torch")
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", weight_decay=0.0)
-    tr._setup()
+    tr.setup()
     tr.ckpts.resume(tr.model, tr.optimizer, tr.scheduler, tr.device)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
     row = tr.update(0)
@@ -399,7 +489,7 @@ def test_all_failure_groups_are_rescued_with_align_and_con(monkeypatch, mini_wor
     scripted_decide(monkeypatch, wander_after=lambda tr: [6, 0, 3, 9][tr.member])
     _fake_audit(monkeypatch, [(0.2, 9), (0.1, 1), (0.3, 8), (0.05, 3)])  # anchor: member 2, t* = 8 (turning left)
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", n_hard_negatives=2)
-    tr._setup()
+    tr.setup()
     row = tr.update(0)
     assert row["groups_all_failure"] == 2 and row["afr_groups"] == 2 and row["collapsed_share"] == 0.0
     assert row["role_anchor"] == 2 and row["role_hard_negative"] == 4 and row["role_discarded"] == 2
@@ -407,7 +497,7 @@ def test_all_failure_groups_are_rescued_with_align_and_con(monkeypatch, mini_wor
     assert row["align_loss"] > 0 and row["con_loss"] > 0 and row["repair_attempts"] == 0
     # without AFR the same groups give nothing to train on: no step
     tr2 = _trainer(mini_world, tiny_dir, tmp_path / "run2", afr=False)
-    tr2._setup()
+    tr2.setup()
     row2 = tr2.update(0)
     assert row2["collapsed_share"] == 1.0 and row2["samples"] == 0 and row2.get("skipped_step") is True
 
@@ -420,7 +510,7 @@ def test_with_every_saca_switch_off_the_update_is_grpo_exactly(monkeypatch, mini
     for name, kw in (("grpo", dict(soft_score=False, afr=False, rr=False)),
                      ("off", dict(soft_score=False, afr=False, rr=False, audit_rollouts=True))):
         tr = _trainer(mini_world, tiny_dir, tmp_path / name, **kw)
-        tr._setup()
+        tr.setup()
         captured = {}
         real = tr.optimizer.step
 
@@ -450,7 +540,7 @@ def test_the_foundation_backend_runs_one_saca_update(monkeypatch, mini_world, ti
         "clip_path": paths["clip_path"], "gdino_path": paths["gdino_path"], "sam3_path": paths["sam3_path"],
         "device": "cpu", "batch_size": 32}}, "auditor")
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", auditor=aud, G=2, groups_per_step=1)
-    tr._setup()
+    tr.setup()
     assert tr.auditor.backend.name == "foundation"
     row = tr.update(0)
     assert row["audit_calls"] >= 1 and row["audit_pairs"] > 0 and row["time_audit"] > 0
@@ -461,11 +551,11 @@ def test_missing_landmarks_are_named(mini_world, tiny_dir, tmp_path):
     pytest.importorskip("torch")
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", landmarks={})
     with pytest.raises(SacaError, match=r"landmarks of dataset 'mini_r2r'"):
-        tr._setup()
+        tr.setup()
     eps = [_episode(mini_world, k=0)]
     tr = _trainer(mini_world, tiny_dir, tmp_path / "run", landmarks={"mini_r2r": _landmarks(eps)})
     with pytest.raises(SacaError, match=r"no row for training episode"):
-        tr._setup()
+        tr.setup()
 
 
 def test_saca_switches_need_online_mode_and_sane_values():

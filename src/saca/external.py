@@ -16,21 +16,9 @@ import os
 from pathlib import Path
 
 from saca import SacaError
+from saca.io import check_model_dir
 
 _TRUE = ("1", "true", "yes", "on")
-
-
-def check_model_dir(path: str | os.PathLike, key: str) -> Path:
-    """A ``save_pretrained`` directory (with ``config.json``), or SacaError naming the config key."""
-    if not str(path):
-        raise SacaError(f"{key}: no model directory configured")
-    p = Path(path)
-    if not p.is_dir():
-        what = "is not a directory" if p.exists() else "does not exist"
-        raise SacaError(f"{key}: model directory '{p}' {what}")
-    if not (p / "config.json").exists():
-        raise SacaError(f"{key}: '{p}' has no config.json (not a save_pretrained directory)")
-    return p
 
 
 def hub_offline() -> bool:

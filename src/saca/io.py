@@ -96,6 +96,19 @@ def ensure_dir(path: str | os.PathLike, what: str = "output directory") -> Path:
     return path
 
 
+def check_model_dir(path: str | os.PathLike, key: str) -> Path:
+    """A ``save_pretrained`` directory (with ``config.json``), or SacaError naming the config key."""
+    if not str(path):
+        raise SacaError(f"{key}: no model directory configured")
+    p = Path(path)
+    if not p.is_dir():
+        what = "is not a directory" if p.exists() else "does not exist"
+        raise SacaError(f"{key}: model directory '{p}' {what}")
+    if not (p / "config.json").exists():
+        raise SacaError(f"{key}: '{p}' has no config.json (not a save_pretrained directory)")
+    return p
+
+
 def check_output_path(path: str | os.PathLike, flag: str = "--out") -> None:
     """Fail early, naming the path, when ``path`` cannot be written (checked before any work is done).
 

@@ -345,7 +345,7 @@ class LLMExtractor:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from saca.external import check_model_dir
+        from saca.io import check_model_dir
 
         if self.config.gguf_file:
             path = check_gguf_file(self.config.model_path, self.config.gguf_file)

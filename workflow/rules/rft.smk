@@ -1,4 +1,4 @@
-# Rules: reinforcement fine-tuning (see src/saca/train/rft.py, src/saca/commands/train.py and docs/rft.md).
+# Rules: reinforcement fine-tuning (see src/saca/train/rft/, src/saca/commands/train.py and docs/rft.md).
 #
 # rft        results/rft/{variant}/s{seed}/final/     SACA / GRPO / VLN-R1 RFT from the SFT checkpoint of mix
 #                                                    rft.sft_mix; the variant is a named override of the rft base

@@ -58,7 +58,7 @@ SAM3_TYPES = ("sam3", "sam3_video", "sam3_tracker")
 
 def model_dir(path: str, key: str) -> Path:
     """A ``save_pretrained`` directory, or SacaError naming the config key (the workflow's parse-time check)."""
-    from saca.external import check_model_dir
+    from saca.io import check_model_dir
 
     return check_model_dir(path, f"auditor.foundation.{key}")
 

@@ -90,21 +90,10 @@ def cmd_scenes(args) -> int:
     return 0
 
 
-def scenes_for_split(scenes_dir: str | Path, split: str) -> list[str]:
-    from saca.io import read_json
-
-    path = Path(scenes_dir) / "index.json"
-    index = read_json(path)
-    try:
-        splits = index["splits"]
-        return list(splits["val_unseen"] if split == "val_unseen" else splits["train"])
-    except (KeyError, TypeError) as err:
-        raise SacaError(f"{path}: missing field splits.{err}") from err
-
-
 def cmd_episodes(args) -> int:
     from saca.episodes import write_episodes
     from saca.episodes.generate import generate_split
+    from saca.sim.embedded.world import scenes_for_split
 
     sim, cfg = sim_from_args(args)
     with sim:

@@ -128,14 +128,15 @@ def rft_config(args):
     return check_variant(data, args.variant, full.get("auditor"))
 
 
-def cmd_rft(args) -> int:
+def cmd_rft(args, reward=None) -> int:
+    """``saca rft``; ``reward``: the trainer's reward seam (:class:`saca.train.rft.RewardFn`; None: the mode's)."""
     from saca.runlock import folder_lock
 
     with folder_lock(args.out, "RFT run folder"):  # one writer per output folder
-        return _cmd_rft(args)
+        return _cmd_rft(args, reward)
 
 
-def _cmd_rft(args: argparse.Namespace) -> int:
+def _cmd_rft(args: argparse.Namespace, reward=None) -> int:
     from saca import SacaError
     from saca.config import from_dict, parse_json_section, section_from_json
     from saca.episodes import load_split
@@ -189,7 +190,8 @@ def _cmd_rft(args: argparse.Namespace) -> int:
         if missing:
             raise SacaError(f"--landmarks: no landmarks file for dataset '{missing[0]}' (the auditor of SACA's "
                             "soft score, AFR and RR needs results/NAME/landmarks/train.jsonl)")
-    trainer = RftTrainer(args.init, args.ref, args.out, cfg, agent, train, val, sim_args, args.vln_ego, landmarks)
+    trainer = RftTrainer(args.init, args.ref, args.out, cfg, agent, train, val, sim_args, args.vln_ego, landmarks,
+                          reward=reward)
     summary = trainer.run()
     log.info("validation SR before %s after %s", summary["val_sr_before"], summary["val_sr_after"])
     print(json.dumps({k: summary[k] for k in ("val_sr_before", "val_sr_after", "all_failure_share_mean")}, sort_keys=True))

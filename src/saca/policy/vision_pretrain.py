@@ -259,7 +259,7 @@ def _load_qwen(policy_dir):
 
 
 def _train_houses(scenes_dir) -> list[str]:
-    from saca.commands.data import scenes_for_split
+    from saca.sim.embedded.world import scenes_for_split
 
     index_path = Path(scenes_dir) / "index.json"
     if not index_path.is_file():

@@ -262,7 +262,7 @@ class RolloutEngine:
                     need.append(tr)
             self.stats.time_env += time.perf_counter() - t0
             if need:
-                self._decide(need)
+                self.decide(need)
             active = [tr for tr in active if not tr.done]
         self.stats.time_total += time.perf_counter() - t_start
 
@@ -324,7 +324,10 @@ class RolloutEngine:
                 tr.processed[i] = proc.process_images([tr.frames[i]])
         return proc.encode(prompt, None, processed=proc.join_images([tr.processed[i] for i in idx]))
 
-    def _decide(self, need: Sequence[Trajectory]) -> None:
+    def decide(self, need: Sequence[Trajectory]) -> None:
+        """The policy's next decision for every trajectory in ``need`` (one batched ``generate`` call): appends a
+        :class:`Decision` and queues its chunk. The engine's decision seam: a scripted agent (the tests' teacher
+        with planned detours) replaces it."""
         t0 = time.perf_counter()
         cfg = self.cfg
         hists, prompts, encoded = [], [], []

@@ -226,25 +226,36 @@ class GroupPlan:
     rescued: bool = False
 
 
-def plan_group(success: Sequence[bool], P: Sequence[float] | None, rho: Sequence[float] | None,
+def plan_group(R: Sequence[float], P: Sequence[float] | None, rho: Sequence[float] | None,
                actions: Sequence[Sequence[int]], sw: SacaSwitches) -> GroupPlan:
-    """Route one group and build its plan (SACA §3.2-3.3). ``P`` and ``rho`` (the auditor's process scores and
-    prefix ratios) may be None when no switch needs them (plain GRPO)."""
-    G = len(success)
+    """Route one group and build its plan (SACA §3.2-3.3). ``R``: the members' outcome rewards (1 success,
+    0 failure; booleans work); ``P`` and ``rho`` (the auditor's process scores and prefix ratios) may be None when
+    no switch needs them (plain GRPO). A mixed group keeps every member in ``L_GRPO``; an all-failure group
+    goes to :func:`rescue` (AFR on) or collapses (AFR off)."""
+    G = len(R)
     if len(actions) != G:
         raise SacaError(f"plan_group: {len(actions)} action sequences for {G} members")
-    R = [1.0 if s else 0.0 for s in success]
-    scenario = route_group(success)
+    R = [float(r) for r in R]
+    scenario = route_group(R)
     needs_audit = sw.soft_score or sw.afr or sw.rr
     if needs_audit and (P is None or rho is None):
         raise SacaError("plan_group: the soft score, AFR and RR need the auditor's P and rho")
     if scenario == "mixed":
         rewards = shaped_rewards(R, P if P is not None else [0.0] * G, sw.lambda_ss, sw.soft_score).tolist()
-        nm = near_misses(success, rho, sw.rho) if rho is not None else []
-        roles = ["successful" if s else ("near_miss" if i in nm else "failed") for i, s in enumerate(success)]
+        nm = near_misses(R, rho, sw.rho) if rho is not None else []
+        roles = ["successful" if s else ("near_miss" if i in nm else "failed") for i, s in enumerate(R)]
         return GroupPlan("mixed", rewards, roles, grpo=list(range(G)), near_miss=nm)
     if not sw.afr:  # every reward is 0: GRPO's advantages are all 0, the group collapses
         return GroupPlan("all_failure", R, ["discarded"] * G, grpo=list(range(G)))
+    return rescue(P, actions, sw)
+
+
+def rescue(P: Sequence[float], actions: Sequence[Sequence[int]], sw: SacaSwitches) -> GroupPlan:
+    """All-Failure Rescue of one all-failure group (SACA Eq. 6-11): the pseudo-anchor (Eq. 6), its LCS hard
+    negatives (Eq. 7), and the reflection sub-group ``S = [anchor, negatives...]`` with its process advantages,
+    margin rescue and negative-only scaling (Eq. 8-11, :func:`reflection_advantages`). Only ``S`` enters
+    ``L_GRPO``; the anchor's terms (Eq. 12-13) are built by the trainer (:mod:`saca.train.rft.groups`)."""
+    G = len(actions)
     lengths = [len(a) for a in actions]
     anchor = pseudo_anchor(P, lengths)
     scores = hard_negative_scores(actions, anchor, P, sw.lambda_hn)
@@ -255,7 +266,7 @@ def plan_group(success: Sequence[bool], P: Sequence[float] | None, rho: Sequence
     roles[anchor] = "anchor"
     for j in negs:
         roles[j] = "hard_negative"
-    return GroupPlan("all_failure", R, roles, grpo=S, advantages={j: float(a) for j, a in zip(S, adv)},
+    return GroupPlan("all_failure", [0.0] * G, roles, grpo=S, advantages={j: float(a) for j, a in zip(S, adv)},
                      anchor=anchor, negatives=negs, hn_scores=scores, margin=info["margin"], rescued=info["rescued"])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -60,6 +61,20 @@ class SceneGenConfig:
     def scene_ids(self) -> dict[str, list[str]]:
         ids = [f"house_{i:03d}" for i in range(self.train + self.val_unseen)]
         return {"train": ids[: self.train], "val_unseen": ids[self.train :]}
+
+
+def scenes_for_split(scenes_dir: str | Path, split: str) -> list[str]:
+    """The scene ids of ``split`` (``val_unseen``, or the training houses for every other split) in the scenes
+    index ``scenes_dir/index.json`` that the ``scenes`` step writes; SacaError naming the file when malformed."""
+    from saca.io import read_json
+
+    path = Path(scenes_dir) / "index.json"
+    index = read_json(path)
+    try:
+        splits = index["splits"]
+        return list(splits["val_unseen"] if split == "val_unseen" else splits["train"])
+    except (KeyError, TypeError) as err:
+        raise SacaError(f"{path}: missing field splits.{err}") from err
 
 
 def scene_seed(base_seed: int, scene_id: str) -> int:
