@@ -58,7 +58,7 @@ def agent_cfg(**kw):
 def scripted_generate(monkeypatch, calls=None):
     """Replace generation with seeded random valid chunks (a random tiny model mostly emits no action)."""
 
-    def fake(policy, encoded, sampling, seed=None, return_logprobs=False, max_batch=None):
+    def fake(policy, encoded, sampling, seed=None, return_logprobs=False, max_batch=None, decoder=None):
         rng = np.random.default_rng(seed)
         if calls is not None:
             calls.append(len(encoded))
