@@ -114,13 +114,38 @@ def test_stairs_and_ramps_move_the_agent_and_take_the_navmesh_height(hs, scenes,
         assert down[-1].position == pytest.approx((2.5, 0.0, 0.0), abs=1e-5)
 
 
-def test_a_blocked_step_leaves_the_agent_where_it_is_without_sliding(hs, scenes, pool):
+def test_a_blocked_step_without_sliding_moves_up_to_the_contact_point(hs, scenes, pool):
+    # Habitat's step_filter -> try_step_no_sliding (RxR-CE's allow_sliding: false): the agent stops at the
+    # wall, not where it was
     with _sim(scenes, pool) as sim:
         sim.reset(_episode("step.glb", (1.0, 0.0, -0.9), math.radians(-45), (2.0, 0.0, 0.0)))  # facing +x, -z
         before = sim.state
-        after = sim.step(Action.MOVE_FORWARD)  # the wall at z = -1 is 0.1 m away
-        assert after.collided and after.position == before.position and after.steps == 1
-        assert sim.move_to(before.position, (1.0, 0.0, -1.2)) is None
+        after = sim.step(Action.MOVE_FORWARD)  # the wall at z = -1 is 0.1 m away along z: 0.1 * sqrt(2) ahead
+        assert after.collided and after.steps == 1
+        assert after.position == pytest.approx((1.1, 0.0, -1.0), abs=1e-6)
+        again = sim.step(Action.MOVE_FORWARD)  # at the wall: no move at all, still a collision
+        assert again.collided and again.position == pytest.approx(after.position, abs=1e-6)
+        assert sim.move_to(before.position, (1.0, 0.0, -1.2)) is None  # a full step does not fit
+        # head-on into the end wall at x = 9 from 0.1 m before it
+        sim.restore(AgentState(position=(8.9, 0.6 - 0.45 * 0.1 / 3, 0.0), heading=EAST))
+        end = sim.step(Action.MOVE_FORWARD)
+        assert end.collided and end.position == pytest.approx((9.0, 0.6, 0.0), abs=1e-6)
+
+
+@pytest.mark.parametrize("turn_angle", [15, 30])
+def test_teacher_takes_over_from_the_contact_point(hs, scenes, pool, turn_angle):
+    # a rollout that ran into the wall (as RxR-CE's no-sliding agent does) leaves the agent on the navmesh's edge;
+    # the teacher's primitives are tried with the same moves (contact points and collisions) and get it out
+    with _sim(scenes, pool, turn_angle) as sim:
+        sim.reset(_episode("L.glb", (7.5, 0.0, 0.5), EAST, (7.5, 0.0, -6.5)))
+        while not sim.step(Action.MOVE_FORWARD).collided:
+            pass
+        assert sim.state.position == pytest.approx((8.0, 0.0, 0.5), abs=1e-6)
+        start = sim.state.steps
+        while not sim.episode_over:
+            sim.step(sim.teacher_action())
+        assert sim.state.stopped and sim.distance_to_goal() < sim.config.stop_radius
+        assert sim.state.steps - start <= math.ceil(7.0 / 0.25) + 180 // turn_angle + 4
 
 
 def test_sliding_slides_along_the_wall_and_reports_the_collision_as_habitat(hs, scenes, pool):
