@@ -148,6 +148,20 @@ def test_teacher_takes_over_from_the_contact_point(hs, scenes, pool, turn_angle)
         assert sim.state.steps - start <= math.ceil(7.0 / 0.25) + 180 // turn_angle + 4
 
 
+def test_vln_ego_on_habitat_counts_gt_replay_mismatches(hs, scenes, pool, tmp_path):
+    # a recomputed navmesh moves the replay by millimetres: counted in the manifest, not an abort
+    from saca.vln_ego.generate import VlnEgoConfig, generate_vln_ego
+
+    ep = _episode("step.glb", (1.0, 0.0, 0.0), EAST, (2.0, 0.0, 0.0))
+    ep.gt_actions = [1, 1, 1, 0]
+    ep.gt_locations = [[1.0, 0.0, 0.0], [1.25, 0.0, 0.0], [1.502, 0.0, 0.0], [1.75, 0.0, 0.0]]
+    with _sim(scenes, pool, recompute_navmesh=True) as sim:
+        manifest = generate_vln_ego([ep], sim, VlnEgoConfig(), 15, tmp_path / "vln_ego", split="val_unseen")
+    assert manifest["frames"] == 4
+    assert manifest["replay_check"] == {"tolerance_m": 1e-3, "episodes_checked": 1, "episodes_off": 1,
+                                        "steps_off": 1, "max_offset_m": pytest.approx(0.002, abs=1e-6)}
+
+
 def test_sliding_slides_along_the_wall_and_reports_the_collision_as_habitat(hs, scenes, pool):
     with _sim(scenes, pool, allow_sliding=True) as sim:
         sim.reset(_episode("step.glb", (1.0, 0.0, -0.9), math.radians(-45), (2.0, 0.0, 0.0)))
