@@ -162,6 +162,34 @@ def test_vln_ego_on_habitat_counts_gt_replay_mismatches(hs, scenes, pool, tmp_pa
                                         "steps_off": 1, "max_offset_m": pytest.approx(0.002, abs=1e-6)}
 
 
+def test_episodes_generated_on_the_navmesh_are_deterministic_and_replay(hs, scenes, pool, tmp_path):
+    from saca.episodes import load_split, write_episodes
+    from saca.episodes.navmesh import generate_navmesh_split
+    from saca.vln_ego.generate import replay_frames
+
+    cfg = DatasetConfig(backend="habitat", turn_angle=30, style="rxr", path_length=[4.0, 12.0], seed=3,
+                        episodes={"val_unseen": 3})
+    runs = []
+    for _ in range(2):
+        with _sim(scenes, pool, 30, recompute_navmesh=True) as sim:
+            runs.append(generate_navmesh_split("hab", cfg, "val_unseen", ["L.glb", "step.glb"], sim))
+    a, b = runs
+    assert [e.to_json() for e in a] == [e.to_json() for e in b] and len(a) == 3
+    assert [(e.gt_actions, e.gt_locations) for e in a] == [(e.gt_actions, e.gt_locations) for e in b]
+    write_episodes(tmp_path, "val_unseen", a)
+    eps = load_split(tmp_path, "val_unseen")
+    with _sim(scenes, pool, 30, recompute_navmesh=True) as sim:
+        for e in eps:
+            assert 4.0 <= e.info["geodesic_distance"] <= 12.0 and e.info["landmarks"] == []
+            assert e.instruction_text.endswith(".") and "meters to your goal" in e.instruction_text
+            assert e.gt_actions[-1] == Action.STOP and len(replay_frames(sim, e)) == len(e.gt_actions)  # 1 mm check
+            assert sim.distance_to_goal() < sim.config.stop_radius
+    with _sim(scenes, pool, 30, recompute_navmesh=True) as sim:
+        with pytest.raises(SacaError, match=r"could not generate 3 episodes with routes of 40-50 m"):
+            generate_navmesh_split("hab", DatasetConfig(path_length=[40.0, 50.0], episodes={"train": 3}), "train",
+                                   ["step.glb"], sim)
+
+
 def test_sliding_slides_along_the_wall_and_reports_the_collision_as_habitat(hs, scenes, pool):
     with _sim(scenes, pool, allow_sliding=True) as sim:
         sim.reset(_episode("step.glb", (1.0, 0.0, -0.9), math.radians(-45), (2.0, 0.0, 0.0)))

@@ -95,6 +95,9 @@ def scenes_for_split(scenes_dir: str | Path, split: str) -> list[str]:
 
     path = Path(scenes_dir) / "index.json"
     index = read_json(path)
+    if isinstance(index, dict) and index.get("backend") == "habitat":
+        # linked habitat scenes have no splits: a generated (smoke) dataset draws every split from all of them
+        return list(index.get("scenes") or [])
     try:
         splits = index["splits"]
         return list(splits["val_unseen"] if split == "val_unseen" else splits["train"])
@@ -105,10 +108,12 @@ def scenes_for_split(scenes_dir: str | Path, split: str) -> list[str]:
 def cmd_episodes(args) -> int:
     from saca.episodes import write_episodes
     from saca.episodes.generate import generate_split
+    from saca.episodes.navmesh import generate_navmesh_split
 
     sim, cfg = sim_from_args(args)
+    generate = generate_navmesh_split if sim.backend == "habitat" else generate_split
     with sim:
-        eps = generate_split(args.dataset, cfg, args.split, scenes_for_split(args.scenes, args.split), sim)
+        eps = generate(args.dataset, cfg, args.split, scenes_for_split(args.scenes, args.split), sim)
     ep_path, _ = write_episodes(args.out, args.split, eps)
     print(f"wrote {len(eps)} episodes to {ep_path}")
     return 0

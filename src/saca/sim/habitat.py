@@ -382,8 +382,12 @@ class HabitatSimulator(Simulator):
         found, path = self._path(a, b)
         return [tuple(float(v) for v in p) for p in path.points] if found else []
 
-    def sample_navigable_point(self):
-        return tuple(float(v) for v in self._need().pathfinder.get_random_navigable_point())
+    def sample_navigable_point(self, seed: int | None = None):
+        """A random navmesh point; ``seed`` reseeds the pathfinder's generator first (``PathFinder.seed``)."""
+        pf = self._need().pathfinder
+        if seed is not None:
+            pf.seed(int(seed))
+        return tuple(float(v) for v in pf.get_random_navigable_point())
 
     # --- teacher -------------------------------------------------------------
     def teacher_action(self, goal=None) -> Action:
