@@ -52,7 +52,8 @@ def mini_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def habitat_world(tmp_path_factory):
-    """Random point-goal episodes on the scene named by ``SACA_HABITAT_TEST_SCENE`` (a .glb).
+    """Random point-goal episodes on the scene named by ``SACA_HABITAT_TEST_SCENE`` (a .glb; its navmesh is
+    computed at load, ``recompute_navmesh``), rendered on ``SACA_HABITAT_GPU_DEVICE`` (default 0, -1 without a GPU).
 
     Only used where ``habitat_sim`` imports; skipped with the reason otherwise.
     """
@@ -69,7 +70,8 @@ def habitat_world(tmp_path_factory):
     if not scene or not Path(scene).exists():
         pytest.skip("set SACA_HABITAT_TEST_SCENE to a habitat test scene (.glb) to run the contract on Habitat")
     root = tmp_path_factory.mktemp("habitat")
-    sim_cfg = SimConfig(width=64, height=64)
+    # SACA_HABITAT_GPU_DEVICE: the CUDA device habitat renders on (default 0); -1 where there is no GPU (llvmpipe)
+    sim_cfg = SimConfig(width=64, height=64, gpu_device_id=int(os.environ.get("SACA_HABITAT_GPU_DEVICE", "0")))
     rng = np.random.default_rng(0)
     for name, angle in (("mini_r2r", 15), ("mini_rxr", 30)):
         sim = make_simulator("habitat", sim_cfg, angle, Path(scene).parent)

@@ -289,6 +289,7 @@ def test_dataset_settings_reach_habitat(hs, scenes, pool, name, values):
         (habitat,) = hs.LOG["simulators"]
         backend, agent = habitat.config.sim_cfg, habitat.config.agents[0]
         assert backend.scene_id == str(scenes / "step.glb") and backend.allow_sliding is values["allow_sliding"]
+        assert backend.gpu_device_id == 0  # sim.gpu_device_id; -1 renders on EGL's default display (llvmpipe)
         assert agent.height == values["agent_height"] and agent.radius == values["agent_radius"]
         assert agent.action_space == {}
         specs = {s.uuid: s for s in agent.sensor_specifications}

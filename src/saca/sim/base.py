@@ -121,6 +121,7 @@ class SimConfig:
     agent_height: float = 1.5  # Habitat AgentConfiguration.height / NavMeshSettings.agent_height
     allow_sliding: bool = False  # Habitat: a blocked step slides along the wall (VLN-CE R2R-CE) or stops at it (RxR-CE)
     recompute_navmesh: bool = True  # Habitat: rebuild the navmesh for agent_radius/agent_height; false: the scene's .navmesh
+    gpu_device_id: int = 0  # Habitat: CUDA device of its EGL context; -1: the default EGL display (llvmpipe, no GPU)
     forward_step: float = FORWARD_STEP_M
     max_steps: int = MAX_STEPS
     stop_radius: float = 0.5  # teacher calls STOP once this close (geodesic) to the goal

@@ -197,7 +197,8 @@ class HabitatSimulator(Simulator):
         agree on it (and on the scene) share one ``habitat_sim.Simulator``."""
         c = self.config
         return (c.width, c.height, float(c.hfov), float(c.camera_height), bool(c.depth), bool(c.instance),
-                float(c.agent_radius), float(c.agent_height), bool(c.allow_sliding), bool(c.recompute_navmesh))
+                float(c.agent_radius), float(c.agent_height), bool(c.allow_sliding), bool(c.recompute_navmesh),
+                int(c.gpu_device_id))
 
     @property
     def _sim(self):
@@ -222,6 +223,7 @@ class HabitatSimulator(Simulator):
         backend.scene_id = str(path)
         backend.allow_sliding = bool(c.allow_sliding)
         backend.enable_physics = False
+        backend.gpu_device_id = int(c.gpu_device_id)  # -1: EGL's default display (Mesa llvmpipe on a CPU machine)
         sensors = []
         for uuid, kind, on in (
             ("rgb", hs.SensorType.COLOR, True),
