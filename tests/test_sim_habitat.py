@@ -190,6 +190,26 @@ def test_episodes_generated_on_the_navmesh_are_deterministic_and_replay(hs, scen
                                    ["step.glb"], sim)
 
 
+def test_the_episodes_command_generates_on_linked_habitat_scenes(hs, tmp_path, capsys):
+    from saca.cli import main
+    from saca.episodes import load_split
+
+    src = tmp_path / "test-scenes"
+    for scan in ("L", "step"):
+        (src / "test" / scan).mkdir(parents=True)
+        (src / "test" / scan / f"{scan}.glb").write_text(json.dumps(SCENES[f"{scan}.glb"]))
+    out = tmp_path / "results" / "scenes"
+    assert main(["scenes", "--params", json.dumps({"backend": "habitat", "dir": str(src)}), "--out", str(out)]) == 0
+    ds = {"backend": "habitat", "turn_angle": 15, "path_length": [4.0, 9.0], "seed": 5, "episodes": {"train": 4},
+          "sim": {"recompute_navmesh": True}}
+    assert main(["episodes", "--dataset", "hab", "--split", "train", "--scenes", str(out), "--sim",
+                 json.dumps({"width": 16, "height": 16}), "--dataset-config", json.dumps(ds), "--out",
+                 str(tmp_path / "episodes")]) == 0
+    eps = load_split(tmp_path / "episodes", "train")
+    assert len(eps) == 4 and {e.scene_id for e in eps} <= {"test/L/L.glb", "test/step/step.glb"}
+    assert all(e.gt_actions[-1] == Action.STOP and len(e.gt_locations) == len(e.gt_actions) for e in eps)
+
+
 def test_sliding_slides_along_the_wall_and_reports_the_collision_as_habitat(hs, scenes, pool):
     with _sim(scenes, pool, allow_sliding=True) as sim:
         sim.reset(_episode("step.glb", (1.0, 0.0, -0.9), math.radians(-45), (2.0, 0.0, 0.0)))
