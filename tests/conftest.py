@@ -77,8 +77,11 @@ def habitat_world(tmp_path_factory):
         sim = make_simulator("habitat", sim_cfg, angle, Path(scene).parent)
         sim.load_scene(Path(scene).name)
         for split in ("train", "val_seen", "val_unseen"):
-            eps = []
+            eps, tries = [], 0
             while len(eps) < 3:
+                tries += 1
+                if tries > 2000:
+                    pytest.fail(f"{scene}: no 3 routes of 3-10 m with a teacher path on its navmesh in 2000 draws")
                 a, b = sim.sample_navigable_point(), sim.sample_navigable_point()
                 if not 3.0 < sim.geodesic_distance(a, b) < 10.0:
                     continue
