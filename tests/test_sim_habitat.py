@@ -184,6 +184,14 @@ def test_episodes_generated_on_the_navmesh_are_deterministic_and_replay(hs, scen
             assert e.instruction_text.endswith(".") and "meters to your goal" in e.instruction_text
             assert e.gt_actions[-1] == Action.STOP and len(replay_frames(sim, e)) == len(e.gt_actions)  # 1 mm check
             assert sim.distance_to_goal() < sim.config.stop_radius
+    # VLN-Ego with a noise-injected rollout per episode (DART-style recovery data) renders on Habitat too
+    from saca.vln_ego.generate import NoiseConfig, VlnEgoConfig, generate_vln_ego
+
+    cfg = VlnEgoConfig(noise=NoiseConfig(trajectories=1, p=0.3, splits=["val_unseen"]))
+    with _sim(scenes, pool, 30, recompute_navmesh=True) as sim:
+        manifest = generate_vln_ego(eps, sim, cfg, 30, tmp_path / "ego", split="val_unseen")
+    assert manifest["episodes"] == 3 and manifest["noisy_trajectories"] == 3
+    assert manifest["replay_check"]["episodes_checked"] == 3 and manifest["replay_check"]["steps_off"] == 0
     with _sim(scenes, pool, 30, recompute_navmesh=True) as sim:
         with pytest.raises(SacaError, match=r"could not generate 3 episodes with routes of 40-50 m"):
             generate_navmesh_split("hab", DatasetConfig(path_length=[40.0, 50.0], episodes={"train": 3}), "train",

@@ -166,8 +166,10 @@ def noisy_rollout(sim, episode, n: int, p: float, rng, max_steps: int | None = N
     if not info.get("waypoints"):
         raise SacaError(f"episode {episode.episode_id}: no info.waypoints (noise-injected rollouts need the route)")
     sim.reset(episode)
-    objects = {int(o["instance_id"]): o for o in sim.scene["objects"]}
-    face = [objects[int(i)]["position"] for i in info.get("landmark_instances", [])] or None
+    face = None
+    if info.get("landmark_instances"):  # the embedded episodes face each landmark; navmesh (Habitat) ones name none
+        objects = {int(o["instance_id"]): o for o in sim.scene["objects"]}
+        face = [objects[int(i)]["position"] for i in info["landmark_instances"]]
     plan = ExpertPlan(info["waypoints"], face, sim.turn_angle)
     limit = min(max_steps or sim.config.max_steps, sim.config.max_steps - (n - 1))
     if limit < 1:
