@@ -489,3 +489,28 @@ def test_a_dropped_simulator_lets_go_of_its_scene(hs, scenes, pool):
     del b
     gc.collect()
     assert len(pool) == 0 and hs.LOG["closed"] == 1
+
+
+def test_the_habitat_smoke_overlay_plans_its_dag(tmp_path):
+    """config/habitat-smoke.yaml over smoke.yaml: the 28 jobs docs/habitat.md lists (a dry run; the real run
+    needs habitat_sim and the test scenes)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "hs"
+    targets = []
+    for d in ("mini_r2r", "mini_rxr"):
+        targets += [f"{out}/{d}/vln_ego/{s}" for s in ("train", "val_seen", "val_unseen")]
+        targets += [f"{out}/{d}/eval/{r}/val_unseen/metrics.json" for r in ("random", "forward", "oracle", "sft")]
+        targets.append(f"{out}/{d}/audit/oracle/val_unseen/summary.json")
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--nolock", *targets, "--configfile",
+                        "config/smoke.yaml", "config/habitat-smoke.yaml", "--config", f"results={out}"],
+                       cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    counts = dict(line.split() for line in r.stdout.splitlines()
+                  if line.split()[:1] and line.split()[0] in ("scenes", "episodes", "vln_ego", "evaluate", "sft",
+                                                              "audit", "vision_pretrain", "total")
+                  and len(line.split()) == 2)
+    assert counts == {"scenes": "1", "episodes": "6", "vln_ego": "6", "evaluate": "8", "sft": "1", "audit": "2",
+                      "total": "28"}
+
