@@ -18,7 +18,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--dataset-dir", required=True, type=Path,
                    help="dataset root, e.g. results/mini_r2r (episodes in DATASET_DIR/episodes/)")
-    p.add_argument("--split", required=True, help="val_unseen, val_seen or train; or an imported leaderboard split without _gt (e.g. test): run, not scored")
+    p.add_argument("--split", required=True,
+                   help="val_unseen, val_seen or train; or an imported leaderboard split without _gt "
+                        "(e.g. test): run, not scored")
     add_sim_args(p)  # --scenes, --sim, --dataset-config (backend and turn angle)
 
 

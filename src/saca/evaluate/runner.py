@@ -171,8 +171,9 @@ def is_leaderboard(episodes: Sequence[Episode], source: str) -> bool:
     if not without:
         return False
     if len(without) < len(episodes):
-        raise SacaError(f"{source}: episode {without[0].episode_id!r} has no goals, {len(episodes) - len(without)} of "
-                        f"{len(episodes)} episodes have; a split has them for all episodes or none (a leaderboard split)")
+        raise SacaError(f"{source}: episode {without[0].episode_id!r} has no goals, {len(episodes) - len(without)} "
+                        f"of {len(episodes)} episodes have; a split has them for all episodes or none "
+                        "(a leaderboard split)")
     return True
 
 

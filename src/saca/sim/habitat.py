@@ -344,7 +344,8 @@ class HabitatSimulator(Simulator):
             return tuple(start), True
         intended, moved = float(np.sum((t - s) ** 2)), float(np.sum((end - s) ** 2))
         collided = moved + COLLISION_EPS < intended
-        if not self.config.allow_sliding and not collided and math.hypot(end[0] - t[0], end[2] - t[2]) <= MOVE_TOLERANCE_M:
+        full = math.hypot(end[0] - t[0], end[2] - t[2]) <= MOVE_TOLERANCE_M
+        if not self.config.allow_sliding and not collided and full:
             return (float(t[0]), float(end[1]), float(t[2])), False  # a full step: exactly the target's x, z
         return tuple(float(v) for v in end), collided
 
