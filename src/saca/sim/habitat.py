@@ -78,6 +78,7 @@ log = logging.getLogger(__name__)
 
 MOVE_TOLERANCE_M = 1e-3  # a no-sliding step whose horizontal end misses the target by more is blocked
 SNAP_LIMIT_M = 0.5  # a start position farther than this from the navmesh is an error
+CONTACT_BACKOFF_M = 1e-3  # a blocked no-sliding step ends this far before the wall (see forward_move)
 COLLISION_EPS = 1e-5  # habitat_sim/agent/controls/object_controls.py: EPS of the collision test (squared metres)
 
 # GreedyGeodesicFollowerImpl (habitat-sim v0.3.3 src/esp/nav/GreedyFollower.h / GreedyFollower.cpp)
@@ -347,6 +348,15 @@ class HabitatSimulator(Simulator):
         full = math.hypot(end[0] - t[0], end[2] - t[2]) <= MOVE_TOLERANCE_M
         if not self.config.allow_sliding and not collided and full:
             return (float(t[0]), float(end[1]), float(t[2])), False  # a full step: exactly the target's x, z
+        if not self.config.allow_sliding and collided:
+            # habitat-sim 57ee494's tryStep without sliding blocks every move whose start lies on a wall edge (its
+            # ray-edge test hits that edge at t = 0, whatever the direction): an agent left on the contact point
+            # could never move again. Stop CONTACT_BACKOFF_M short of it, inside the navmesh.
+            ahead = float(np.hypot(end[0] - s[0], end[2] - s[2]))
+            if ahead > 0.0:
+                k = max(0.0, ahead - CONTACT_BACKOFF_M) / ahead
+                return (float(s[0] + k * (end[0] - s[0])), float(end[1]), float(s[2] + k * (end[2] - s[2]))), True
+            return tuple(float(v) for v in start), True
         return tuple(float(v) for v in end), collided
 
     def snap_to_floor(self, position):
