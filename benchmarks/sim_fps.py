@@ -10,7 +10,8 @@ point-goal episodes generated on that navmesh (``saca.episodes.navmesh``); headl
 
     python benchmarks/sim_fps.py                 # 128x128 and 224x224
     python benchmarks/sim_fps.py --sizes 128 --episodes 20
-    python benchmarks/sim_fps.py --habitat-scene ../shared/data/habitat-test-assets/scenes/simple_room.glb
+    python benchmarks/sim_fps.py --habitat-scene ../shared/data/habitat-test-assets/scenes/simple_room.glb \
+        --habitat-gpu-device -1
 """
 
 from __future__ import annotations
@@ -65,11 +66,11 @@ def render_fps(episodes, scenes, size: int, instance: bool) -> tuple[float, int]
     return n / elapsed, n
 
 
-def habitat_fps(scene: Path, episodes: int, size: int, instance: bool) -> tuple[float, int]:
+def habitat_fps(scene: Path, episodes: int, size: int, instance: bool, gpu: int = 0) -> tuple[float, int]:
     """Frames/s of the Habitat backend on ``scene`` along generated point-goal episodes (4-12 m routes)."""
     from saca.episodes.navmesh import generate_navmesh_split
 
-    cfg = SimConfig(width=size, height=size, instance=instance, depth=instance)
+    cfg = SimConfig(width=size, height=size, instance=instance, depth=instance, gpu_device_id=gpu)
     sim = make_simulator("habitat", cfg, 15, scene.parent)
     ds = DatasetConfig(backend="habitat", turn_angle=15, path_length=[4.0, 12.0], seed=3, episodes={"train": episodes})
     eps = generate_navmesh_split("bench", ds, "train", [scene.name], sim)
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--habitat-scene", type=Path, default=None,
                     help="also time the Habitat backend on this .glb (needs habitat_sim)")
     ap.add_argument("--habitat-episodes", type=int, default=5)
+    ap.add_argument("--habitat-gpu-device", type=int, default=0, help="-1: EGL's default display (llvmpipe, no GPU)")
     ap.add_argument("--no-vln-ego", action="store_true", help="skip the VLN-Ego samples/s measurement")
     args = ap.parse_args()
     out = {}
@@ -110,7 +112,7 @@ def main() -> None:
                 out[key] = round(fps, 1)
                 print(f"{key:42s} {fps:8.1f} frames/s  ({n} frames, 1 process)")
                 if args.habitat_scene is not None:
-                    fps, n = habitat_fps(args.habitat_scene, args.habitat_episodes, size, inst)
+                    fps, n = habitat_fps(args.habitat_scene, args.habitat_episodes, size, inst, args.habitat_gpu_device)
                     out[f"habitat_{key}"] = round(fps, 1)
                     print(f"{'habitat_' + key:42s} {fps:8.1f} frames/s  ({n} frames, 1 process, "
                           f"{args.habitat_scene.name})")
