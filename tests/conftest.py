@@ -56,7 +56,8 @@ def mini_world(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def habitat_world(tmp_path_factory):
-    """Random point-goal episodes on the scene named by ``SACA_HABITAT_TEST_SCENE`` (a .glb).
+    """Random point-goal episodes on the scene named by ``SACA_HABITAT_TEST_SCENE`` (a .glb; its navmesh is
+    computed at load, ``recompute_navmesh``), rendered on ``SACA_HABITAT_GPU_DEVICE`` (default 0, -1 without a GPU).
 
     Only used where ``habitat_sim`` imports; skipped with the reason otherwise.
     """
@@ -73,14 +74,18 @@ def habitat_world(tmp_path_factory):
     if not scene or not Path(scene).exists():
         pytest.skip("set SACA_HABITAT_TEST_SCENE to a habitat test scene (.glb) to run the contract on Habitat")
     root = tmp_path_factory.mktemp("habitat")
-    sim_cfg = SimConfig(width=64, height=64)
+    # SACA_HABITAT_GPU_DEVICE: the CUDA device habitat renders on (default 0); -1 where there is no GPU (llvmpipe)
+    sim_cfg = SimConfig(width=64, height=64, gpu_device_id=int(os.environ.get("SACA_HABITAT_GPU_DEVICE", "0")))
     rng = np.random.default_rng(0)
     for name, angle in (("mini_r2r", 15), ("mini_rxr", 30)):
         sim = make_simulator("habitat", sim_cfg, angle, Path(scene).parent)
         sim.load_scene(Path(scene).name)
         for split in ("train", "val_seen", "val_unseen"):
-            eps = []
+            eps, tries = [], 0
             while len(eps) < 3:
+                tries += 1
+                if tries > 2000:
+                    pytest.fail(f"{scene}: no 3 routes of 3-10 m with a teacher path on its navmesh in 2000 draws")
                 a, b = sim.sample_navigable_point(), sim.sample_navigable_point()
                 if not 3.0 < sim.geodesic_distance(a, b) < 10.0:
                     continue

@@ -414,6 +414,8 @@ FAKE_DOWNLOAD_MP = textwrap.dedent('''
     with open(os.environ["FAKE_MP3D_RECORD"], "w") as fh:
         json.dump({"argv": sys.argv[1:], "answer": answer, "task_data": args.task_data}, fh)
     out = os.path.join(args.out_dir, "v1", "tasks")
+    if os.environ.get("FAKE_MP3D_MODE") == "skip_existing" and os.path.isdir(out):
+        sys.exit(0)  # as public copies that download only `if not os.path.isdir(localdir)`
     os.makedirs(out, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out)
     os.close(fd)
@@ -464,6 +466,28 @@ def test_mp3d_runs_the_licensed_script_with_the_habitat_task_and_extracts_the_sc
     fake_mp3d.record.unlink()
     download_mp3d(out, ddir, scenes=scenes, env={})
     assert not fake_mp3d.record.exists()
+
+
+def test_mp3d_leaves_the_folder_the_script_checks_for_it_to_create(fake_mp3d, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MP3D_MODE", "skip_existing")
+    ddir = tmp_path / "dl"
+    (ddir / "v1" / "tasks" / "tmpk2x9q").parent.mkdir(parents=True)
+    (ddir / "v1" / "tasks" / "tmpk2x9q").write_bytes(b"partial")  # a killed run's: removed, then the empty folder
+    download_mp3d(tmp_path / "mp3d", ddir, scenes=MP3D_SCENES[:3], poll=0.05)
+    tasks = ddir / "v1" / "tasks"
+    assert (tmp_path / "mp3d" / MANIFEST).exists() and (tasks / "mp3d_habitat.zip").is_file()
+    recorded = (tasks / "mp3d_habitat.zip.sha256").read_text()
+    # the archive deleted (keep_archive: false), its recorded sha256 kept: the step's own file waits aside
+    (tasks / "mp3d_habitat.zip").unlink()
+    download_mp3d(tmp_path / "mp3d", ddir, scenes=MP3D_SCENES[:3], poll=0.05)
+    assert sorted(e.name for e in tasks.iterdir()) == ["mp3d_habitat.zip", "mp3d_habitat.zip.sha256"]
+    assert (tasks / "mp3d_habitat.zip.sha256").read_text() == recorded and not (ddir / "v1" / ".tasks.held").exists()
+    # a folder that holds something else is left alone; such a script then skips, and the error says why
+    (tasks / "mp3d_habitat.zip").rename(tasks / "other.zip")
+    with pytest.raises(SacaError, match=r"exited with status 0 without writing .*mp3d_habitat\.zip \(.*tasks existed "
+                                        r"before it ran \(holding other\.zip\), and copies of download_mp\.py"):
+        download_mp3d(tmp_path / "mp3d2", ddir, scenes=MP3D_SCENES[:3], poll=0.05)
+    assert sorted(e.name for e in tasks.iterdir()) == ["mp3d_habitat.zip.sha256", "other.zip"]
 
 
 def test_mp3d_stops_a_script_that_goes_on_after_the_habitat_archive(fake_mp3d, tmp_path, monkeypatch):

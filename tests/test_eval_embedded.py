@@ -170,6 +170,32 @@ def test_cli_missing_scene(world, tmp_path, capsys):
     assert 0 < len((out / R.JOURNAL).read_text().splitlines()) < N_EPISODES  # progress kept for a resume
 
 
+def test_cli_leaderboard_split_is_run_not_scored(world, tmp_path, capsys):
+    """A split imported without gt (as R2R-CE test: no goals, no reference path) under its own name."""
+    from saca.episodes import load_split, write_episodes
+
+    eps = load_split(world / "mini_r2r" / "episodes", "val_unseen")[:4]
+    for e in eps:
+        e.goals, e.reference_path, e.gt_actions, e.gt_locations = [], [], None, None
+    ds = tmp_path / "lb"
+    write_episodes(ds / "episodes", "test", eps)
+    common = ("evaluate", "--dataset-dir", ds, "--split", "test", "--scenes", world / "scenes",
+              "--dataset-config", json.dumps(DATASETS["mini_r2r"]))
+    capsys.readouterr()
+    assert saca(*common, "--agent", "forward") == 0
+    out = ds / "eval" / "forward" / "test"
+    assert capsys.readouterr().out.strip() == (f"test: a leaderboard split (no goals, no ground truth): wrote 4 "
+                                               f"trajectories to {out / 'predictions.json'} for the leaderboard; "
+                                               "not scored here")
+    pred = json.loads((out / "predictions.json").read_text())
+    assert sorted(pred) == sorted(str(e.episode_id) for e in eps) and not (out / "metrics.json").exists()
+    assert all(steps[-1]["stop"] and not any(s["stop"] for s in steps[:-1]) for steps in pred.values())
+    err = run_cli_error(capsys, *common, "--agent", "oracle", "--out", tmp_path / "o")
+    assert "has no goals (a leaderboard split, e.g. R2R-CE test)" in err and len(err.strip().splitlines()) == 1
+    err = run_cli_error(capsys, *common[:4], "tset", *common[5:], "--agent", "forward")
+    assert "--split 'tset': choose one of train, val_seen, val_unseen, or a leaderboard split" in err
+
+
 def test_cli_plots(world, tmp_path):
     fwd = evaluate(world, "mini_r2r", "forward", out=tmp_path / "fwd")
     assert saca("plot-episodes", "--dataset-dir", world / "mini_r2r", "--split", "val_unseen",

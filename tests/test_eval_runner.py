@@ -360,6 +360,57 @@ def test_missing_gt_locations(tmp_path):
     assert res["metrics"]["episodes"] == 2
 
 
+def _leaderboard(eps):
+    for e in eps:
+        e.goals, e.reference_path, e.gt_locations = [], [], None
+    return eps
+
+
+def test_a_leaderboard_split_writes_trajectories_and_no_metrics(tmp_path):
+    eps = _leaderboard(make_episodes(5))
+    res = R.evaluate_split(eps, OpenRoomSim, ForwardAgent(), tmp_path / "lb", CFG, "test", "forward")
+    out = tmp_path / "lb"
+    assert res["metrics"] is None and res["predictions"] == str(out / R.PREDICTIONS)
+    assert not (out / R.METRICS).exists() and not (out / R.JOURNAL).exists()
+    assert json.loads((out / R.RUN).read_text())["leaderboard"] is True
+    records = [json.loads(line) for line in (out / R.EPISODES).read_text().splitlines()]
+    assert all("metrics" not in r for r in records)
+    pred = json.loads((out / R.PREDICTIONS).read_text())
+    assert sorted(pred, key=int) == [str(e.episode_id) for e in eps]
+    for e, r in zip(eps, records):
+        steps = pred[str(e.episode_id)]
+        # the start, then one entry per step (VLN-CE inference: get_info after reset and after each step)
+        assert len(steps) == r["steps"] + 1 == len(r["actions"]) + 1
+        assert [s["position"] for s in steps] == r["positions"] and r["stop_called"]
+        assert [s["stop"] for s in steps] == [False] * r["steps"] + [True]
+        assert steps[0]["heading"] == pytest.approx(2 * math.atan2(e.start_rotation[1], e.start_rotation[3]))
+        assert max(abs(steps[-1]["position"][0]), abs(steps[-1]["position"][2])) > HALF - 0.25  # walked to a wall
+    # sharded and merged: the same files
+    for i in range(2):
+        R.evaluate_split(eps, OpenRoomSim, ForwardAgent(), tmp_path / "sh", CFG, "test", "forward", (i, 2))
+    assert R.merge_shards(tmp_path / "sh") is None
+    for f in (R.EPISODES, R.PREDICTIONS, R.RUN):
+        assert (tmp_path / "sh" / f).read_bytes() == (out / f).read_bytes()
+
+
+def test_what_has_no_gt_is_not_scored(tmp_path):
+    eps = _leaderboard(make_episodes(3))
+    with pytest.raises(SacaError, match=r"^episode 10\d has no goals \(a leaderboard split, e\.g\. R2R-CE test\): it "
+                                        r"can be run for the leaderboard but not scored or taught here$"):
+        R.evaluate_split(eps, OpenRoomSim, OracleAgent(), tmp_path / "o", CFG, "test", "oracle")
+    mixed = make_episodes(3)
+    mixed[2].goals = []
+    with pytest.raises(SacaError, match=r"episode 102 has no goals, 2 of 3 episodes have"):
+        run(tmp_path, OracleAgent(), mixed)
+    no_gt = make_episodes(3)
+    for e in no_gt:
+        e.gt_locations = None
+    with pytest.raises(SacaError, match=r"^episodes: split 'val_unseen': episode 100 has no ground-truth 'locations' "
+                                        r"for nDTW \(3 of 3 episodes\); it cannot be scored"):
+        run(tmp_path, OracleAgent(), no_gt, name="nogt")
+    assert not (tmp_path / "nogt").exists()  # refused before anything ran
+
+
 def test_config_errors():
     from saca.config import from_dict
 

@@ -81,6 +81,9 @@ def test_forward_moves_quarter_metre_in_the_facing_direction(world):
 
 
 def test_collisions_stop_the_agent(world):
+    """A blocked step moves the agent less than a step along its heading (embedded: not at all; Habitat without
+    sliding: up to the contact point, as try_step_no_sliding); from there the next one does not move it."""
+    backend, _ = world
     ep = _episodes(world)[0]
     with _sim(world) as sim:
         sim.reset(ep)
@@ -88,10 +91,15 @@ def test_collisions_stop_the_agent(world):
             before = sim.state
             after = sim.step(Action.MOVE_FORWARD)
             if after.collided:
-                assert after.position == before.position
+                d = np.asarray(after.position) - np.asarray(before.position)
+                ahead = float(np.dot(d, forward_vector(before.heading)))
+                if backend == "embedded":
+                    assert after.position == before.position
+                assert -1e-6 <= ahead < 0.25 - 1e-3
+                assert math.hypot(d[0], d[2]) == pytest.approx(ahead, abs=1e-5)  # along the heading, no sliding
                 assert after.steps == before.steps + 1
                 again = sim.step(Action.MOVE_FORWARD)
-                assert again.collided and again.position == before.position
+                assert again.collided and again.position == pytest.approx(after.position, abs=1e-5)
                 return
         pytest.fail("walking straight for 50 m never hit a wall")
 

@@ -186,6 +186,23 @@ def test_replay_divergence_is_an_error(mini_world):
     sim.close()
 
 
+def test_replay_mismatches_can_be_counted_instead(mini_world):
+    from saca.vln_ego.generate import ReplayCheck
+
+    eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:2]
+    eps[0].gt_locations = [list(p) for p in eps[0].gt_locations]
+    eps[0].gt_locations[3] = [eps[0].gt_locations[3][0] + 0.002, *eps[0].gt_locations[3][1:]]
+    eps[0].gt_locations[4] = [eps[0].gt_locations[4][0] - 0.0005, *eps[0].gt_locations[4][1:]]  # within 1 mm
+    check = ReplayCheck()
+    with make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"]) as sim:
+        strict = [replay_frames(sim, eps[1])]
+        frames = [replay_frames(sim, e, check) for e in eps]
+    assert [len(f) for f in frames] == [len(e.gt_actions) for e in eps]
+    assert all(np.array_equal(a, b) for a, b in zip(frames[1], strict[0]))  # the same frames either way
+    assert check.as_dict() == {"tolerance_m": 1e-3, "episodes_checked": 2, "episodes_off": 1, "steps_off": 1,
+                               "max_offset_m": pytest.approx(0.002, abs=1e-9)}
+
+
 def test_replay_checks_vlnce_gt_locations_recorded_per_forward_step(mini_world):
     # R2R-CE / RxR-CE _gt files: the start, then one location per forward step (not one per action)
     from saca.vln_ego.generate import _replay_reference

@@ -212,6 +212,35 @@ def test_test_split_has_no_gt(tmp_path, fmt, src, split, ids):
     assert [e.to_json() for e in load_split(out, split, with_gt=False)] == [e.to_json() for e in eps]
 
 
+def test_r2r_ce_test_split_is_a_leaderboard_split_without_goals(tmp_path):
+    """As the real R2R-CE test file: no goals, no reference_path (and no gt); read, written and read back so."""
+    eps = read_split("r2r_ce", R2R, "test")
+    assert [(e.has_goal, e.goals, e.reference_path) for e in eps] == [(False, [], [])] * 2
+    with pytest.raises(SacaError, match=r"episode 101 has no goals \(a leaderboard split"):
+        eps[0].goal_position
+    _, ep_path, gt_path = import_split("r2r_ce", R2R, "test", tmp_path)
+    assert gt_path is None
+    written = _load(ep_path)["episodes"]
+    assert [sorted(e) for e in written] == [["episode_id", "info", "instruction", "scene_id", "start_position",
+                                             "start_rotation", "trajectory_id"]] * 2
+    assert [e.to_json() for e in load_split(tmp_path, "test", with_gt=False)] == [e.to_json() for e in eps]
+    # a split with its _gt file is not a leaderboard split: there, goals stay required
+    with pytest.raises(SacaError, match=r"test\.json\.gz: invalid VLN-CE episode file at 'episodes/0': "
+                                        r"'goals' is a required property"):
+        read_episodes(ep_path)
+
+
+def test_a_bad_episode_is_named_by_its_own_index(tmp_path):
+    src = _copy(R2R, tmp_path)
+    path = src / "val_unseen" / "val_unseen.json.gz"
+    data = _load(path)
+    del data["episodes"][1]["goals"]  # episodes 1 and 2 are bad alike; the first is named (jsonschema's
+    del data["episodes"][2]["goals"]  # best_match named the last: 'episodes/3407' of the real test split)
+    _dump(path, data)
+    with pytest.raises(SacaError, match=r"invalid VLN-CE episode file at 'episodes/1': 'goals' is a required property"):
+        read_split("r2r_ce", src, "val_unseen")
+
+
 def test_missing_gt_of_a_validation_split_is_named(tmp_path):
     src = _copy(RXR, tmp_path)
     (src / "val_unseen" / "val_unseen_guide_gt.json.gz").unlink()

@@ -629,11 +629,33 @@ def run_mp3d_script(cmd: list[str], archive: Path, poll: float = 1.0, grace: flo
     directory: the official script writes a temporary file and renames it).
     """
     tasks = archive.parent
-    ensure_dir(tasks, "MP3D download directory")
-    for stale in tasks.glob("tmp*"):  # download_mp.py's mkstemp files of a killed run: never resumed, 15 GB each
+    for stale in tasks.glob("tmp*") if tasks.is_dir() else ():  # mkstemp files of a killed run: never resumed
         if stale.is_file():
             log.info("removing %s, a partial download of an earlier run of download_mp.py", stale)
             stale.unlink()
+    # Several public copies of download_mp.py fetch a task archive only `if not os.path.isdir(localdir)`:
+    # the folder it writes (v1/tasks) is left for the script to create. This step's own files there (the
+    # archive's recorded sha256, a rejected archive) wait beside it during the run; an empty folder is removed.
+    aside = tasks.parent / f".{tasks.name}.held"
+    own = [e for e in tasks.glob(f"{archive.name}.*")] if tasks.is_dir() else []
+    if own:
+        aside.mkdir(exist_ok=True)
+        for e in own:
+            e.replace(aside / e.name)
+    if tasks.is_dir() and not any(tasks.iterdir()):
+        tasks.rmdir()
+    held = sorted(e.name for e in tasks.iterdir()) if tasks.is_dir() else []
+    try:
+        _run_mp3d(cmd, archive, tasks, held, poll, grace)
+    finally:
+        if aside.is_dir():
+            tasks.mkdir(parents=True, exist_ok=True)
+            for e in aside.iterdir():
+                e.replace(tasks / e.name)
+            aside.rmdir()
+
+
+def _run_mp3d(cmd: list[str], archive: Path, tasks: Path, held: list[str], poll: float, grace: float) -> None:
     log.info("running %s", shlex.join(cmd))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=env)
@@ -664,8 +686,11 @@ def run_mp3d_script(cmd: list[str], archive: Path, poll: float = 1.0, grace: flo
                     stopped = True
     rc = proc.returncode
     if not archive.is_file():
-        raise SacaError(f"{cmd[1]} exited with status {rc} without writing {archive} (see its output above; "
-                        f"a partial download is not resumed by download_mp.py: run the step again)")
+        why = (f"{tasks} existed before it ran (holding {held[0]}{' and more' if len(held) > 1 else ''}), and "
+               f"copies of download_mp.py that download only into a folder that does not exist yet skip it: "
+               f"move those files away and run the step again" if held else
+               "see its output above; a partial download is not resumed by download_mp.py: run the step again")
+        raise SacaError(f"{cmd[1]} exited with status {rc} without writing {archive} ({why})")
     if rc != 0 and not stopped:
         log.info("download_mp.py exited with status %d after writing %s (its prompt for the full release got no "
                  "answer): expected", rc, archive)

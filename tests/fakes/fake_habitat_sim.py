@@ -25,7 +25,9 @@ records the settings and rebuilds the same rectangles). Geometry is exact for
 axis-aligned rectangles: a segment is inside the union where the Liang-Barsky
 intervals of the rectangles cover it, shortest paths bend at the union's reflex corners
 (visibility graph of the reflex corners + Dijkstra), ``try_step_no_sliding`` stops where the segment
-leaves the navmesh (as Detour's ``moveAlongSurface`` with ``allowSliding=false``,
+leaves the navmesh, the contact point with its edge (habitat-sim main, Recast 1.6.0:
+``PathFinder::Impl::tryStep`` with ``allowSliding`` false takes the wall edge that the ray
+start -> end crosses; v0.3.3: Detour's ``moveAlongSurface(allowSliding=false)`` of
 ``erikwijmans/recastnavigation``), ``try_step`` slides to the navmesh point nearest
 the target, ``snap_point`` returns the nearest navmesh point or NaN beyond Detour's
 search box (half extents 2, 4, 2 m; ``projectToPoly`` in ``src/esp/nav/PathFinder.cpp``).

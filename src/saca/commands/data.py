@@ -93,11 +93,13 @@ def cmd_scenes(args) -> int:
 def cmd_episodes(args) -> int:
     from saca.episodes import write_episodes
     from saca.episodes.generate import generate_split
+    from saca.episodes.navmesh import generate_navmesh_split
     from saca.sim.embedded.world import scenes_for_split
 
     sim, cfg = sim_from_args(args)
+    generate = generate_navmesh_split if sim.backend == "habitat" else generate_split
     with sim:
-        eps = generate_split(args.dataset, cfg, args.split, scenes_for_split(args.scenes, args.split), sim)
+        eps = generate(args.dataset, cfg, args.split, scenes_for_split(args.scenes, args.split), sim)
     ep_path, _ = write_episodes(args.out, args.split, eps)
     print(f"wrote {len(eps)} episodes to {ep_path}")
     return 0

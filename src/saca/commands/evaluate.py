@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 
 from saca.config import add_params_args
@@ -17,7 +18,9 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--dataset-dir", required=True, type=Path,
                    help="dataset root, e.g. results/mini_r2r (episodes in DATASET_DIR/episodes/)")
-    p.add_argument("--split", required=True, help="val_unseen, val_seen or train")
+    p.add_argument("--split", required=True,
+                   help="val_unseen, val_seen or train; or an imported leaderboard split without _gt "
+                        "(e.g. test): run, not scored")
     add_sim_args(p)  # --scenes, --sim, --dataset-config (backend and turn angle)
 
 
@@ -58,13 +61,18 @@ def _make_sim_factory(args):
 
 
 def _load(args):
+    """The split's episodes; a split outside SPLITS is taken only as an imported leaderboard split
+    (``{split}.json.gz`` without ``_gt``, e.g. R2R-CE ``test``), which is run but not scored."""
     from saca import SacaError
     from saca.episodes import SPLITS, episode_paths, load_split
 
-    if args.split not in SPLITS:
-        raise SacaError(f"--split '{args.split}': choose one of {', '.join(SPLITS)}")
     ep_dir = args.dataset_dir / "episodes"
-    source = episode_paths(ep_dir, args.split)[0]
+    source, gt = episode_paths(ep_dir, args.split)
+    if args.split not in SPLITS:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", args.split) or not source.exists() or gt.exists():
+            raise SacaError(f"--split '{args.split}': choose one of {', '.join(SPLITS)}, or a leaderboard split "
+                            f"imported without ground truth ({source} without {gt.name})")
+        return load_split(ep_dir, args.split, with_gt=False), str(source)
     return load_split(ep_dir, args.split), str(source)
 
 
@@ -87,6 +95,11 @@ def cmd_evaluate(args) -> int:
     with folder_lock(shard_dir(out, shard), "evaluation folder"):  # one writer per output folder
         res = evaluate_split(episodes, make_sim, agent, out, cfg, args.split, args.agent, shard, source)
     m = res["metrics"]
+    if m is None:  # a leaderboard split: trajectories written, nothing scored
+        n = res["ran"] + res["skipped"]
+        print(f"{args.split}: a leaderboard split (no goals, no ground truth): wrote {n} trajectories to "
+              f"{res['predictions']} for the leaderboard; not scored here")
+        return 0
     log.info(
         "%s %s%s: %d episodes (%d run now, %d resumed) in %.1f s | SR %.3f SPL %.3f NE %.2f OS %.3f nDTW %.3f",
         run, args.split, f" shard {args.shard}" if shard else "", m["episodes"], res["ran"], res["skipped"],
@@ -102,6 +115,9 @@ def cmd_merge(args) -> int:
 
     with folder_lock(args.out, "evaluation folder"):
         m = merge_shards(args.out)
+    if m is None:
+        print(f"merged a leaderboard split: {args.out / 'predictions.json'}; not scored here")
+        return 0
     print(json.dumps(m, sort_keys=True))
     return 0
 

@@ -14,7 +14,10 @@ docs/vlnce.md)::
     {"<episode_id>": {"actions": [...], "locations": [...], "forward_steps": n}}
 
 ``trajectory_id`` is optional (RxR-CE follower episodes have none; VLN-CE's
-``VLNExtendedEpisode`` defaults it to None). Instruction fields other than the
+``VLNExtendedEpisode`` defaults it to None). A *leaderboard split* (R2R-CE ``test``: no
+``_gt`` file) may also leave out ``goals`` and ``reference_path``: its episodes are read
+with :data:`LEADERBOARD_EPISODE_SCHEMA` and have empty ``goals`` / ``reference_path``; they
+can be run (their trajectories written for the leaderboard) but not scored. Instruction fields other than the
 text and tokens are kept verbatim in :attr:`Episode.instruction_meta`. A gt record
 needs ``actions`` or ``locations``; ``forward_steps`` is kept as read. A split
 without ground truth (a test split) has no ``_gt`` file.
@@ -83,6 +86,16 @@ DATASET_SCHEMA: dict[str, Any] = {
         "instruction_vocab": {"type": "object"},
     },
 }
+# A split without ground truth (R2R-CE ``test``: 3,408 episodes without goals or reference path): the same
+# schema with ``goals`` and ``reference_path`` optional (validated as above where present)
+LEADERBOARD_EPISODE_SCHEMA: dict[str, Any] = {
+    **EPISODE_SCHEMA,
+    "required": [k for k in EPISODE_SCHEMA["required"] if k not in ("goals", "reference_path")],
+}
+LEADERBOARD_DATASET_SCHEMA: dict[str, Any] = {
+    **DATASET_SCHEMA,
+    "properties": {**DATASET_SCHEMA["properties"], "episodes": {"type": "array", "items": LEADERBOARD_EPISODE_SCHEMA}},
+}
 GT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": {
@@ -122,12 +135,23 @@ class Episode:
         return self.instruction_meta.get("language")
 
     @property
+    def has_goal(self) -> bool:
+        """False for an episode of a leaderboard split (no ``goals`` in the file)."""
+        return bool(self.goals)
+
+    def _goal(self) -> dict:
+        if not self.goals:
+            raise SacaError(f"episode {self.episode_id!r} has no goals (a leaderboard split, e.g. R2R-CE test): "
+                            "it can be run for the leaderboard but not scored or taught here")
+        return self.goals[0]
+
+    @property
     def goal_position(self) -> list[float]:
-        return self.goals[0]["position"]
+        return self._goal()["position"]
 
     @property
     def goal_radius(self) -> float:
-        r = self.goals[0].get("radius")
+        r = self._goal().get("radius")
         return 3.0 if r is None else float(r)
 
     @property
@@ -136,7 +160,7 @@ class Episode:
         return list(self.info.get("landmarks", []))
 
     def to_json(self) -> dict:
-        return {
+        d = {
             "episode_id": self.episode_id,
             "trajectory_id": self.trajectory_id,
             "scene_id": self.scene_id,
@@ -151,6 +175,10 @@ class Episode:
             },
             "info": self.info,
         }
+        for key in ("goals", "reference_path"):  # a leaderboard episode has neither (as in its source file)
+            if not d[key]:
+                del d[key]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Episode":
@@ -161,8 +189,8 @@ class Episode:
             scene_id=d["scene_id"],
             start_position=[float(v) for v in d["start_position"]],
             start_rotation=[float(v) for v in d["start_rotation"]],
-            goals=d["goals"],
-            reference_path=[[float(v) for v in p] for p in d["reference_path"]],
+            goals=list(d.get("goals") or []),
+            reference_path=[[float(v) for v in p] for p in d.get("reference_path") or []],
             instruction_text=instr["instruction_text"],
             instruction_tokens=list(instr.get("instruction_tokens") or []),
             info=dict(d.get("info") or {}),
@@ -171,11 +199,15 @@ class Episode:
 
 
 def _validate(data: Any, schema: dict, path: Path) -> None:
-    try:
-        jsonschema.validate(data, schema)
-    except jsonschema.ValidationError as err:
-        where = "/".join(str(p) for p in err.absolute_path) or "<root>"
-        raise SacaError(f"{path}: invalid VLN-CE episode file at '{where}': {err.message}") from None
+    """Raise SacaError naming the first invalid field in file order (the first bad episode, not the
+    'best match' over the whole file, which named the last of 3,408 bad episodes)."""
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    first = next(iter(validator.iter_errors(data)), None)
+    if first is None:
+        return
+    err = jsonschema.exceptions.best_match([first])  # into an anyOf's context, within that one error
+    where = "/".join(str(p) for p in err.absolute_path) or "<root>"
+    raise SacaError(f"{path}: invalid VLN-CE episode file at '{where}': {err.message}")
 
 
 def episode_paths(episodes_dir: str | Path, split: str) -> tuple[Path, Path]:
@@ -183,12 +215,16 @@ def episode_paths(episodes_dir: str | Path, split: str) -> tuple[Path, Path]:
     return d / f"{split}.json.gz", d / f"{split}_gt.json.gz"
 
 
-def read_episode_file(path: str | Path, validate: bool = True) -> tuple[list[Episode], dict]:
-    """The episodes of a VLN-CE ``{split}.json.gz`` and the whole decoded file (for ``instruction_vocab``)."""
+def read_episode_file(path: str | Path, validate: bool = True,
+                      leaderboard: bool = False) -> tuple[list[Episode], dict]:
+    """The episodes of a VLN-CE ``{split}.json.gz`` and the whole decoded file (for ``instruction_vocab``).
+
+    ``leaderboard``: the file is a split without ground truth, whose episodes may lack
+    ``goals`` and ``reference_path`` (:data:`LEADERBOARD_DATASET_SCHEMA`)."""
     path = Path(path)
     data = read_json(path)
     if validate:
-        _validate(data, DATASET_SCHEMA, path)
+        _validate(data, LEADERBOARD_DATASET_SCHEMA if leaderboard else DATASET_SCHEMA, path)
     episodes = [Episode.from_json(e) for e in data["episodes"]]
     seen = set()
     for e in episodes:
@@ -213,24 +249,31 @@ def attach_gt(episodes: list[Episode], gt_path: str | Path, validate: bool = Tru
         e.gt_forward_steps = rec.get("forward_steps")
 
 
-def read_episodes(path: str | Path, gt_path: str | Path | None = None, validate: bool = True) -> list[Episode]:
+def read_episodes(path: str | Path, gt_path: str | Path | None = None, validate: bool = True,
+                  leaderboard: bool = False) -> list[Episode]:
     """Read a VLN-CE ``{split}.json.gz`` (and optionally its ``_gt`` file).
 
     Reads this project's files and R2R-CE's ``R2R_VLNCE_v1-3_preprocessed`` files
     alike. Truncated or malformed files and schema violations raise SacaError naming
-    the file and the offending field.
+    the file and the offending field. ``leaderboard``: see :func:`read_episode_file`.
     """
-    episodes, _ = read_episode_file(path, validate)
+    if leaderboard and gt_path is not None:
+        raise SacaError(f"{gt_path}: a leaderboard split has no ground truth to attach")
+    episodes, _ = read_episode_file(path, validate, leaderboard)
     if gt_path is not None:
         attach_gt(episodes, gt_path, validate)
     return episodes
 
 
 def load_split(episodes_dir: str | Path, split: str, with_gt: bool = True) -> list[Episode]:
+    """One split in the project's layout. ``with_gt=False`` reads the episodes alone; a split that
+    has no ``_gt`` file at all is a leaderboard split (its episodes may lack goals and reference path)."""
     ep, gt = episode_paths(episodes_dir, split)
     if with_gt and ep.exists() and not gt.exists():
         raise SacaError(f"{gt}: file does not exist (split '{split}' has no ground truth, e.g. a test split)")
-    return read_episodes(ep, gt if with_gt else None)
+    if with_gt:
+        return read_episodes(ep, gt)
+    return read_episodes(ep, leaderboard=not gt.exists())
 
 
 def build_vocab(episodes: list[Episode]) -> dict:
@@ -286,7 +329,7 @@ def write_episodes(episodes_dir: str | Path, split: str, episodes: list[Episode]
         vocab = build_vocab(episodes)
     data = {"episodes": [e.to_json() for e in episodes], "instruction_vocab": vocab}
     gt = None if missing else records
-    _validate(json.loads(json.dumps(data)), DATASET_SCHEMA, ep_path)
+    _validate(json.loads(json.dumps(data)), LEADERBOARD_DATASET_SCHEMA if gt is None else DATASET_SCHEMA, ep_path)
     if gt is not None:
         _validate(json.loads(json.dumps(gt)), GT_SCHEMA, gt_path)
         write_json(gt_path, gt, indent=None)

@@ -13,7 +13,8 @@ Source layouts (VLN-CE ``habitat_extensions/config/vlnce_task.yaml`` and
     rxr_ce: {src}/{split}/{split}_{role}.json.gz   {src}/{split}/{split}_{role}_gt.json.gz
 
 ``src`` is the extracted ``R2R_VLNCE_v1-3_preprocessed`` or ``RxR_VLNCE_v0`` folder.
-Test splits (R2R ``test``, RxR ``test_challenge``) come without ``_gt`` files.
+Test splits (R2R ``test``, RxR ``test_challenge``) come without ``_gt`` files: they are read as
+leaderboard splits (R2R-CE's ``test`` episodes have no ``goals`` and no ``reference_path`` either).
 """
 
 from __future__ import annotations
@@ -91,8 +92,12 @@ def _check_vocab(path: Path, data: dict, episodes: list[Episode]) -> dict:
 
 
 def _gt_or_none(ep_path: Path, gt_path: Path, split: str) -> Path | None:
+    """The split's ``_gt`` file, or None for a test split without one: a leaderboard split, whose
+    episodes may also lack ``goals`` and ``reference_path`` (R2R-CE ``test`` has neither)."""
     if gt_path.exists():
         return gt_path
+    if not ep_path.exists():
+        return None  # read_episode_file names the missing episode file
     if split.startswith("test"):
         return None  # R2R 'test', RxR 'test_challenge': the ground truth is held by the challenge server
     raise SacaError(f"{gt_path}: file does not exist (the ground truth of {ep_path.name}; "
@@ -108,9 +113,9 @@ def _read(fmt: str, src: str | Path, split: str, roles=None, languages=None) -> 
         raise SacaError(f"--src {src}: directory does not exist")
     if fmt == "r2r_ce":
         ep_path, gt_path = source_paths(fmt, src, split)
-        episodes, data = read_episode_file(ep_path)
-        vocab = _check_vocab(ep_path, data, episodes)
         gt = _gt_or_none(ep_path, gt_path, split)
+        episodes, data = read_episode_file(ep_path, leaderboard=gt is None)
+        vocab = _check_vocab(ep_path, data, episodes)
         if gt is not None:
             attach_gt(episodes, gt)
         _strip_scene_prefix(episodes)
@@ -121,14 +126,14 @@ def _read(fmt: str, src: str | Path, split: str, roles=None, languages=None) -> 
     with_gt = []
     for role in roles:
         ep_path, gt_path = source_paths(fmt, src, split, role)
-        eps, _ = read_episode_file(ep_path)
+        gt = _gt_or_none(ep_path, gt_path, split)
+        eps, _ = read_episode_file(ep_path, leaderboard=gt is None)
         if languages is not None:
             for k, e in enumerate(eps):
                 if not e.language:
                     raise SacaError(f"{ep_path}: field 'episodes/{k}/instruction/language' is missing "
                                     "(needed by the --languages filter)")
             eps = [e for e in eps if e.language in languages]
-        gt = _gt_or_none(ep_path, gt_path, split)
         with_gt.append(gt is not None)
         if gt is not None:
             attach_gt(eps, gt)  # after the filter: only the kept episodes need a record

@@ -34,6 +34,14 @@ Files in the output directory (``results/{dataset}/eval/{run}/{split}``, or
   once every episode is done; the journal is then removed. Records are sorted
   by their index in the split file, so a merged sharded run gives the same
   bytes as an unsharded one.
+
+A *leaderboard split* (no episode has goals: R2R-CE ``test``, imported without
+``_gt``) is run but not scored: instead of ``metrics.json`` the run writes
+``predictions.json``, the trajectories in the form VLN-CE's ``inference`` writes
+for the leaderboard (``{episode_id: [{"position", "heading", "stop"}, ...]}``,
+the start and one entry per step; ``vlnce_baselines/common/base_il_trainer.py``,
+``VLNCEInferenceEnv.get_info``), and its records hold no metrics. Scoring
+episodes without the ground truth it needs is refused before anything runs.
 """
 
 from __future__ import annotations
@@ -61,9 +69,10 @@ JOURNAL = "episodes.partial.jsonl"
 EPISODES = "episodes.jsonl"
 METRICS = "metrics.json"
 RUN = "run.json"
+PREDICTIONS = "predictions.json"
 REFERENCES = ("gt_locations", "reference_path")
 # run.json keys that must agree for a resumed run (or for the shards of one merge)
-_IDENTITY = ("agent_id", "split", "dtw", "reference", "seed", "max_steps", "turn_angle", "total_episodes")
+_IDENTITY = ("agent_id", "split", "dtw", "reference", "seed", "max_steps", "turn_angle", "total_episodes", "leaderboard")
 
 
 @dataclass
@@ -159,15 +168,71 @@ def nd_reference(episode: Episode, reference: str, source: str) -> list[list[flo
     return episode.gt_locations
 
 
+def is_leaderboard(episodes: Sequence[Episode], source: str) -> bool:
+    """True when no episode has goals (a leaderboard split: run, not scored); a mix is an error."""
+    without = [e for e in episodes if not e.has_goal]
+    if not without:
+        return False
+    if len(without) < len(episodes):
+        raise SacaError(f"{source}: episode {without[0].episode_id!r} has no goals, {len(episodes) - len(without)} "
+                        f"of {len(episodes)} episodes have; a split has them for all episodes or none "
+                        "(a leaderboard split)")
+    return True
+
+
+def check_scorable(episodes: Sequence[Episode], cfg: EvalConfig, split: str, source: str) -> None:
+    """Refuse, in one line and before anything runs, to score episodes without the reference nDTW needs."""
+    if cfg.reference != "gt_locations":
+        return
+    missing = [e for e in episodes if not e.gt_locations]
+    if missing:
+        raise SacaError(
+            f"{source}: split '{split}': episode {missing[0].episode_id!r} has no ground-truth 'locations' for nDTW "
+            f"({len(missing)} of {len(episodes)} episodes); it cannot be scored: use evaluation.reference: "
+            "reference_path, or the split's _gt file"
+        )
+
+
+def leaderboard_predictions(records: Sequence[dict]) -> dict:
+    """VLN-CE's leaderboard file from leaderboard records: ``{str(episode_id): [{position, heading, stop}]}``,
+    the start pose and then one entry per step, ``stop`` true on the entry after STOP only."""
+    out = {}
+    for r in records:
+        n = len(r["positions"])
+        out[str(r["episode_id"])] = [
+            {"position": list(p), "heading": h, "stop": bool(r["stop_called"] and k == n - 1)}
+            for k, (p, h) in enumerate(zip(r["positions"], r["headings"]))
+        ]
+    return out
+
+
 @dataclass
 class _Slot:
     sim: Simulator
     ctx: EpisodeContext | None = None
     index: int = -1
     positions: list = field(default_factory=list)
+    headings: list = field(default_factory=list)
 
 
-def _finish(slot: _Slot, cfg: EvalConfig, source: str) -> dict:
+def _finish_unscored(slot: _Slot) -> dict:
+    ep, sim = slot.ctx.episode, slot.sim
+    return {
+        "episode_id": ep.episode_id,
+        "index": slot.index,
+        "scene_id": ep.scene_id,
+        "trajectory_id": ep.trajectory_id,
+        "actions": list(slot.ctx.actions),
+        "positions": [list(p) for p in slot.positions],
+        "headings": list(slot.headings),
+        "stop_called": bool(sim.state.stopped),
+        "steps": sim.state.steps,
+    }
+
+
+def _finish(slot: _Slot, cfg: EvalConfig, source: str, scored: bool = True) -> dict:
+    if not scored:
+        return _finish_unscored(slot)
     ep, sim = slot.ctx.episode, slot.sim
     goal = ep.goal_position
     distances = M.geodesic_distances(slot.positions, lambda p: sim.geodesic_distance(p, goal), goal=goal)
@@ -194,8 +259,10 @@ def _finish(slot: _Slot, cfg: EvalConfig, source: str) -> dict:
 # --- the runner ---------------------------------------------------------------------------------------------
 
 
-def _run_identity(agent_spec, split, cfg, sim: Simulator, total, selected, shard, agent_id=None) -> dict:
+def _run_identity(agent_spec, split, cfg, sim: Simulator, total, selected, shard, agent_id=None, leaderboard=False) -> dict:
+    extra = {"leaderboard": True} if leaderboard else {}  # absent for a scored run (its run.json as before)
     return {
+        **extra,
         "agent": str(agent_spec),
         # what the agent is: a policy's weights and settings by content (saca.policy.agent.load_policy_agent),
         # a reference agent by its name; the path in "agent" may differ (a moved checkout) and is not compared
@@ -236,11 +303,15 @@ def evaluate_split(
 ) -> dict:
     """Evaluate ``agent`` on ``episodes`` (one split) and write the outputs described in the module docstring.
 
-    Returns a summary: ``metrics`` (the aggregate), ``out_dir``, ``ran``
+    Returns a summary: ``metrics`` (the aggregate; None for a leaderboard split),
+    ``predictions`` (the leaderboard file's path, or None), ``out_dir``, ``ran``
     (episodes simulated now), ``skipped`` (finished before), ``steps``
     (environment steps taken now), ``seconds``.
     """
     out = shard_dir(out_dir, shard)
+    leaderboard = is_leaderboard(episodes, source)
+    if not leaderboard:
+        check_scorable(episodes, cfg, split, source)
     selected = select_shard(episodes, shard)
     if not selected:
         raise SacaError(f"{source}: shard {shard[0]}/{shard[1]} selects no episodes of {len(episodes)}")
@@ -257,7 +328,7 @@ def evaluate_split(
                     f"turns {sims[0].turn_angle:g} degrees (check the dataset's turn_angle)"
                 )
         identity = _run_identity(agent_spec or getattr(agent, "name", "?"), split, cfg, sims[0], len(episodes), selected,
-                                 shard, getattr(agent, "identity", None))
+                                 shard, getattr(agent, "identity", None), leaderboard)
         run_path = out / RUN
         journal = out / JOURNAL
         has_records = (out / EPISODES).exists() or journal.exists()
@@ -292,22 +363,27 @@ def evaluate_split(
         if pending:
             write_json(run_path, identity)
             with open(journal, "a", encoding="utf-8") as fh:
-                steps = _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress_every)
+                steps = _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress_every,
+                                     scored=not leaderboard)
         records = sorted(done.values(), key=lambda r: r["index"])
-        summary = M.aggregate(r["metrics"] for r in records)
+        summary = None if leaderboard else M.aggregate(r["metrics"] for r in records)
         from saca.provenance import write_provenance
 
         write_provenance(out, {"run": identity, "evaluation": asdict(cfg), "agent": agent_spec}, seed=cfg.seed,
                          device=str(getattr(agent, "device", "cpu")))
         write_json(run_path, identity)
         write_jsonl(out / EPISODES, records)
-        write_json(out / METRICS, summary)
+        if leaderboard:
+            write_json(out / PREDICTIONS, leaderboard_predictions(records))
+        else:
+            write_json(out / METRICS, summary)
         journal.unlink(missing_ok=True)
     finally:
         for sim in sims:
             sim.close()
     return {
         "metrics": summary,
+        "predictions": str(out / PREDICTIONS) if leaderboard else None,
         "out_dir": str(out),
         "ran": len(pending),
         "skipped": len(selected) - len(pending),
@@ -316,7 +392,7 @@ def evaluate_split(
     }
 
 
-def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress_every) -> int:
+def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress_every, scored=True) -> int:
     # Grouped by scene (stable), so that each simulator slot rarely switches scenes; records are
     # sorted by split index at the end, so the processing order does not show in the outputs.
     queue = sorted(pending, key=lambda item: str(item[1].scene_id), reverse=True)
@@ -339,6 +415,7 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
         except SacaError as err:
             raise SacaError(f"{source}: episode {ep.episode_id!r} (scene '{ep.scene_id}'): {err}") from err
         slot.ctx, slot.index, slot.positions = EpisodeContext(episode=ep, sim=slot.sim), index, [state.position]
+        slot.headings = [state.heading]
         return True
 
     agent.reset([s.ctx for s in slots if start(s)])
@@ -367,8 +444,9 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
             slot.ctx.actions.append(action)
             slot.ctx.step += 1
             slot.positions.append(state.position)
+            slot.headings.append(state.heading)
             if slot.sim.episode_over:
-                rec = _finish(slot, cfg, source)
+                rec = _finish(slot, cfg, source, scored)
                 _append(fh, rec)
                 done[rec["episode_id"]] = rec
                 progress.update(1)
@@ -382,9 +460,11 @@ def _run_batched(pending, sims, make_sim, agent, cfg, source, done, fh, progress
 def merge_shards(out_dir: str | Path) -> dict:
     """Combine ``out_dir/shards/{i}-of-{n}`` into ``out_dir/episodes.jsonl`` + ``metrics.json``.
 
-    Every shard ``0..n-1`` must be complete (its ``metrics.json`` exists) and
-    from the same run; together they must hold every episode of the split
-    exactly once. Nothing is written otherwise.
+    Every shard ``0..n-1`` must be complete (its ``metrics.json``, for a
+    leaderboard split its ``predictions.json``, exists) and from the same run;
+    together they must hold every episode of the split exactly once. Nothing is
+    written otherwise. A leaderboard split's merge writes ``predictions.json``
+    and returns None.
     """
     out = Path(out_dir)
     root = out / "shards"
@@ -402,8 +482,9 @@ def merge_shards(out_dir: str | Path) -> dict:
     records, ids, first = [], set(), None
     for i in range(n):
         d = root / f"{i}-of-{n}"
-        if not (d / METRICS).exists():
-            raise SacaError(f"{d}: shard is not finished (no {METRICS}); run it again to resume")
+        marker = PREDICTIONS if (d / RUN).exists() and read_json(d / RUN).get("leaderboard") else METRICS
+        if not (d / marker).exists():
+            raise SacaError(f"{d}: shard is not finished (no {marker}); run it again to resume")
         run = read_json(d / RUN)
         if first is None:
             first = run
@@ -422,9 +503,13 @@ def merge_shards(out_dir: str | Path) -> dict:
     if len(records) != first["total_episodes"]:
         raise SacaError(f"{root}: shards hold {len(records)} episodes, the split has {first['total_episodes']}")
     records.sort(key=lambda r: r["index"])
-    summary = M.aggregate(r["metrics"] for r in records)
+    leaderboard = bool(first.get("leaderboard"))
+    summary = None if leaderboard else M.aggregate(r["metrics"] for r in records)
     merged = {**first, "shard": None, "episode_ids": [r["episode_id"] for r in records]}
     write_json(out / RUN, merged)
     write_jsonl(out / EPISODES, records)
-    write_json(out / METRICS, summary)
+    if leaderboard:
+        write_json(out / PREDICTIONS, leaderboard_predictions(records))
+    else:
+        write_json(out / METRICS, summary)
     return summary

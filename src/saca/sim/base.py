@@ -9,9 +9,11 @@ Conventions follow VLN-CE / Habitat (method-notes §1):
 * actions are ``STOP=0, MOVE_FORWARD=1, TURN_LEFT=2, TURN_RIGHT=3``; forward is
   0.25 m; turns are 15 deg (R2R-CE) or 30 deg (RxR-CE); an episode ends on STOP
   or after ``max_steps`` (500) environment steps;
-* a forward step whose end pose would collide leaves the agent where it is and
-  sets ``collided`` (Habitat with ``allow_sliding``: the agent slides along the
-  wall, and ``collided`` is set as Habitat sets it, see ``saca.sim.habitat``).
+* a forward step whose end pose would collide sets ``collided`` and moves the
+  agent less than a full step, along its heading: the embedded backend leaves it
+  where it is; Habitat moves it up to the contact point with the navmesh's edge
+  (``allow_sliding: false``) or slides it along the wall (``allow_sliding: true``),
+  and sets ``collided`` as Habitat does (see ``saca.sim.habitat``).
 
 ``step`` does not render: call ``observe()`` when a frame is needed (it is
 cached until the state changes), so that agents that need no pixels (the
@@ -117,8 +119,9 @@ class SimConfig:
     camera_height: float = 1.25
     agent_radius: float = 0.18
     agent_height: float = 1.5  # Habitat AgentConfiguration.height / NavMeshSettings.agent_height
-    allow_sliding: bool = False  # Habitat: a blocked forward step slides along the wall (VLN-CE R2R-CE: true)
+    allow_sliding: bool = False  # Habitat: a blocked step slides along the wall (VLN-CE R2R-CE) or stops at it (RxR-CE)
     recompute_navmesh: bool = True  # Habitat: rebuild the navmesh for agent_radius/agent_height; false: the scene's .navmesh
+    gpu_device_id: int = 0  # Habitat: CUDA device of its EGL context; -1: the default EGL display (llvmpipe, no GPU)
     forward_step: float = FORWARD_STEP_M
     max_steps: int = MAX_STEPS
     stop_radius: float = 0.5  # teacher calls STOP once this close (geodesic) to the goal
@@ -167,7 +170,8 @@ class Simulator(abc.ABC):
         """Load the episode's scene and put the agent at its start pose."""
         self.load_scene(episode.scene_id)
         self.episode = episode
-        self._prepare_goal(episode.goal_position)
+        if getattr(episode, "has_goal", True):  # a leaderboard episode has none: it runs, but has no distance to goal
+            self._prepare_goal(episode.goal_position)
         self._set_state(
             AgentState(
                 position=self.snap_to_floor(episode.start_position),
@@ -241,8 +245,8 @@ class Simulator(abc.ABC):
 
     def forward_move(self, start, target) -> tuple[tuple[float, float, float], bool]:
         """``(end position, collided)`` of a forward step. Default: :meth:`move_to`'s
-        contract, a blocked step leaves the agent at ``start``. Habitat with
-        ``allow_sliding`` overrides it (the agent slides and ``collided`` is set)."""
+        contract, a blocked step leaves the agent at ``start``. Habitat overrides it
+        (a blocked step ends at the contact point, or slides with ``allow_sliding``)."""
         end = self.move_to(start, target)
         return (start, True) if end is None else (end, False)
 

@@ -11,13 +11,19 @@ file of habitat-sim v0.3.3 it comes from.
   navmesh (R2R-CE: the scene's shipped ``.navmesh``; RxR-CE: recomputed for
   radius 0.18 m, height 0.88 m) and sliding.
 * **Moves** go through the pathfinder, never ``agent.act`` (no action space is
-  configured). ``allow_sliding: false`` (this project's contract): a forward step
-  whose *horizontal* end point falls short of the target by more than 1 mm is a
-  collision and leaves the agent where it is; the end point takes the navmesh
-  height, so steps up stairs and slopes move. ``allow_sliding: true`` (VLN-CE
-  R2R-CE): ``PathFinder.try_step`` slides along the wall and the step counts as a
-  collision as Habitat counts it (``agent/controls/object_controls.py``: the
-  squared distance moved is shorter than the one intended, by more than 1e-5).
+  configured), as Habitat's ``Simulator.step_filter`` filters a body move:
+  ``allow_sliding: false`` (VLN-CE RxR-CE): ``PathFinder.try_step_no_sliding``, so a
+  blocked step moves the agent up to the contact point with the navmesh's edge
+  (Detour ``moveAlongSurface`` without sliding; habitat-sim main, Recast 1.6: the
+  wall edge the ray start -> target crosses, ``src/esp/nav/PathFinder.cpp``
+  ``tryStep``); ``allow_sliding: true`` (VLN-CE R2R-CE): ``PathFinder.try_step``
+  slides along the wall. Either way the step is a collision as Habitat counts it
+  (``agent/controls/object_controls.py``: the squared distance moved is shorter
+  than the one intended, by more than 1e-5), and the end takes the navmesh height,
+  so steps up stairs and slopes move (and are no collision). A full step ends at
+  the target's x and z exactly (the pathfinder answers in float32);
+  :meth:`HabitatSimulator.move_to` (the base class's question "does a full step
+  fit?") is None for a blocked one.
 * **Positions** are snapped to the navmesh (``snap_point``) when an episode starts,
   whatever ``is_navigable`` says; a point with no navmesh within 0.5 m raises.
 * **Teacher**: :meth:`HabitatSimulator.teacher_action` is habitat-sim's
@@ -72,6 +78,7 @@ log = logging.getLogger(__name__)
 
 MOVE_TOLERANCE_M = 1e-3  # a no-sliding step whose horizontal end misses the target by more is blocked
 SNAP_LIMIT_M = 0.5  # a start position farther than this from the navmesh is an error
+CONTACT_BACKOFF_M = 1e-3  # a blocked no-sliding step ends this far before the wall (see forward_move)
 COLLISION_EPS = 1e-5  # habitat_sim/agent/controls/object_controls.py: EPS of the collision test (squared metres)
 
 # GreedyGeodesicFollowerImpl (habitat-sim v0.3.3 src/esp/nav/GreedyFollower.h / GreedyFollower.cpp)
@@ -191,7 +198,8 @@ class HabitatSimulator(Simulator):
         agree on it (and on the scene) share one ``habitat_sim.Simulator``."""
         c = self.config
         return (c.width, c.height, float(c.hfov), float(c.camera_height), bool(c.depth), bool(c.instance),
-                float(c.agent_radius), float(c.agent_height), bool(c.allow_sliding), bool(c.recompute_navmesh))
+                float(c.agent_radius), float(c.agent_height), bool(c.allow_sliding), bool(c.recompute_navmesh),
+                int(c.gpu_device_id))
 
     @property
     def _sim(self):
@@ -216,6 +224,7 @@ class HabitatSimulator(Simulator):
         backend.scene_id = str(path)
         backend.allow_sliding = bool(c.allow_sliding)
         backend.enable_physics = False
+        backend.gpu_device_id = int(c.gpu_device_id)  # -1: EGL's default display (Mesa llvmpipe on a CPU machine)
         sensors = []
         for uuid, kind, on in (
             ("rgb", hs.SensorType.COLOR, True),
@@ -314,8 +323,9 @@ class HabitatSimulator(Simulator):
 
     # --- navigation ----------------------------------------------------------
     def move_to(self, start, target):
-        """End of a straight step without sliding, or None if blocked. The end keeps the
-        target's x and z and takes the navmesh height there (stairs, slopes)."""
+        """End of a full straight step, or None if it is blocked (``try_step_no_sliding`` stops short
+        of the target by more than 1 mm). The end keeps the target's x and z and takes the navmesh
+        height there (stairs, slopes)."""
         pf = self._need().pathfinder
         t = np.asarray(target, dtype=np.float64)
         end = np.asarray(pf.try_step_no_sliding(np.asarray(start, dtype=np.float32), t.astype(np.float32)), dtype=np.float64)
@@ -324,16 +334,30 @@ class HabitatSimulator(Simulator):
         return (float(t[0]), float(end[1]), float(t[2]))
 
     def forward_move(self, start, target):
-        if not self.config.allow_sliding:
-            return super().forward_move(start, target)
+        """Habitat's body move: ``step_filter`` (``try_step`` with sliding, ``try_step_no_sliding``
+        without: a blocked step ends at the contact point) and ``ObjectControls``' collision test."""
         pf = self._need().pathfinder
         s = np.asarray(start, dtype=np.float64)
         t = np.asarray(target, dtype=np.float64)
-        end = np.asarray(pf.try_step(s.astype(np.float32), t.astype(np.float32)), dtype=np.float64)
+        step = pf.try_step if self.config.allow_sliding else pf.try_step_no_sliding
+        end = np.asarray(step(s.astype(np.float32), t.astype(np.float32)), dtype=np.float64)
         if not np.all(np.isfinite(end)):
             return tuple(start), True
         intended, moved = float(np.sum((t - s) ** 2)), float(np.sum((end - s) ** 2))
-        return tuple(float(v) for v in end), moved + COLLISION_EPS < intended
+        collided = moved + COLLISION_EPS < intended
+        full = math.hypot(end[0] - t[0], end[2] - t[2]) <= MOVE_TOLERANCE_M
+        if not self.config.allow_sliding and not collided and full:
+            return (float(t[0]), float(end[1]), float(t[2])), False  # a full step: exactly the target's x, z
+        if not self.config.allow_sliding and collided:
+            # habitat-sim 57ee494's tryStep without sliding blocks every move whose start lies on a wall edge (its
+            # ray-edge test hits that edge at t = 0, whatever the direction): an agent left on the contact point
+            # could never move again. Stop CONTACT_BACKOFF_M short of it, inside the navmesh.
+            ahead = float(np.hypot(end[0] - s[0], end[2] - s[2]))
+            if ahead > 0.0:
+                k = max(0.0, ahead - CONTACT_BACKOFF_M) / ahead
+                return (float(s[0] + k * (end[0] - s[0])), float(end[1]), float(s[2] + k * (end[2] - s[2]))), True
+            return tuple(float(v) for v in start), True
+        return tuple(float(v) for v in end), collided
 
     def snap_to_floor(self, position):
         """The navmesh point nearest ``position`` (always snapped: its height is the navmesh's)."""
@@ -371,8 +395,12 @@ class HabitatSimulator(Simulator):
         found, path = self._path(a, b)
         return [tuple(float(v) for v in p) for p in path.points] if found else []
 
-    def sample_navigable_point(self):
-        return tuple(float(v) for v in self._need().pathfinder.get_random_navigable_point())
+    def sample_navigable_point(self, seed: int | None = None):
+        """A random navmesh point; ``seed`` reseeds the pathfinder's generator first (``PathFinder.seed``)."""
+        pf = self._need().pathfinder
+        if seed is not None:
+            pf.seed(int(seed))
+        return tuple(float(v) for v in pf.get_random_navigable_point())
 
     # --- teacher -------------------------------------------------------------
     def teacher_action(self, goal=None) -> Action:

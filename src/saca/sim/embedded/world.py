@@ -70,6 +70,9 @@ def scenes_for_split(scenes_dir: str | Path, split: str) -> list[str]:
 
     path = Path(scenes_dir) / "index.json"
     index = read_json(path)
+    if isinstance(index, dict) and index.get("backend") == "habitat":
+        # linked habitat scenes have no splits: a generated (smoke) dataset draws every split from all of them
+        return list(index.get("scenes") or [])
     try:
         splits = index["splits"]
         return list(splits["val_unseen"] if split == "val_unseen" else splits["train"])
