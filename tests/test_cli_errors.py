@@ -48,12 +48,15 @@ COMMANDS = {
     "download-archive": {"--url": "http://127.0.0.1:9/none.zip", "--archive": OUT_FILE, "--out": OUT_DIR},
     "download-model": {"--repo-id": "org/name", "--out": OUT_DIR},
     "download-verify": {"--path": IN},
+    "memory": {"--config": IN},
+    "audit-expert": {"--episodes": IN, "--split": "val_unseen", "--landmarks": IN, "--scenes": IN, "--out": OUT_FILE},
+    "dagger-rollouts": {"--episodes": IN, "--agent": IN, "--scenes": IN, "--out": OUT_DIR},
 }
 # the config section each command's --params holds
 PARAMS_SECTION = {
     "scenes": "scenes", "vln-ego": "vln_ego", "evaluate": "evaluation", "plot-episodes": "evaluation",
     "policy-init": "policy.init", "vision-pretrain": "policy.vision_pretrain", "sft": "sft", "rft": "rft", "policy-agent": "policy.agent", "landmarks": "landmarks",
-    "audit": "auditor", "audit-figure": "auditor",
+    "audit": "auditor", "audit-figure": "auditor", "audit-expert": "auditor", "dagger-rollouts": "vln_ego",
 }
 
 

@@ -94,4 +94,4 @@ def test_every_rule_with_a_command_has_a_conda_env():
 
 def test_jobs_find_the_package_of_this_checkout():
     text = (REPO / "Snakefile").read_text()
-    assert 'shell.prefix(f"set -euo pipefail; export PYTHONPATH={SRC}' in text
+    assert 'shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(SRC))}' in text  # quoted (issue 25)
