@@ -214,6 +214,8 @@ def digests(root: Path) -> dict[str, tuple[str, str]]:
         if p.is_dir() or p.name in NOT_COMPARED or rel.parts[0] in NOT_COMPARED_DIRS:
             continue
         data = p.read_bytes().replace(str(root).encode(), b"<RESULTS>")
+        if root.is_relative_to(REPO):  # a results folder inside the checkout is named relative to it (common.smk)
+            data = data.replace(str(root.relative_to(REPO)).encode(), b"<RESULTS>")
         how = "bytes"
         if p.suffix in (".json", ".jsonl"):
             text = data.decode()
