@@ -234,7 +234,7 @@ def test_the_slurm_outputs_are_byte_identical_to_the_local_run(slurm_smoke, smok
     differ = sorted(k for k in local if cluster[k] != local[k])
     assert differ == []
     untimed = sorted(k for k in local if local[k][0] == "untimed")
-    assert all(k.endswith(("summary.json", "train_log.jsonl")) for k in untimed), untimed
+    assert all(k.endswith(("summary.json", "train_log.jsonl", "finished.json")) for k in untimed), untimed
     weights = [k for k in local if k.endswith(".safetensors")]
     assert len(weights) >= 7  # the policy init, vision tower, SFT and every RFT run
     print(f"\n{len(local) - len(untimed)} files byte-identical, {len(untimed)} equal but for their timing fields "
