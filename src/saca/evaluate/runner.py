@@ -215,7 +215,8 @@ class _Slot:
     headings: list = field(default_factory=list)
 
 
-def _finish_unscored(slot: _Slot) -> dict:
+def _trajectory(slot: _Slot) -> dict:
+    """What every episode record holds: the episode's ids and the agent's trajectory."""
     ep, sim = slot.ctx.episode, slot.sim
     return {
         "episode_id": ep.episode_id,
@@ -224,36 +225,24 @@ def _finish_unscored(slot: _Slot) -> dict:
         "trajectory_id": ep.trajectory_id,
         "actions": list(slot.ctx.actions),
         "positions": [list(p) for p in slot.positions],
-        "headings": list(slot.headings),
         "stop_called": bool(sim.state.stopped),
         "steps": sim.state.steps,
     }
 
 
 def _finish(slot: _Slot, cfg: EvalConfig, source: str, scored: bool = True) -> dict:
-    if not scored:
-        return _finish_unscored(slot)
+    record = _trajectory(slot)
+    if not scored:  # a leaderboard split: the trajectory and its headings, no metrics
+        return {**record, "headings": list(slot.headings)}
     ep, sim = slot.ctx.episode, slot.sim
     goal = ep.goal_position
     distances = M.geodesic_distances(slot.positions, lambda p: sim.geodesic_distance(p, goal), goal=goal)
     if not all(map(math.isfinite, distances)):
         raise SacaError(f"{source}: episode {ep.episode_id!r} (scene {ep.scene_id}): goal unreachable from the trajectory")
-    stop_called = bool(sim.state.stopped)
     values = M.episode_metrics(
-        slot.positions, stop_called, nd_reference(ep, cfg.reference, source), distances=distances, dtw=cfg.dtw
+        slot.positions, record["stop_called"], nd_reference(ep, cfg.reference, source), distances=distances, dtw=cfg.dtw
     )
-    return {
-        "episode_id": ep.episode_id,
-        "index": slot.index,
-        "scene_id": ep.scene_id,
-        "trajectory_id": ep.trajectory_id,
-        "actions": list(slot.ctx.actions),
-        "positions": [list(p) for p in slot.positions],
-        "stop_called": stop_called,
-        "steps": sim.state.steps,
-        "d0": distances[0],
-        "metrics": values,
-    }
+    return {**record, "d0": distances[0], "metrics": values}
 
 
 # --- the runner ---------------------------------------------------------------------------------------------
