@@ -134,3 +134,81 @@ def smoke_run():
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-6000:])
     yield out
     shutil.rmtree(out.parent, ignore_errors=True)
+
+
+def copy_checkout(src: Path, dest: Path) -> None:
+    """The files a clone of ``src`` holds (tracked and untracked, not ignored): no results, no .snakemake."""
+    r = subprocess.run(["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                       capture_output=True, text=True)
+    if r.returncode == 0:
+        for rel in filter(None, r.stdout.split("\0")):
+            if (src / rel).is_symlink():  # e.g. ./slurm -> profiles/slurm
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.readlink(src / rel), dest / rel)
+            elif (src / rel).is_file():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src / rel, dest / rel)
+    else:  # not a git checkout (an unpacked archive)
+        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", ".snakemake", ".smoke-test", "results*",
+                                                                 ".venv", "__pycache__", "*.egg-info"))
+
+
+# --- the local SLURM cluster (tools/local_slurm.py), started once per session when a test asks for it ----------
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory):
+    """The running local cluster, or the reason (a string) it cannot run here."""
+    sys.path.insert(0, str(REPO / "tools"))
+    from local_slurm import LocalSlurm, SlurmUnavailable
+
+    try:
+        cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    except SlurmUnavailable as err:
+        yield str(err)
+        return
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(local_slurm):
+    if isinstance(local_slurm, str):
+        pytest.skip(f"no local SLURM cluster: {local_slurm}")
+    return local_slurm
+
+
+@pytest.fixture(scope="session")
+def copied_smoke(request, tmp_path_factory):
+    """The smoke workflow once more, in a copy of this checkout at another path (with a space in it), results in
+    the copy's own ``.smoke-test/results``. When the session also runs tests/test_slurm.py and the local SLURM
+    cluster starts, this run goes through it with the user's command (``snakemake --profile slurm all``, the GPU
+    rules asking for GPUs): one run then shows both that the outputs do not depend on where the checkout lies
+    (tests/test_reproducible.py) and that SLURM changes none of them (tests/test_slurm.py), at the cost of one
+    smoke run instead of two."""
+    import time
+
+    tmp = tmp_path_factory.mktemp("copied_smoke")
+    clone = tmp / "another checkout"
+    copy_checkout(REPO, clone)
+    why = "tests/test_slurm.py is not part of this session"
+    if any(item.path.name == "test_slurm.py" for item in request.session.items):
+        cluster = request.getfixturevalue("local_slurm")
+        if isinstance(cluster, str):
+            why = f"no local SLURM cluster: {cluster}"
+        else:
+            from local_slurm import JobRecorder
+            from slurm_runs import GPU_OVERLAY, overlay, profile_cmd, run_profile
+
+            results, logdir = clone / SMOKE_RESULTS, tmp / "slurm_logs"
+            cmd = profile_cmd(results, logdir, "all", configfiles=[overlay(tmp, "gpus.yaml", GPU_OVERLAY)])
+            start = time.monotonic()
+            with JobRecorder(cluster) as jobs:
+                r = run_profile(cluster, cmd, checkout=clone)
+            return {"via": "slurm", "run": r, "out": r.stdout + r.stderr, "results": results, "logdir": logdir,
+                    "jobs": jobs, "cmd": cmd, "seconds": time.monotonic() - start, "checkout": clone}
+    start = time.monotonic()
+    results, r = run_smoke(clone)
+    return {"via": "local", "why": why, "run": r, "out": r.stdout + r.stderr, "results": results,
+            "seconds": time.monotonic() - start, "checkout": clone}

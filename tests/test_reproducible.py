@@ -10,14 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_smoke
 
 # what may differ between two runs: what made a result and when (provenance.json), and the logs and benchmark
 # files, which hold the times (docs/reports.md, "Reproducible outputs")
@@ -38,23 +35,6 @@ def _journal_digest(path: Path) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
 
 
-def copy_checkout(src: Path, dest: Path) -> None:
-    """The files a clone of ``src`` holds (tracked and untracked, not ignored): no results, no .snakemake."""
-    r = subprocess.run(["git", "-C", str(src), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                       capture_output=True, text=True)
-    if r.returncode == 0:
-        for rel in filter(None, r.stdout.split("\0")):
-            if (src / rel).is_symlink():  # e.g. ./slurm -> profiles/slurm
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                os.symlink(os.readlink(src / rel), dest / rel)
-            elif (src / rel).is_file():
-                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src / rel, dest / rel)
-    else:  # not a git checkout (an unpacked archive)
-        shutil.copytree(src, dest, ignore=shutil.ignore_patterns(".git", ".snakemake", ".smoke-test", "results*",
-                                                                 ".venv", "__pycache__", "*.egg-info"))
-
-
 def result_files(root: Path) -> dict[str, str]:
     """``{relative path: sha256}`` of every result file under ``root`` (the volatile ones left out)."""
     out = {}
@@ -67,11 +47,10 @@ def result_files(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_copied_checkout_writes_the_same_bytes(smoke_run, tmp_path):
-    clone = tmp_path / "another checkout"
-    copy_checkout(REPO, clone)
-    out, r = run_smoke(clone)
-    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-5000:])
+def test_a_copied_checkout_writes_the_same_bytes(smoke_run, copied_smoke):
+    # the copy's run goes through the local SLURM cluster when the session runs tests/test_slurm.py too (conftest)
+    r, out = copied_smoke["run"], copied_smoke["results"]
+    assert r.returncode == 0, (copied_smoke["via"], r.stdout[-3000:], r.stderr[-5000:])
     first, second = result_files(smoke_run), result_files(out)
     assert len(first) > 200 and sorted(first) == sorted(second)
     differ = sorted(f for f in first if first[f] != second[f])

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -28,21 +29,9 @@ import yaml
 from saca import SacaError
 from saca.cluster import PLACEHOLDERS, check_slurm_placeholders
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-from local_slurm import GPU_TYPE, NODE, PARTITION, JobRecorder, LocalSlurm, SlurmUnavailable  # noqa: E402
-
-# the smoke world's rules that ask for GPUs here (gpu: 1, so one process: the outputs stay the local run's); a job's
-# threads stay the rule's (the jobstep runs with --cores all), so its CPUs here change no output
-GPU_OVERLAY = {"resources": {
-    "gpu_model": GPU_TYPE,
-    "sft": {"gpu": 1, "cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 30},
-    "rft": {"gpu": 1, "cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 30},
-    "evaluate": {"gpu": 1, "cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 30},
-    "audit": {"gpu": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30},
-    # one CPU per rendering job (VLN-Ego, previews, reference-agent evaluations): two jobs at once on the 2 CPUs
-    "render": {"gpu": 0, "cpus_per_task": 1, "mem_mb": 2000, "runtime": 30}}}
-SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+from slurm_runs import (REPO, overlay, profile_cmd, profile_env, run_profile,  # noqa: E402
+                        submissions)
+from local_slurm import GPU_TYPE, NODE, PARTITION, JobRecorder, LocalSlurm  # noqa: E402
 
 
 # --- no cluster needed ----------------------------------------------------------------------------------------
@@ -89,43 +78,6 @@ def test_the_harness_declares_two_cpus_and_two_fake_gpus(tmp_path):
 
 # --- the local cluster ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    try:
-        cluster = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
-    except SlurmUnavailable as err:
-        pytest.skip(f"no local SLURM cluster: {err}")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-def profile_cmd(results: Path, logdir: Path, *targets: str, configfiles=()) -> list[str]:
-    """`snakemake --profile slurm TARGETS` on the mini world's smoke config (docs/slurm.md), on the local cluster."""
-    return [sys.executable, "-m", "snakemake", "--profile", "slurm", *targets,
-            "--configfile", "config/config.yaml", "config/smoke.yaml", *map(str, configfiles),
-            "--default-resources", "slurm_account=saca", f"slurm_partition={PARTITION}", "cpus_per_task=1",
-            "--sdm", "env-modules", "--slurm-init-seconds-before-status-checks", "1",
-            "--slurm-keep-successful-logs", "--slurm-logdir", str(logdir), "--nolock", "--config", f"results={results}"]
-
-
-def run_profile(cluster, cmd, timeout=3600) -> subprocess.CompletedProcess:
-    env = {**cluster.env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def submissions(output: str) -> list[tuple[int, int, str]]:
-    """(Snakemake job id, SLURM job id, SLURM log) of every submission the executor reported."""
-    return [(int(a), int(b), c) for a, b, c in SUBMITTED.findall(output)]
-
-
-def overlay(tmp_path: Path, name: str, cfg: dict) -> Path:
-    p = tmp_path / name
-    p.write_text(yaml.safe_dump(cfg))
-    return p
-
-
 @pytest.mark.slow
 def test_the_placeholders_stop_the_run_before_any_job_is_submitted(slurm_cluster, tmp_path):
     """The profile as shipped (placeholder account and partition), on a live cluster: one line, nothing submitted."""
@@ -144,16 +96,12 @@ def test_the_placeholders_stop_the_run_before_any_job_is_submitted(slurm_cluster
 
 
 @pytest.fixture(scope="module")
-def slurm_smoke(slurm_cluster, tmp_path_factory):
-    """The smoke world's whole DAG through the local cluster, its GPU rules asking for a GPU each."""
-    tmp = tmp_path_factory.mktemp("slurm_smoke")
-    results, logdir = tmp / "results", tmp / "slurm_logs"
-    cmd = profile_cmd(results, logdir, "all", configfiles=[overlay(tmp, "gpus.yaml", GPU_OVERLAY)])
-    start = time.monotonic()
-    with JobRecorder(slurm_cluster) as jobs:
-        r = run_profile(slurm_cluster, cmd)
-    return {"run": r, "out": r.stdout + r.stderr, "results": results, "logdir": logdir, "jobs": jobs, "cmd": cmd,
-            "seconds": time.monotonic() - start}
+def slurm_smoke(copied_smoke):
+    """The smoke world's whole DAG through the local cluster, its GPU rules asking for a GPU each: the session's
+    copied-checkout run (conftest.py), which goes through SLURM whenever this module is collected."""
+    if copied_smoke["via"] != "slurm":
+        pytest.skip(f"the copied checkout's smoke run did not go through SLURM: {copied_smoke['why']}")
+    return copied_smoke
 
 
 def job_stats(output: str) -> tuple[dict[str, int], set[str]]:
@@ -168,7 +116,7 @@ def job_stats(output: str) -> tuple[dict[str, int], set[str]]:
 def test_the_smoke_dag_runs_every_rule_as_a_slurm_job(slurm_smoke, slurm_cluster):
     r = slurm_smoke["run"]
     assert r.returncode == 0, (slurm_smoke["out"][-6000:])
-    print(f"\n$ {' '.join(slurm_smoke['cmd'])}\nrc {r.returncode} in {slurm_smoke['seconds']:.0f} s\n"
+    print(f"\n$ {shlex.join(slurm_smoke['cmd'])}\nrc {r.returncode} in {slurm_smoke['seconds']:.0f} s\n"
           f"{slurm_cluster.sinfo()}")
     counts, local = job_stats(slurm_smoke["out"])
     assert local == {"all"} and counts["all"] == 1
@@ -205,7 +153,7 @@ def _untimed(obj):
     return obj
 
 
-def digests(root: Path) -> dict[str, tuple[str, str]]:
+def digests(root: Path, checkout: Path = REPO) -> dict[str, tuple[str, str]]:
     """relative path -> (how compared, sha256): every output byte for byte with the results folder's own path
     written as <RESULTS>, JSON / JSONL outputs that differ only in their timing fields as ``untimed``."""
     out = {}
@@ -214,8 +162,8 @@ def digests(root: Path) -> dict[str, tuple[str, str]]:
         if p.is_dir() or p.name in NOT_COMPARED or rel.parts[0] in NOT_COMPARED_DIRS:
             continue
         data = p.read_bytes().replace(str(root).encode(), b"<RESULTS>")
-        if root.is_relative_to(REPO):  # a results folder inside the checkout is named relative to it (common.smk)
-            data = data.replace(str(root.relative_to(REPO)).encode(), b"<RESULTS>")
+        if root.is_relative_to(checkout):  # a results folder inside the checkout is named relative to it (common.smk)
+            data = data.replace(str(root.relative_to(checkout)).encode(), b"<RESULTS>")
         how = "bytes"
         if p.suffix in (".json", ".jsonl"):
             text = data.decode()
@@ -229,7 +177,7 @@ def digests(root: Path) -> dict[str, tuple[str, str]]:
 @pytest.mark.slow
 def test_the_slurm_outputs_are_byte_identical_to_the_local_run(slurm_smoke, smoke_run):
     assert slurm_smoke["run"].returncode == 0
-    cluster, local = digests(slurm_smoke["results"]), digests(smoke_run)
+    cluster, local = digests(slurm_smoke["results"], slurm_smoke["checkout"]), digests(smoke_run)
     assert sorted(cluster) == sorted(local)
     differ = sorted(k for k in local if cluster[k] != local[k])
     assert differ == []
@@ -296,9 +244,57 @@ def active_jobs(recorder: JobRecorder, logdir: Path) -> list[int]:
 
 
 def start_profile(cluster, cmd, log: Path) -> subprocess.Popen:
-    env = {**cluster.env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
     with open(log, "w") as fh:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, cwd=REPO, env=profile_env(cluster), stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+# SFT on 2 fake GPUs: torchrun, 2 processes (gloo on CPU), FSDP2 shards as config/paper.yaml trains (sft.sharding)
+SFT2 = {"resources": {"sft": {"gpu": 2, "cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 30}, "gpu_model": GPU_TYPE},
+        "sft": {"sharding": "fsdp"}}
+SFT_RUN = "sft/r2r_rxr"
+
+
+def run_local(results: Path, target: Path, cfg: Path) -> subprocess.CompletedProcess:
+    """The same target and configs as the profile's run, by a local Snakemake (no SLURM)."""
+    return subprocess.run([sys.executable, "-m", "snakemake", str(target), "--cores", "2", "--configfile",
+                           "config/config.yaml", "config/smoke.yaml", str(cfg), "--nolock", "--config",
+                           f"results={results}"], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")})
+
+
+@pytest.fixture(scope="module")
+def sft_two_gpus(slurm_smoke, slurm_cluster, tmp_path_factory):
+    """The smoke SFT on 2 GPUs through SLURM, and the same command run locally."""
+    assert slurm_smoke["run"].returncode == 0
+    tmp = tmp_path_factory.mktemp("sft2")
+    cfg = overlay(tmp, "sft2.yaml", SFT2)
+    results = copy_results(slurm_smoke["results"], tmp / "results", SFT_RUN)
+    cmd = profile_cmd(results, tmp / "slurm_logs", str(results / SFT_RUN / "final"), configfiles=[cfg])
+    with JobRecorder(slurm_cluster) as rec:
+        r = run_profile(slurm_cluster, cmd)
+    local = copy_results(slurm_smoke["results"], tmp / "local", SFT_RUN)
+    return {"run": r, "out": r.stdout + r.stderr, "jobs": rec, "results": results / SFT_RUN,
+            "local": local / SFT_RUN, "local_run": run_local(local, local / SFT_RUN / "final", cfg)}
+
+
+@pytest.mark.slow
+def test_sft_on_two_gpus_runs_torchrun_with_two_processes_and_equals_the_local_command(sft_two_gpus):
+    r = sft_two_gpus
+    assert r["run"].returncode == 0, r["out"][-5000:]
+    assert r["local_run"].returncode == 0, r["local_run"].stderr[-3000:]
+    assert "torchrun --standalone --nproc_per_node 2 -m saca sft" in r["out"]
+    subs = submissions(r["out"])
+    assert len(subs) == 1, subs
+    rec = r["jobs"].jobs[subs[0][1]]
+    assert rec["TresPerJob"] == f"gres:gpu:{GPU_TYPE}:2" and rec["NumCPUs"] == "2" and rec["JobState"] == "COMPLETED"
+    summary = json.loads((r["results"] / "final" / "sft_summary.json").read_text())
+    local = json.loads((r["local"] / "final" / "sft_summary.json").read_text())
+    assert summary["world_size"] == local["world_size"] == 2 and summary["config"]["sharding"] == "fsdp"
+    a = (r["results"] / "final" / "model.safetensors").read_bytes()
+    assert a == (r["local"] / "final" / "model.safetensors").read_bytes()
+    print(f"\nsft on 2 GPUs (FSDP2): world_size 2 inside SLURM (job {subs[0][1]}, TresPerJob={rec['TresPerJob']}) "
+          f"and outside; model.safetensors sha256 {hashlib.sha256(a).hexdigest()[:16]} both")
 
 
 # RFT on 2 fake GPUs: torchrun, 2 processes (gloo on CPU); 4 updates, a checkpoint after each
@@ -329,10 +325,7 @@ def rft_two_gpus(slurm_smoke, slurm_cluster, tmp_path_factory):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
     local = copy_results(slurm_smoke["results"], tmp / "local", RFT_RUN)
-    loc = subprocess.run([sys.executable, "-m", "snakemake", str(local / RFT_RUN / "final"), "--cores", "2",
-                          "--configfile", "config/config.yaml", "config/smoke.yaml", str(cfg), "--nolock",
-                          "--config", f"results={local}"], cwd=REPO, capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")})
+    loc = run_local(local, local / RFT_RUN / "final", cfg)
     return {"rc": rc, "out": (tmp / "snakemake.log").read_text(), "first": first, "scancel": cancelled,
             "jobs": rec, "run": run, "local": local / RFT_RUN, "local_run": loc,
             "log": (results / "logs" / "rft" / "saca" / "s0.log").read_text(), "logdir": tmp / "slurm_logs"}

@@ -32,6 +32,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CORE = ("saca", "saca.cli", "saca.__main__")
 
 
+@lru_cache(maxsize=None)
 def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
     """The file of module ``name`` (``saca.x.y``) under the package directory, or None if it is not one."""
     parts = name.split(".")
@@ -45,11 +46,22 @@ def module_file(name: str, root: Path = PACKAGE_DIR) -> Path | None:
     return None
 
 
+@lru_cache(maxsize=None)
 def _top_functions(module: str, root: Path) -> dict:
     path = module_file(module, root)
     if path is None:
         return {}
     return {n.name: n for n in _parse(path).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+
+
+@lru_cache(maxsize=None)  # the nodes of the cached trees: one walk each per process
+def _import_nodes(node) -> tuple:
+    return tuple(n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+
+@lru_cache(maxsize=None)
+def _names(node) -> frozenset:
+    return frozenset(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
 
 
 def _imports(nodes, current: str, is_package: bool, root: Path) -> set:
@@ -59,7 +71,7 @@ def _imports(nodes, current: str, is_package: bool, root: Path) -> set:
     out: set = set()
     pkg = current if is_package else current.rpartition(".")[0]
     for node in nodes:
-        for n in ast.walk(node):
+        for n in _import_nodes(node):
             if isinstance(n, ast.Import):
                 for alias in n.names:
                     if alias.name.split(".")[0] == "saca":
@@ -99,7 +111,8 @@ def _parse(path: Path) -> ast.Module:
         raise SacaError(f"{path}: cannot parse ({err})") from err
 
 
-def _edges(node, root: Path) -> set:
+@lru_cache(maxsize=None)  # every command's walk meets the same modules: each node is analysed once per process
+def _edges(node, root: Path) -> frozenset:
     """What a node reaches: a whole module, every import in its file; ``(module, function)``, the imports of the
     module's top level (classes with their methods included), of the function, and of the same-module functions
     either names, transitively; ``(module, None)``, the top level's."""
@@ -110,14 +123,14 @@ def _edges(node, root: Path) -> set:
     tree = _parse(path)
     is_pkg = path.name == "__init__.py"
     if function == "*":
-        return _imports(tree.body, module, is_pkg, root)
+        return frozenset(_imports(tree.body, module, is_pkg, root))
     funcs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     top = [n for n in tree.body if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
     if function is not None and function not in funcs:
         raise SacaError(f"{module}: no top-level function {function!r}")
     # the top level runs on import and its classes' methods whenever used: what they name may run, and so may
     # what the function names
-    seen, todo = set(), [n.id for node in top for n in ast.walk(node) if isinstance(n, ast.Name) and n.id in funcs]
+    seen, todo = set(), sorted(name for node in top for name in _names(node) if name in funcs)
     todo += [function] if function is not None else []
     body = list(top)
     while todo:
@@ -126,10 +139,8 @@ def _edges(node, root: Path) -> set:
             continue
         seen.add(f)
         body.append(funcs[f])
-        for n in ast.walk(funcs[f]):
-            if isinstance(n, ast.Name) and n.id in funcs:  # called or passed on (a callback)
-                todo.append(n.id)
-    return _imports(body, module, is_pkg, root)
+        todo += sorted(_names(funcs[f]) & funcs.keys())  # called or passed on (a callback)
+    return frozenset(_imports(body, module, is_pkg, root))
 
 
 def reachable(start, root: Path = PACKAGE_DIR) -> set[str]:
