@@ -137,6 +137,24 @@ def test_a_blocked_step_without_sliding_moves_up_to_the_contact_point(hs, scenes
         assert end.collided and end.position == pytest.approx((9.0 - 1e-3, 0.6, 0.0), abs=1e-6)
 
 
+def test_a_step_that_cuts_an_obstacle_corner_without_sliding_stays_where_it_was(hs, scenes, pool):
+    # habitat-sim 57ee494's tryStep takes the wall crossing nearest the target: a ray that leaves the navmesh at
+    # the L's inner corner (7, 0) and comes back onto it "hits" where it comes back, (7, -0.05), and 1 mm before
+    # that lies off the navmesh, where every later move would be blocked (seen on simple_room.glb: the teacher
+    # turned left and right for 500 steps). The step is a collision and the agent stays where it was.
+    with _sim(scenes, pool) as sim:
+        start, target = (6.9, 0.0, 0.05), (6.9 + 0.25 / math.sqrt(2), 0.0, 0.05 - 0.25 / math.sqrt(2))
+        sim.reset(_episode("L.glb", start, math.radians(-45), (7.5, 0.0, -6.5)))  # facing +x, -z
+        contact = sim._need().pathfinder.try_step_no_sliding(np.float32(start), np.float32(target))
+        assert (float(contact[0]), float(contact[2])) == pytest.approx((7.0, -0.05), abs=1e-6)
+        after = sim.step(Action.MOVE_FORWARD)
+        assert after.collided and after.position == pytest.approx(start, abs=1e-6)
+        assert sim.forward_move(start, target) == (pytest.approx(start, abs=1e-6), True)
+        while not sim.episode_over:  # and the teacher goes round the corner
+            sim.step(sim.teacher_action())
+        assert sim.state.stopped and sim.distance_to_goal() < sim.config.stop_radius
+
+
 @pytest.mark.parametrize("turn_angle", [15, 30])
 def test_teacher_takes_over_from_the_contact_point(hs, scenes, pool, turn_angle):
     # a rollout that ran into the wall (as RxR-CE's no-sliding agent does) leaves the agent on the navmesh's edge;

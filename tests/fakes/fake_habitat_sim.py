@@ -26,9 +26,10 @@ axis-aligned rectangles: a segment is inside the union where the Liang-Barsky
 intervals of the rectangles cover it, shortest paths bend at the union's reflex corners
 (visibility graph of the reflex corners + Dijkstra), ``try_step_no_sliding`` stops where the segment
 leaves the navmesh, the contact point with its edge (habitat-sim main, Recast 1.6.0:
-``PathFinder::Impl::tryStep`` with ``allowSliding`` false takes the wall edge that the ray
-start -> end crosses; v0.3.3: Detour's ``moveAlongSurface(allowSliding=false)`` of
-``erikwijmans/recastnavigation``), ``try_step`` slides to the navmesh point nearest
+``PathFinder::Impl::tryStep`` with ``allowSliding`` false takes, of the wall edges that the ray
+start -> end crosses, the crossing nearest the target: where the ray comes back onto the navmesh
+if it cuts the corner of an obstacle; v0.3.3: Detour's ``moveAlongSurface(allowSliding=false)`` of
+``erikwijmans/recastnavigation``, the first wall), ``try_step`` slides to the navmesh point nearest
 the target, ``snap_point`` returns the nearest navmesh point or NaN beyond Detour's
 search box (half extents 2, 4, 2 m; ``projectToPoly`` in ``src/esp/nav/PathFinder.cpp``).
 
@@ -275,6 +276,17 @@ class PathFinder:
             reach = max(reach, t1)
         return min(reach, 1.0)
 
+    def _wall_crossings(self, ax, az, bx, bz) -> list[float]:
+        """Parameters in (0, 1) where segment a->b crosses the navmesh's edge (leaving or coming back)."""
+        ivs = sorted(iv for iv in (r.clip(ax, az, bx, bz) for r in self._rects) if iv is not None)
+        merged: list[list[float]] = []
+        for t0, t1 in ivs:
+            if merged and t0 <= merged[-1][1] + 1e-9:
+                merged[-1][1] = max(merged[-1][1], t1)
+            else:
+                merged.append([t0, t1])
+        return [t for iv in merged for t in iv if 1e-9 < t < 1.0 - 1e-9]
+
     def _visible(self, a, b) -> bool:
         return self._reach(a[0], a[1], b[0], b[1]) >= 1.0 - 1e-9
 
@@ -332,6 +344,9 @@ class PathFinder:
         elif sliding:
             x, z = self._closest(ex, ez)
         else:
+            # 57ee494 keeps the wall crossing nearest the target: the exit for a ray that leaves the navmesh,
+            # the point where it comes back for one that cuts a corner of an obstacle
+            t = max(self._wall_crossings(s[0], s[2], ex, ez), default=t)
             x, z = s[0] + t * (ex - s[0]), s[2] + t * (ez - s[2])
         return self._vec(x, self._height(x, z), z)
 

@@ -355,9 +355,22 @@ class HabitatSimulator(Simulator):
             ahead = float(np.hypot(end[0] - s[0], end[2] - s[2]))
             if ahead > 0.0:
                 k = max(0.0, ahead - CONTACT_BACKOFF_M) / ahead
-                return (float(s[0] + k * (end[0] - s[0])), float(end[1]), float(s[2] + k * (end[2] - s[2]))), True
+                back = (float(s[0] + k * (end[0] - s[0])), float(end[1]), float(s[2] + k * (end[2] - s[2])))
+                # 57ee494 takes the wall crossing nearest the *target*: a ray that leaves the navmesh (cutting a
+                # corner) and comes back "hits" where it re-enters, and 1 mm before that lies off the navmesh,
+                # where every later move is blocked. Such a step is a collision that leaves the agent where it was.
+                if self._on_navmesh(back):
+                    return back, True
             return tuple(float(v) for v in start), True
         return tuple(float(v) for v in end), collided
+
+    def _on_navmesh(self, position) -> bool:
+        """True if ``position`` (in float32) lies on a navmesh polygon: ``snap_point`` keeps its x and z
+        exactly (Detour's ``closestPointOnPoly`` copies a point over its polygon); a point off the navmesh, even
+        by a fraction of a millimetre, snaps onto the nearest edge."""
+        p = np.asarray(position, dtype=np.float32)
+        snapped = np.asarray(self._need().pathfinder.snap_point(p), dtype=np.float32)
+        return bool(snapped[0] == p[0] and snapped[2] == p[2])
 
     def snap_to_floor(self, position):
         """The navmesh point nearest ``position`` (always snapped: its height is the navmesh's)."""
