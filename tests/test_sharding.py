@@ -1,10 +1,13 @@
 """FSDP2 sharding (saca.train.sharding) on CPU with gloo: a 2-process sharded run equals a 1-process unsharded run;
 kill -9 in the middle of a step and resume gives the uninterrupted run's weights; the final model is one
-save_pretrained folder. The runs are tests/sharding_worker.py under torchrun (4 AdamW steps of SFT's loss)."""
+save_pretrained folder. The runs are tests/sharding_worker.py under torchrun (4 AdamW steps of SFT's loss).
+Sharded RFT: `saca rft` itself under torchrun with rft.sharding fsdp against the unsharded trainer, killed and
+resumed (the fixtures and command helpers of test_rft.py)."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -257,6 +260,7 @@ def test_sharded_online_rft_equals_unsharded_and_resumes_after_kill_9(online_run
     # kill -9 after update 1's (DCP) checkpoint, resume: the uninterrupted sharded run, bitwise
     assert online_runs["killed"].returncode != 0
     assert online_runs["ckpts_after_kill"] == ["step-000001"]  # no partial checkpoint
+    assert re.search(r"resumed from \S+step-000001 \(step 1\)", online_runs["resumed"].stderr)
     assert list((root / "fsdp" / "final").glob("model*.safetensors"))
     a, b = _weights(root / "killed" / "final"), _weights(root / "fsdp" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
