@@ -60,14 +60,16 @@ def wrap(model, bf16: bool = False, mesh=None):
     import torch
 
     FSDPModule, MixedPrecisionPolicy, fully_shard = _fsdp()
-    if not torch.distributed.is_initialized():
-        raise SacaError("sharding fsdp: no process group (launch with torchrun; gloo on CPU, nccl on CUDA)")
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
     backbone = getattr(model, "model", None)
     head = model.get_output_embeddings()
     if backbone is None or head is None:
-        raise SacaError(f"sharding fsdp: {type(model).__name__} has no model.model / lm_head split")
+        raise SacaError(f"sharding fsdp: {name} ({type(model).__name__}) has no model.model / lm_head split")
     if head.weight is model.get_input_embeddings().weight:
-        raise SacaError("sharding fsdp: tied input and output embeddings are not supported (untie them first)")
+        raise SacaError(f"sharding fsdp: {name} ties its input and output embeddings (tie_word_embeddings), which "
+                        "the two FSDP roots cannot share; use sharding: none or an untied checkpoint")
+    if not torch.distributed.is_initialized():
+        raise SacaError("sharding fsdp: no process group (launch with torchrun; gloo on CPU, nccl on CUDA)")
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     kw = {"mp_policy": mp} if mesh is None else {"mp_policy": mp, "mesh": mesh}
     for m in units(backbone):

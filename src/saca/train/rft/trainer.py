@@ -14,6 +14,12 @@ One update (``rft.max_steps`` of them), on every rank, as :meth:`RftTrainer.upda
 4. gradients summed over ranks, clipped at ``max_grad_norm``, AdamW step, schedule step; the log row's sums
    reduced by name (:func:`reduce_by_name`).
 
+``rft.sharding: fsdp`` under torchrun (docs/memory.md): the policy and the reference are torch FSDP2 shards
+(:mod:`saca.train.sharding`); rollouts and validation decode inside ``gathered_for_generation``; every rank runs
+as many forward / backward passes as the busiest one (sharded forwards are collective; the extra passes are
+padding with a zero loss); FSDP reduce-scatters the summed gradient; checkpoints are DCP shards. Alone
+(``WORLD_SIZE`` 1) ``fsdp`` is the unsharded path.
+
 Around the loop (:meth:`RftTrainer.run`): checkpoints (model, optimizer, scheduler, RNG;
 :meth:`RftTrainer.resume` / :meth:`RftTrainer.save_checkpoint`; resume continues exactly, every random draw of
 an update being a function of ``(seed, update, rank)``), the JSONL journal (one row per update), success rate on
@@ -23,6 +29,7 @@ run with the last good checkpoint kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -85,6 +92,8 @@ class RftTrainer:
         self.sims: dict = {}
         self.auditor = None
         self.reward = reward if reward is not None else default_reward(cfg)
+        self.fsdp = cfg.sharding == "fsdp" and self.dist.world > 1  # alone, fsdp is the unsharded path
+        self._pad_sample = None  # the sample padding passes run on (sharded forwards are collective)
 
     # --- setup --------------------------------------------------------------------------
     def setup(self) -> None:
@@ -138,6 +147,12 @@ class RftTrainer:
                 part.check_frames()
             self.pool = list(range(len(self.data)))
         self.model.train()
+        if self.fsdp:  # shards of the fp32 policy (bf16 forwards under rft.bf16) and of the frozen reference
+            from saca.train import sharding
+
+            sharding.wrap(self.model, bf16=cfg.bf16)
+            if self.ref is not None:
+                sharding.shard_reference(self.ref.model)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.learning_rate,
                                            betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
         self.total_opt_steps = cfg.max_steps * cfg.num_iterations
@@ -196,25 +211,35 @@ class RftTrainer:
 
         cfg = self.cfg
         self.model.eval()
-        if cfg.mode == "online":
-            oracle = self.auditor is not None and cfg.auditor.backend == "oracle"
-            engine = self._engine(self._seed(update), audit_frames=self.auditor is not None)
-            starts = ((j, *self.pool[i], self._sim(self.pool[i][0], b, instance=oracle))  # lazily: one sim per group
-                      for b, (j, i) in enumerate(self._pick(update)))
-            batch = collect_online(engine, starts, cfg.G)
-            batch.rewards = [float(r) for r in self.reward(batch)]
-            batch.saca = construct_groups(engine, batch.trajectories, batch.rewards, cfg, self.proc.tokenizer,
-                                          self.auditor, self._landmarks)
-            batch.rewards = batch.saca.rewards
-            release(batch.trajectories)
-            batch.trajectories = None
-        else:
-            batch = collect_offline(self.policy, self.data, self._pick(update), cfg.G, cfg.generation, cfg.seed, update)
-            batch.rewards = [float(r) for r in self.reward(batch)]
-            best = [grpo.time_decayed_reward(t, t, cfg.tdr, cfg.gamma) for t in batch.truths]
-            batch.stats["success_rate"] = float(np.mean([r >= b for r, b in zip(batch.rewards, best)]))
+        with self._gathered():  # sharded: whole bf16 weights while decoding (ranks decode different lengths)
+            if cfg.mode == "online":
+                oracle = self.auditor is not None and cfg.auditor.backend == "oracle"
+                engine = self._engine(self._seed(update), audit_frames=self.auditor is not None)
+                starts = ((j, *self.pool[i], self._sim(self.pool[i][0], b, instance=oracle))  # lazily: one sim per group
+                          for b, (j, i) in enumerate(self._pick(update)))
+                batch = collect_online(engine, starts, cfg.G)
+                batch.rewards = [float(r) for r in self.reward(batch)]
+                batch.saca = construct_groups(engine, batch.trajectories, batch.rewards, cfg, self.proc.tokenizer,
+                                              self.auditor, self._landmarks)
+                batch.rewards = batch.saca.rewards
+                release(batch.trajectories)
+                batch.trajectories = None
+            else:
+                batch = collect_offline(self.policy, self.data, self._pick(update), cfg.G, cfg.generation, cfg.seed, update)
+                batch.rewards = [float(r) for r in self.reward(batch)]
+                best = [grpo.time_decayed_reward(t, t, cfg.tdr, cfg.gamma) for t in batch.truths]
+                batch.stats["success_rate"] = float(np.mean([r >= b for r, b in zip(batch.rewards, best)]))
         self.model.train()
         return batch
+
+    def _gathered(self):
+        """Sharded: the policy's units all-gathered for a block of decoding (``sharding.gathered_for_generation``):
+        no collective per decode step, so ranks may run different numbers of generate calls. Unsharded: nothing."""
+        if not self.fsdp:
+            return contextlib.nullcontext()
+        from saca.train import sharding
+
+        return sharding.gathered_for_generation(self.model)
 
     def _engine(self, seed: int, generation: SamplingConfig | None = None, audit_frames: bool = False):
         from dataclasses import replace
@@ -239,12 +264,24 @@ class RftTrainer:
         mb = self.cfg.micro_batch_size
         return [samples[i : i + mb] for i in range(0, len(samples), mb)]
 
-    def _autocast(self):
-        import contextlib
-
+    def _padding(self, n: int) -> int:
+        """How many padding forward passes this rank adds to its ``n``: sharded forwards are collective (each unit
+        all-gathers, each backward reduce-scatters), so every rank runs the busiest rank's number; 0 unsharded."""
+        if not self.fsdp:
+            return 0
         import torch
 
-        if self.cfg.bf16:
+        t = torch.tensor([n], dtype=torch.long, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        pad = int(t.item()) - n
+        if pad and self._pad_sample is None:
+            raise SacaError(f"rft rank {self.dist.rank}: no sample to run the padding forward passes on")
+        return pad
+
+    def _autocast(self):
+        import torch
+
+        if self.cfg.bf16 and not self.fsdp:  # FSDP: bf16 forwards through its MixedPrecisionPolicy
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -253,18 +290,27 @@ class RftTrainer:
         ``pi_old`` when ``keep_old``) and under the frozen reference, computed as the loss computes them."""
         import torch
 
+        mbs = self._micro(samples)
+        if need_old or (need_ref and self.ref is not None):
+            mbs += [[] for _ in range(self._padding(len(mbs)))]  # sharded: padding passes, their results dropped
         with torch.no_grad(), self._autocast():
-            for mb in self._micro(samples):
+            for mb in mbs:
                 if need_old:
-                    lp, mask = self._logprobs(self.model, mb)
+                    lp, mask = self._logprobs(self.model, mb or [self._pad_sample])
                     for s, row, m in zip(mb, lp, mask):
                         s.behav_logp = row[: int(m.sum())].detach().float().cpu()
                         if keep_old:
                             s.old_logp = s.behav_logp
                 if need_ref and self.ref is not None:
-                    lp, mask = self._logprobs(self.ref.model, mb)
+                    lp, mask = self._logprobs(self.ref.model, mb or [self._pad_sample])
                     for s, row, m in zip(mb, lp, mask):
                         s.ref_logp = row[: int(m.sum())].detach().float().cpu()
+        if self.fsdp:  # FSDP's roots stay gathered after a forward without backward: give the memory back
+            from saca.train import sharding
+
+            sharding.reshard(self.model)
+            if self.ref is not None:
+                sharding.reshard(self.ref.model)
 
     # --- the objective's gradient -------------------------------------------------------------
     def shares(self, samples: Sequence[Sample], saca, counts: dict):
@@ -275,23 +321,27 @@ class RftTrainer:
 
         cfg = self.cfg
         ref_on = self.ref is not None and cfg.beta > 0
-        for mb in self._micro(list(samples)):
+        plan = [("grpo", mb) for mb in self._micro(list(samples))]
+        for term, items, lam in (("rep", saca.rep, cfg.lambda_rep), ("align", saca.align, cfg.lambda_align),
+                                 ("con", saca.con, cfg.lambda_con)):
+            if lam > 0 and items:
+                plan += [(term, mb) for mb in self._micro(items)]
+        plan += [("pad", [self._pad_sample]) for _ in range(self._padding(len(plan)))]
+        for term, mb in plan:
             with self._autocast():
-                logp, mask = self._logprobs(self.model, mb)
-            share, st = grpo_term(logp, mask, mb, cfg, ref_on, max(counts["tokens"], 1.0), max(counts["samples"], 1.0))
-            yield "grpo", share, st
-        for term, items, lam in (("rep", saca.rep, cfg.lambda_rep), ("align", saca.align, cfg.lambda_align)):
-            if lam <= 0 or not items:
-                continue
-            for mb in self._micro(items):
-                with self._autocast():
-                    logp, mask = self._logprobs(self.model, mb)
-                yield term, cloning_term(logp, mask, counts[f"{term}_tokens"]), {}
-        if cfg.lambda_con > 0 and saca.con:
-            for mb in self._micro(saca.con):
-                with self._autocast():
+                if term == "con":
                     teacher, taken = option_logprobs(self.model, self.proc, mb, logprob_temperature(cfg.generation))
+                else:
+                    logp, mask = self._logprobs(self.model, mb)
+            if term == "grpo":
+                share, st = grpo_term(logp, mask, mb, cfg, ref_on, max(counts["tokens"], 1.0), max(counts["samples"], 1.0))
+                yield "grpo", share, st
+            elif term == "con":
                 yield "con", contrastive_term(teacher, taken, counts["con_pairs"]), {}
+            elif term == "pad":  # sharded: a forward / backward with a zero loss (its collectives, no gradient)
+                yield "pad", (logp * 0.0).sum(), {}
+            else:
+                yield term, cloning_term(logp, mask, counts[f"{term}_tokens"]), {}
 
     def backward(self, samples: Sequence[Sample], saca, counts: dict) -> dict:
         """Accumulate the gradient of :func:`~saca.train.rft.objective.objective` over this rank's part of the
@@ -300,6 +350,9 @@ class RftTrainer:
         sums = {"loss": 0.0, "pg_loss": 0.0, "kl": 0.0, "clip_frac": 0.0, "ratio_mean": 0.0,
                 "rep_loss": 0.0, "align_loss": 0.0, "con_loss": 0.0}
         for term, share, st in self.shares(samples, saca, counts):
+            if term == "pad":
+                share.backward()
+                continue
             objective(self.cfg, **{"grpo_loss" if term == "grpo" else term: share}).backward()
             if term == "grpo":
                 for k, v in st.items():
@@ -309,10 +362,12 @@ class RftTrainer:
         return sums
 
     def all_reduce_grads(self) -> None:
-        """Sum the gradients over the ranks (each rank's loss is already divided by the global counts)."""
+        """Sum the gradients over the ranks (each rank's loss is already divided by the global counts): one flat
+        all-reduce per step, after every micro batch (``sharding: none``; DDP's per-backward hooks would need the
+        same number of backward passes on every rank, docs/memory.md). Sharded, FSDP has reduce-scattered them."""
         import torch
 
-        if self.dist.world == 1 or not torch.distributed.is_initialized():
+        if self.fsdp or self.dist.world == 1 or not torch.distributed.is_initialized():
             return
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
@@ -337,11 +392,13 @@ class RftTrainer:
             last = self.ckpts.list()
             raise SacaError(f"rft update {update + 1} (iteration {it + 1}): the loss is not finite ({sums['loss']}); "
                             f"stopped without a step; last good checkpoint: {last[-1] if last else 'none (restart from the SFT checkpoint)'}")
-        if it == 0 and os.environ.get(GRAD_DUMP_ENV) and self.dist.is_main:
+        if it == 0 and os.environ.get(GRAD_DUMP_ENV) and (self.dist.is_main or self.fsdp):  # sharded: all gather
             from safetensors.torch import save_file
 
-            save_file({n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().contiguous().cpu()
-                       for n, p in self.model.named_parameters()}, os.environ[GRAD_DUMP_ENV])
+            grads = {n: _full(p.grad if p.grad is not None else torch.zeros_like(p)).detach().contiguous().cpu()
+                     for n, p in self.model.named_parameters()}
+            if self.dist.is_main:
+                save_file(grads, os.environ[GRAD_DUMP_ENV])
         if counts["samples"] == 0 and not any(counts[k] for k in ("rep_tokens", "align_tokens", "con_pairs")):
             self.optimizer.zero_grad(set_to_none=True)
             with warnings.catch_warnings():  # the schedule counts updates, stepped or not
@@ -349,7 +406,7 @@ class RftTrainer:
                 self.scheduler.step()
             return {"grad_norm": 0.0, "lr": self.optimizer.param_groups[0]["lr"], "skipped_step": True}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)))  # sharded: a DTensor
         if not math.isfinite(grad_norm):
             last = self.ckpts.list()
             raise SacaError(f"rft update {update + 1}: the gradient norm is not finite; stopped without a step; "
@@ -369,6 +426,7 @@ class RftTrainer:
         saca = batch.saca
         t_roll = time.perf_counter() - t0 - saca.log.get("time_audit", 0.0) - saca.log.get("time_repair", 0.0)
         t1 = time.perf_counter()
+        self._pad_sample = next((s for ss in batch.samples_of for s in ss), None)
         adv, live, collapsed = advantages(batch.rewards, batch.groups, saca.override, saca.excluded, cfg.adv_eps)
         kl_reward = cfg.kl_mode == "reward" and self.ref is not None and cfg.beta > 0
         t_ref0 = time.perf_counter()
@@ -467,7 +525,8 @@ class RftTrainer:
             for k, ep in enumerate(self.val_episodes[ds]):
                 if k % self.dist.world == self.dist.rank:
                     trajs += engine.start_group(ep, 1, group=k, dataset=ds, sim=self._sim(ds, f"val-{ep.scene_id}"))
-        engine.run(trajs)  # one batched rollout: every dataset's decisions share generate calls
+        with self._gathered():
+            engine.run(trajs)  # one batched rollout: every dataset's decisions share generate calls
         counts = []
         for ds in sorted(self.val_episodes):
             mine = [tr for tr in trajs if tr.dataset == ds]
@@ -478,13 +537,33 @@ class RftTrainer:
 
     # --- run --------------------------------------------------------------------------------
     def resume(self) -> int:
-        """Load the newest checkpoint of these settings, if any; the number of updates it had done (0: none)."""
+        """Load the newest checkpoint of these settings, if any; the number of updates it had done (0: none).
+        Sharded: the newest complete DCP checkpoint of these settings (``sharding.load_checkpoint``)."""
+        if self.fsdp:
+            from saca.train import sharding
+
+            found = self.ckpts.latest()
+            if found is None:
+                return 0
+            state = sharding.load_checkpoint(found[0], self.model, self.optimizer, self.scheduler)
+            log.info("resumed from %s (step %d)", found[0], state["step"])
+            return int(state["step"])
         state = self.ckpts.resume(self.model, self.optimizer, self.scheduler, self.device)
         return int(state["step"]) if state else 0
 
     def save_checkpoint(self, done: int) -> None:
-        """Checkpoint after ``done`` updates (model, optimizer, scheduler, RNG)."""
-        self.ckpts.save(done, self.model, self.optimizer, self.scheduler, {"total_steps": self.cfg.max_steps})
+        """Checkpoint after ``done`` updates (model, optimizer, scheduler, RNG). Sharded: every rank writes its
+        ``torch.distributed.checkpoint`` shards and its RNG state (``sharding.save_checkpoint``)."""
+        state = {"total_steps": self.cfg.max_steps}
+        if self.fsdp:
+            from saca.train import sharding
+
+            sharding.save_checkpoint(self.ckpts.root / f"step-{done:06d}", self.model, self.optimizer, self.scheduler,
+                                     {"step": done, "fingerprint": self.fingerprint, **state})
+            self.ckpts.prune()
+            self.dist.barrier()
+            return
+        self.ckpts.save(done, self.model, self.optimizer, self.scheduler, state)
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -550,10 +629,15 @@ class RftTrainer:
 
     def save_final(self, summary: dict) -> Path:
         final = self.out / "final"
+        kw = {}
+        if self.fsdp:  # the whole model from the shards (every rank takes part; rank 0 gets the weights)
+            from saca.train import sharding
+
+            kw["state_dict"] = sharding.full_state_dict(self.model)
         if self.dist.is_main:
             self.model.config.use_cache = True
             with atomic_dir(final) as tmp:
-                self.model.save_pretrained(str(tmp))
+                self.model.save_pretrained(str(tmp), **kw)
                 self.proc.save_pretrained(tmp)
                 (tmp / "rft_summary.json").write_text(dumps_json(summary), encoding="utf-8")
                 from saca.provenance import write_provenance
@@ -563,6 +647,11 @@ class RftTrainer:
             self.model.config.use_cache = False
         self.dist.barrier()
         return final
+
+
+def _full(t):
+    """A sharded (DTensor) tensor as the whole tensor (a collective); any other tensor as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def check_same_architecture(policy, ref, policy_path: str, ref_path: str) -> None:
