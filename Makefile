@@ -28,8 +28,9 @@ smoke: .installed
 lab: .installed
 	$(PYTHON) -m snakemake all --cores $(CORES) --configfile config/lab.yaml
 
+# two test processes (pytest-xdist): the smoke and SLURM runs in one, every other test file in the other
 test: .installed
-	$(PYTHON) -m pytest
+	$(PYTHON) -m pytest -n 2 --dist loadgroup
 
 # a one-node SLURM cluster on this machine (root; installs Debian's slurmctld, slurmd, munge when missing; 2 CPUs,
 # 2 fake GPUs, partition debug): docs/slurm.md. slurm-test runs the profile through a cluster of its own.

@@ -102,6 +102,21 @@ def habitat_world(tmp_path_factory):
     return {"root": root, "scenes": Path(scene).parent, "index": {}, "datasets": {}, "sim": sim_cfg}
 
 
+# --- two test processes (make test: pytest-xdist, -n 2 --dist loadgroup) --------------------------------------
+
+# the fixtures of the smoke runs and the local SLURM cluster: session-scoped and minutes long, so every test that
+# needs one runs in one process (which runs them first: they are the longest chain); the other tests go file by
+# file to whichever process is free (a file's module fixtures are built once)
+SMOKE_FIXTURES = {"smoke_run", "copied_smoke", "local_slurm", "slurm_cluster"}
+
+
+def pytest_collection_modifyitems(config, items):
+    smoke = [item for item in items if SMOKE_FIXTURES & set(item.fixturenames)]
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("smoke" if item in smoke else item.path.name))
+    items[:] = smoke + [item for item in items if item not in smoke]
+
+
 # --- the smoke workflow, run once per test session ------------------------------------------------------------
 
 REPO = Path(__file__).resolve().parents[1]

@@ -297,9 +297,10 @@ def test_sft_on_two_gpus_runs_torchrun_with_two_processes_and_equals_the_local_c
           f"and outside; model.safetensors sha256 {hashlib.sha256(a).hexdigest()[:16]} both")
 
 
-# RFT on 2 fake GPUs: torchrun, 2 processes (gloo on CPU); 4 updates, a checkpoint after each
+# RFT on 2 fake GPUs: torchrun, 2 processes (gloo on CPU), FSDP2 shards as config/paper.yaml trains (rft.sharding;
+# its checkpoints are torch.distributed.checkpoint shards); 4 updates, a checkpoint after each
 RFT2 = {"resources": {"rft": {"gpu": 2, "cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 30}, "gpu_model": GPU_TYPE},
-        "rft": {"max_steps": 4, "save_steps": 1}}
+        "rft": {"max_steps": 4, "save_steps": 1, "sharding": "fsdp"}}
 RFT_RUN = "rft/saca/s0"
 
 
@@ -341,6 +342,7 @@ def test_rft_on_two_gpus_runs_torchrun_with_two_processes_and_equals_the_local_c
     assert rec["TresPerJob"] == f"gres:gpu:{GPU_TYPE}:2" and rec["NumCPUs"] == "2"
     summary = json.loads((r["run"] / "final" / "rft_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == RFT2["rft"]["max_steps"]
+    assert summary["config"]["sharding"] == "fsdp"
     local = json.loads((r["local"] / "final" / "rft_summary.json").read_text())
     assert local["world_size"] == 2
     a = (r["run"] / "final" / "model.safetensors").read_bytes()
