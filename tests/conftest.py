@@ -110,11 +110,27 @@ def habitat_world(tmp_path_factory):
 SMOKE_FIXTURES = {"smoke_run", "copied_smoke", "local_slurm", "slurm_cluster"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     smoke = [item for item in items if SMOKE_FIXTURES & set(item.fixturenames)]
     for item in items:
         item.add_marker(pytest.mark.xdist_group("smoke" if item in smoke else item.path.name))
     items[:] = smoke + [item for item in items if item not in smoke]
+
+
+class _GroupsTaken:
+    """After pytest-xdist's hook: under ``--dist loadgroup`` every test id carries its group, or two processes would
+    run the smoke workflow into one folder (pytest 9.2 ignores xdist 3.8's id rewrite: pytest-xdist#1386)."""
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config, items):
+        if getattr(config.option, "loadgroup", False) and items and "@" not in items[0].nodeid:
+            raise pytest.UsageError(f"pytest {pytest.__version__} drops pytest-xdist's test groups "
+                                    "(pytest-xdist#1386): install the pinned pytest (pip install -e '.[dev]')")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(_GroupsTaken(), "saca-xdist-groups")
 
 
 # --- the smoke workflow, run once per test session ------------------------------------------------------------
