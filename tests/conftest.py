@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -152,10 +153,12 @@ def run_smoke(checkout: Path, *extra: str) -> tuple[Path, subprocess.CompletedPr
 
 
 @pytest.fixture(scope="session")
-def smoke_run():
+def smoke_run(copied_smoke_started):
     """The results folder of one complete smoke run (``make smoke``'s config) of this checkout, shared by every
     test of the session (about 5 minutes on 2 cores); removed at the end of the session. SACA_SMOKE_RESULTS=
-    {checkout}/.smoke-test/results reuses a finished run instead (kept)."""
+    {checkout}/.smoke-test/results reuses a finished run instead (kept). The copied checkout's run (below), when
+    the session needs it, is started first and goes on beside this one: the SLURM run's jobs leave the CPUs idle
+    between them (submission, status checks), which this run fills."""
     if os.environ.get("SACA_SMOKE_RESULTS"):  # a finished run of this checkout's SMOKE_RESULTS, reused (development)
         out = Path(os.environ["SACA_SMOKE_RESULTS"]).resolve()
         assert out == (REPO / SMOKE_RESULTS).resolve() and (out / "reports" / "index.html").is_file(), out
@@ -211,35 +214,64 @@ def slurm_cluster(local_slurm):
 
 
 @pytest.fixture(scope="session")
-def copied_smoke(request, tmp_path_factory):
+def copied_smoke_started(request, tmp_path_factory):
     """The smoke workflow once more, in a copy of this checkout at another path (with a space in it), results in
-    the copy's own ``.smoke-test/results``. When the session also runs tests/test_slurm.py and the local SLURM
-    cluster starts, this run goes through it with the user's command (``snakemake --profile slurm all``, the GPU
-    rules asking for GPUs): one run then shows both that the outputs do not depend on where the checkout lies
-    (tests/test_reproducible.py) and that SLURM changes none of them (tests/test_slurm.py), at the cost of one
-    smoke run instead of two."""
+    the copy's own ``.smoke-test/results``, started in the background when a test of the session needs it (None
+    otherwise). When the session also runs tests/test_slurm.py and the local SLURM cluster starts, this run goes
+    through it with the user's command (``snakemake --profile slurm all``, the GPU rules asking for GPUs): one run
+    then shows both that the outputs do not depend on where the checkout lies (tests/test_reproducible.py) and
+    that SLURM changes none of them (tests/test_slurm.py), at the cost of one smoke run instead of two."""
     import time
 
+    if not any("copied_smoke" in item.fixturenames for item in request.session.items):
+        yield None
+        return
     tmp = tmp_path_factory.mktemp("copied_smoke")
     clone = tmp / "another checkout"
     copy_checkout(REPO, clone)
-    why = "tests/test_slurm.py is not part of this session"
+    run = {"via": "local", "why": "tests/test_slurm.py is not part of this session", "checkout": clone,
+           "results": clone / SMOKE_RESULTS, "jobs": None}
+    env, cmd = None, [sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/smoke.yaml",
+                      "--nolock", "--config", f"results={run['results']}"]  # run_smoke's command
     if any(item.path.name == "test_slurm.py" for item in request.session.items):
         cluster = request.getfixturevalue("local_slurm")
         if isinstance(cluster, str):
-            why = f"no local SLURM cluster: {cluster}"
+            run["why"] = f"no local SLURM cluster: {cluster}"
         else:
             from local_slurm import JobRecorder
-            from slurm_runs import GPU_OVERLAY, overlay, profile_cmd, run_profile
+            from slurm_runs import GPU_OVERLAY, overlay, profile_cmd, profile_env
 
-            results, logdir = clone / SMOKE_RESULTS, tmp / "slurm_logs"
-            cmd = profile_cmd(results, logdir, "all", configfiles=[overlay(tmp, "gpus.yaml", GPU_OVERLAY)])
-            start = time.monotonic()
-            with JobRecorder(cluster) as jobs:
-                r = run_profile(cluster, cmd, checkout=clone)
-            return {"via": "slurm", "run": r, "out": r.stdout + r.stderr, "results": results, "logdir": logdir,
-                    "jobs": jobs, "cmd": cmd, "seconds": time.monotonic() - start, "checkout": clone}
-    start = time.monotonic()
-    results, r = run_smoke(clone)
-    return {"via": "local", "why": why, "run": r, "out": r.stdout + r.stderr, "results": results,
-            "seconds": time.monotonic() - start, "checkout": clone}
+            run.update(via="slurm", logdir=tmp / "slurm_logs", jobs=JobRecorder(cluster).__enter__())
+            cmd = profile_cmd(run["results"], run["logdir"], "all",
+                              configfiles=[overlay(tmp, "gpus.yaml", GPU_OVERLAY)])
+            env = profile_env(cluster, clone)
+    run["cmd"], run["start"] = cmd, time.monotonic()
+    with open(tmp / "stdout.txt", "w") as out, open(tmp / "stderr.txt", "w") as err:
+        run["proc"] = subprocess.Popen(cmd, cwd=clone, env=env, stdout=out, stderr=err, start_new_session=True)
+    run["stdout"], run["stderr"] = tmp / "stdout.txt", tmp / "stderr.txt"
+    try:
+        yield run
+    finally:
+        if run["proc"].poll() is None:  # the session ended first (interrupted): nothing is left running
+            os.killpg(run["proc"].pid, signal.SIGKILL)
+            run["proc"].wait()
+        if run["jobs"] is not None and run["jobs"]._thread.is_alive():
+            run["jobs"].__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def copied_smoke(copied_smoke_started):
+    """The copied checkout's smoke run (above), waited for: ``via`` (slurm / local; ``why`` not slurm), ``run``
+    (the finished process), ``out``, ``results``, ``seconds``, ``checkout``; through SLURM also ``cmd``,
+    ``logdir`` and ``jobs`` (every SLURM job's last record)."""
+    import time
+
+    h = copied_smoke_started
+    rc = h["proc"].wait(timeout=3600)
+    seconds = time.monotonic() - h["start"]
+    if h["jobs"] is not None:
+        h["jobs"].__exit__(None, None, None)
+    stdout, stderr = h["stdout"].read_text(), h["stderr"].read_text()
+    return {**{k: v for k, v in h.items() if k not in ("proc", "stdout", "stderr", "start")},
+            "run": subprocess.CompletedProcess(h["cmd"], rc, stdout, stderr), "out": stdout + stderr,
+            "seconds": seconds}
