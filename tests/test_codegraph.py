@@ -113,3 +113,31 @@ def test_no_rule_hand_lists_package_files():
     for smk in rules.glob("*.smk"):
         code_lines = [line for line in smk.read_text().splitlines() if not line.lstrip().startswith("#")]
         assert not any("src/saca" in line for line in code_lines), smk.name  # code inputs come from code(command)
+
+
+def test_the_cached_lists_equal_the_derived_ones_and_an_edit_derives_them_afresh(tmp_path, monkeypatch):
+    import shutil
+
+    import saca.codegraph as cg
+
+    pkg = tmp_path / "src" / "saca"
+    shutil.copytree(cg.PACKAGE_DIR, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    cache = tmp_path / ".snakemake" / "saca-codegraph.json"
+    commands = ["scenes", "sft", "rft", "evaluate"]
+    first = {c: cg.cached_command_sources(c, cache, pkg) for c in commands}
+    assert first == {c: command_sources(c, pkg) for c in commands}
+    assert first["scenes"] and all(f.startswith("src/saca/") for f in first["scenes"])
+    # a second process reads the table: nothing is derived
+    monkeypatch.setattr(cg, "command_sources", lambda *a: pytest.fail("derived again despite the cache"))
+    assert {c: cg.cached_command_sources(c, cache, pkg) for c in commands} == first
+    monkeypatch.undo()
+    # an edit to a package file (scenes' command now imports the auditor) changes the digest: derived afresh
+    cli = pkg / "commands" / "data.py"
+    cli.write_text(cli.read_text() + "\nimport saca.auditor.scoring  # noqa: E402, F401\n")
+    assert "src/saca/auditor/scoring.py" not in first["scenes"]
+    for memo in (cg._parse, cg._edges, cg._top_functions, cg.module_file):  # this process parsed the old file
+        memo.cache_clear()
+    assert "src/saca/auditor/scoring.py" in cg.cached_command_sources("scenes", cache, pkg)
+    # a cache that is not JSON is only a cache
+    cache.write_text("{not json")
+    assert cg.cached_command_sources("sft", cache, pkg) == command_sources("sft", pkg)

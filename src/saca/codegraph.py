@@ -23,6 +23,9 @@ imported or executed.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -183,3 +186,37 @@ def command_sources(command: str, root: Path = PACKAGE_DIR) -> list[str]:
     repo = root.parent.parent
     files = {module_file(m, root) for m in mods}
     return sorted(str(f.relative_to(repo)) if f.is_relative_to(repo) else str(f) for f in files if f is not None)
+
+
+def package_digest(root: Path = PACKAGE_DIR) -> str:
+    """sha256 over the path and bytes of every ``.py`` file of the package: what :func:`command_sources` reads."""
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def cached_command_sources(command: str, cache: Path, root: Path = PACKAGE_DIR) -> list[str]:
+    """:func:`command_sources`, kept in the JSON file ``cache`` under the package's :func:`package_digest`: every
+    Snakemake process of a run (each SLURM job parses the workflow twice) reads the lists instead of walking the
+    import graph again; an edit to any package file changes the digest and the lists are derived afresh. A cache
+    that cannot be read or written is only a cache: the lists are then derived."""
+    digest = package_digest(root)
+    try:
+        table = json.loads(cache.read_text())
+        if table.get("digest") == digest and command in table.get("sources", {}):
+            return list(table["sources"][command])
+    except (OSError, ValueError, AttributeError):
+        table = {}
+    sources = command_sources(command, root)
+    if table.get("digest") != digest:
+        table = {"digest": digest, "sources": {}}
+    table["sources"][command] = sources
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(table, sort_keys=True))
+        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old table or the new one
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return sources

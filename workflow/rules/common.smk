@@ -33,14 +33,15 @@ SACA = "python -m saca"
 # import it, and only those; the lists come from the import graph (saca.codegraph), not from this file.
 from functools import lru_cache
 
-from saca.codegraph import command_sources
+from saca.codegraph import cached_command_sources
 
 
 @lru_cache(maxsize=None)
 def code(command):
-    """The source files ``python -m saca {command}`` can execute (saca.codegraph.command_sources)."""
+    """The source files ``python -m saca {command}`` can execute (saca.codegraph.command_sources; kept in
+    .snakemake/saca-codegraph.json under a digest of the package's files)."""
     try:
-        return command_sources(command)
+        return cached_command_sources(command, Path(".snakemake") / "saca-codegraph.json")
     except SacaError as err:
         sys.exit(f"workflow error: {err}")
 
