@@ -142,14 +142,19 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE_RESULTS = ".smoke-test/results"
 
 
+def smoke_cmd(results: Path, *extra: str) -> list[str]:
+    """``snakemake all --configfile config/smoke.yaml`` into ``results`` (given as an absolute path, as a user
+    would), run from a checkout."""
+    return [sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/smoke.yaml", "--nolock",
+            *extra, "--config", f"results={results}"]
+
+
 def run_smoke(checkout: Path, *extra: str) -> tuple[Path, subprocess.CompletedProcess]:
-    """``snakemake all --configfile config/smoke.yaml`` in ``checkout``, results in ``checkout/.smoke-test/results``
-    (given as an absolute path, as a user would); returns that folder and the finished process."""
+    """:func:`smoke_cmd` in ``checkout``, results in ``checkout/.smoke-test/results``; returns that folder and the
+    finished process."""
     out = checkout / SMOKE_RESULTS
     shutil.rmtree(out, ignore_errors=True)  # a fresh run: nothing from an earlier session
-    r = subprocess.run([sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/smoke.yaml",
-                        "--nolock", *extra, "--config", f"results={out}"], cwd=checkout, capture_output=True, text=True)
-    return out, r
+    return out, subprocess.run(smoke_cmd(out, *extra), cwd=checkout, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="session")
@@ -222,6 +227,7 @@ def copied_smoke_started(request, tmp_path_factory):
     then shows both that the outputs do not depend on where the checkout lies (tests/test_reproducible.py) and
     that SLURM changes none of them (tests/test_slurm.py), at the cost of one smoke run instead of two."""
     import time
+    from contextlib import ExitStack
 
     if not any("copied_smoke" in item.fixturenames for item in request.session.items):
         yield None
@@ -230,9 +236,8 @@ def copied_smoke_started(request, tmp_path_factory):
     clone = tmp / "another checkout"
     copy_checkout(REPO, clone)
     run = {"via": "local", "why": "tests/test_slurm.py is not part of this session", "checkout": clone,
-           "results": clone / SMOKE_RESULTS, "jobs": None}
-    env, cmd = None, [sys.executable, "-m", "snakemake", "all", "--cores", "2", "--configfile", "config/smoke.yaml",
-                      "--nolock", "--config", f"results={run['results']}"]  # run_smoke's command
+           "results": clone / SMOKE_RESULTS, "jobs": None, "recording": ExitStack()}
+    env, cmd = None, smoke_cmd(run["results"])
     if any(item.path.name == "test_slurm.py" for item in request.session.items):
         cluster = request.getfixturevalue("local_slurm")
         if isinstance(cluster, str):
@@ -241,7 +246,8 @@ def copied_smoke_started(request, tmp_path_factory):
             from local_slurm import JobRecorder
             from slurm_runs import GPU_OVERLAY, overlay, profile_cmd, profile_env
 
-            run.update(via="slurm", logdir=tmp / "slurm_logs", jobs=JobRecorder(cluster).__enter__())
+            run.update(via="slurm", logdir=tmp / "slurm_logs",
+                       jobs=run["recording"].enter_context(JobRecorder(cluster)))
             cmd = profile_cmd(run["results"], run["logdir"], "all",
                               configfiles=[overlay(tmp, "gpus.yaml", GPU_OVERLAY)])
             env = profile_env(cluster, clone)
@@ -255,8 +261,7 @@ def copied_smoke_started(request, tmp_path_factory):
         if run["proc"].poll() is None:  # the session ended first (interrupted): nothing is left running
             os.killpg(run["proc"].pid, signal.SIGKILL)
             run["proc"].wait()
-        if run["jobs"] is not None and run["jobs"]._thread.is_alive():
-            run["jobs"].__exit__(None, None, None)
+        run["recording"].close()  # a no-op once copied_smoke has closed it
 
 
 @pytest.fixture(scope="session")
@@ -269,9 +274,8 @@ def copied_smoke(copied_smoke_started):
     h = copied_smoke_started
     rc = h["proc"].wait(timeout=3600)
     seconds = time.monotonic() - h["start"]
-    if h["jobs"] is not None:
-        h["jobs"].__exit__(None, None, None)
+    h["recording"].close()  # the SLURM jobs' last records
     stdout, stderr = h["stdout"].read_text(), h["stderr"].read_text()
-    return {**{k: v for k, v in h.items() if k not in ("proc", "stdout", "stderr", "start")},
+    return {**{k: v for k, v in h.items() if k not in ("proc", "stdout", "stderr", "start", "recording")},
             "run": subprocess.CompletedProcess(h["cmd"], rc, stdout, stderr), "out": stdout + stderr,
             "seconds": seconds}

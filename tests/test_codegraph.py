@@ -128,6 +128,7 @@ def test_the_cached_lists_equal_the_derived_ones_and_an_edit_derives_them_afresh
     assert first == {c: command_sources(c, pkg) for c in commands}
     assert first["scenes"] and all(f.startswith("src/saca/") for f in first["scenes"])
     # a second process reads the table: nothing is derived
+    cg._sources_table.cache_clear()  # what a new process starts with
     monkeypatch.setattr(cg, "command_sources", lambda *a: pytest.fail("derived again despite the cache"))
     assert {c: cg.cached_command_sources(c, cache, pkg) for c in commands} == first
     monkeypatch.undo()
@@ -135,9 +136,10 @@ def test_the_cached_lists_equal_the_derived_ones_and_an_edit_derives_them_afresh
     cli = pkg / "commands" / "data.py"
     cli.write_text(cli.read_text() + "\nimport saca.auditor.scoring  # noqa: E402, F401\n")
     assert "src/saca/auditor/scoring.py" not in first["scenes"]
-    for memo in (cg._parse, cg._edges, cg._top_functions, cg.module_file):  # this process parsed the old file
+    for memo in (cg._parse, cg._edges, cg._top_functions, cg.module_file, cg._sources_table):  # as a new process
         memo.cache_clear()
     assert "src/saca/auditor/scoring.py" in cg.cached_command_sources("scenes", cache, pkg)
     # a cache that is not JSON is only a cache
     cache.write_text("{not json")
+    cg._sources_table.cache_clear()
     assert cg.cached_command_sources("sft", cache, pkg) == command_sources("sft", pkg)

@@ -196,27 +196,34 @@ def package_digest(root: Path = PACKAGE_DIR) -> str:
     return h.hexdigest()
 
 
-def cached_command_sources(command: str, cache: Path, root: Path = PACKAGE_DIR) -> list[str]:
-    """:func:`command_sources`, kept in the JSON file ``cache`` under the package's :func:`package_digest`: every
-    Snakemake process of a run (each SLURM job parses the workflow twice) reads the lists instead of walking the
-    import graph again; an edit to any package file changes the digest and the lists are derived afresh. A cache
-    that cannot be read or written is only a cache: the lists are then derived."""
+@lru_cache(maxsize=None)  # one read (or derivation) per process: the workflow asks for every command's list
+def _sources_table(cache: Path, root: Path) -> dict:
+    """``{command: files}`` of every ``saca`` command, from ``cache`` when it holds this :func:`package_digest`,
+    else derived and written there (atomically: a concurrent reader sees the old table or the new one). A cache
+    that cannot be read or written is only a cache."""
     digest = package_digest(root)
     try:
         table = json.loads(cache.read_text())
-        if table.get("digest") == digest and command in table.get("sources", {}):
-            return list(table["sources"][command])
-    except (OSError, ValueError, AttributeError):
-        table = {}
-    sources = command_sources(command, root)
-    if table.get("digest") != digest:
-        table = {"digest": digest, "sources": {}}
-    table["sources"][command] = sources
+        if table.get("digest") == digest:
+            return table["sources"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    sources = {c: command_sources(c, root) for c in sorted(_handlers())}
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(table, sort_keys=True))
-        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old table or the new one
+        tmp.write_text(json.dumps({"digest": digest, "sources": sources}, sort_keys=True))
+        os.replace(tmp, cache)
     except OSError:
         tmp.unlink(missing_ok=True)
     return sources
+
+
+def cached_command_sources(command: str, cache: Path, root: Path = PACKAGE_DIR) -> list[str]:
+    """:func:`command_sources`, kept in the JSON file ``cache`` under the package's :func:`package_digest`: every
+    Snakemake process of a run (each SLURM job parses the workflow twice) reads the lists instead of walking the
+    import graph again; an edit to any package file changes the digest and the lists are derived afresh."""
+    table = _sources_table(cache, root)
+    if command not in table:
+        command_handler(command)  # an unknown command: the error naming the known ones
+    return list(table[command])
