@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from saca import SacaError
-from saca.report import appendix_a, comparison, fig5_curves, paper_numbers, table_variants, training_curves
+from saca.report import (appendix_a, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers,
+                         sign_test, table_variants, training_curves)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper-numbers.csv"
@@ -138,6 +139,80 @@ def test_training_curves_read_the_sft_and_rft_journals(tmp_path):
         training_curves(tmp_path, ["mix"], ["saca"], seeds=[2])
 
 
+def write_episodes(root: Path, dataset: str, run: str, sr: list[float], indices=None) -> None:
+    p = root / dataset / "eval" / run / "val_unseen" / "episodes.jsonl"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    idx = range(len(sr)) if indices is None else indices
+    p.write_text("".join(json.dumps({"index": i, "metrics": {"SR": v, "NE": 1.0}}) + "\n" for i, v in zip(idx, sr)))
+
+
+def test_sign_test_is_the_exact_two_sided_binomial_tail():
+    assert sign_test([0.1, 0.2, 0.3]) == 0.25            # 3 of 3: 2 * 1/8, the smallest p of 3 seeds
+    assert sign_test([1, 1, 1, 1, 1]) == 0.0625          # 2 * 1/32
+    assert sign_test([1, 1, 1, 1, -1]) == 0.375          # 2 * (1 + 5)/32
+    assert sign_test([1, -1, 0.5]) == 1.0                # 2 * (1 + 3)/8, capped
+    assert sign_test([0.0, 0.0]) == 1.0 and sign_test([1, 0, 0]) == 1.0   # ties dropped: 1 of 1 gives 2 * 1/2
+
+
+def test_paired_comparison_pairs_episodes_and_seeds(tmp_path):
+    # seed 0: variant [1,1,0,0] vs grpo [0,1,0,0]; seed 1: [1,0,1,0] vs [1,0,0,0]
+    write_episodes(tmp_path, "d", "rft-saca-s0", [1, 1, 0, 0])
+    write_episodes(tmp_path, "d", "rft-grpo-s0", [0, 1, 0, 0])
+    write_episodes(tmp_path, "d", "rft-saca-s1", [1, 0, 1, 0])
+    write_episodes(tmp_path, "d", "rft-grpo-s1", [1, 0, 0, 0])
+    c = paired_comparison(tmp_path, "d", "saca", "grpo", [0, 1], n_boot=20000)
+    # per-episode differences averaged over the seeds: [0.5, 0, 0.5, 0]
+    assert c["diff"] == 0.25 and c["per_seed"] == [0.25, 0.25] and c["wins"] == 2 and c["episodes"] == 4
+    assert c["p_sign"] == 0.5
+    # a resample is <= 0 only when it draws the two zero episodes only: (1/2)^4 = 1/16, so p = 2/16
+    assert abs(c["p_boot"] - 0.125) < 0.015
+    assert c["ci"][0] == 0.0 and 0.375 <= c["ci"][1] <= 0.5
+    # the same seed gives the same resamples
+    assert paired_comparison(tmp_path, "d", "saca", "grpo", [0, 1], n_boot=20000) == c
+    # a constant difference has a point interval and p 0
+    write_episodes(tmp_path, "d", "rft-ss-s0", [1, 1, 1, 1])
+    c = paired_comparison(tmp_path, "d", "ss", "grpo", [0])
+    assert c["diff"] == 0.75 and c["wins"] == 1 and c["p_sign"] == 1.0   # differences [1, 0, 1, 1]
+    write_episodes(tmp_path, "d", "rft-ss_afr-s0", [1, 2, 1, 1])
+    c = paired_comparison(tmp_path, "d", "ss_afr", "grpo", [0])
+    assert c["diff"] == 1.0 and c["ci"] == (1.0, 1.0) and c["p_boot"] == 0.0 and c["p_sign"] == 1.0
+
+
+def test_paired_comparison_refuses_different_episodes_and_names_missing_files(tmp_path):
+    write_episodes(tmp_path, "d", "rft-saca-s0", [1, 0, 1])
+    write_episodes(tmp_path, "d", "rft-grpo-s0", [1, 0, 1], indices=[0, 1, 5])
+    with pytest.raises(SacaError, match=r"runs 'rft-saca-s0' and 'rft-grpo-s0' evaluated different episodes"):
+        paired_comparison(tmp_path, "d", "saca", "grpo", [0])
+    with pytest.raises(SacaError, match=r"missing input .*rft-saca-s1/val_unseen/episodes.jsonl"):
+        paired_comparison(tmp_path, "d", "saca", "grpo", [1])
+    write_episodes(tmp_path, "d", "rft-ss-s0", [1, 0, 1])
+    with pytest.raises(SacaError, match=r"episodes.jsonl:1: no metric 'nDTW'"):
+        paired_comparison(tmp_path, "d", "ss", "saca", [0], metric="nDTW")
+
+
+def test_mechanism_counts_total_the_journal(tmp_path):
+    log = tmp_path / "rft" / "saca" / "s0" / "train_log.jsonl"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join(json.dumps(r) for r in [
+        {"event": "start", "step": 0},
+        {"event": "train", "step": 1, "repair_attempts": 6, "repair_successes": 1, "afr_groups": 2,
+         "afr_zero_spread": 1, "con_pairs": 2, "appendix_a_share": 0.5, "success_rate": 0.25},
+        {"event": "val", "step": 1, "val_sr": {"a": 0.1}},
+        {"event": "train", "step": 2, "repair_attempts": 2, "repair_successes": 1, "afr_groups": 2,
+         "afr_zero_spread": 0, "con_pairs": 0, "appendix_a_share": None, "success_rate": 0.75}]))
+    (m,) = mechanism_counts(tmp_path, ["saca"], seeds=[0])
+    assert m["updates"] == 2 and m["repair_attempts"] == 8 and m["repair_successes"] == 2
+    assert m["repair_success_rate"] == 0.25 and m["afr_spread_share"] == 0.75 and m["con_every_update"] == 0.5
+    assert m["appendix_a_share"] == 0.5 and m["rollout_sr"] == 0.5 and m["con_pairs"] == 2
+    log2 = tmp_path / "rft" / "grpo" / "s0" / "train_log.jsonl"
+    log2.parent.mkdir(parents=True)
+    log2.write_text(json.dumps({"event": "train", "step": 1, "success_rate": 0.0}))
+    (g,) = mechanism_counts(tmp_path, ["grpo"], seeds=[0])
+    assert g["repair_success_rate"] is None and g["afr_spread_share"] is None and g["con_every_update"] == 0.0
+    with pytest.raises(SacaError, match=r"missing input .*rft/ss/s0/train_log.jsonl"):
+        mechanism_counts(tmp_path, ["ss"], seeds=[0])
+
+
 @pytest.mark.slow
 def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
     res = fake_results(tmp_path / "results")
@@ -164,6 +239,50 @@ def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
     r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
                         "--parameters", json.dumps(params), "--out", str(bad)], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "rft-ss/val_unseen/metrics.json" in r.stderr and not bad.exists()
+
+
+@pytest.mark.slow
+def test_seeded_reports_show_the_paired_comparison_and_the_mechanisms(tmp_path):
+    res = tmp_path / "results"
+    fake_results(res, variants=("sft",))
+    for seed in (0, 1):
+        for k, v in enumerate(("grpo", "ss", "ss_afr", "saca")):
+            sr = [1.0] * (k + seed) + [0.0] * (10 - k - seed)   # saca/s0 succeeds on 3 more episodes than grpo/s0
+            for d in ("mini_r2r", "mini_rxr"):
+                run = res / d / "eval" / f"rft-{v}-s{seed}" / "val_unseen"
+                run.mkdir(parents=True)
+                (run / "metrics.json").write_text(json.dumps({"SR": sum(sr) / 10, "OS": 0.2, "SPL": 0.05, "NE": 6.0,
+                                                              "nDTW": 0.4, "SDTW": 0.1, "TL": 5.0}))
+                run.joinpath("episodes.jsonl").write_text("".join(
+                    json.dumps({"index": i, "metrics": {"SR": x, "SPL": x / 2}}) + "\n" for i, x in enumerate(sr)))
+            log = res / "rft" / v / f"s{seed}" / "train_log.jsonl"
+            log.parent.mkdir(parents=True)
+            log.write_text("\n".join(json.dumps(r) for r in [
+                {"event": "val", "step": 0, "val_sr": {"mini_r2r": 0.1}},
+                {"event": "train", "step": 1, "reward_mean": 0.5, "loss": 0.1, "success_rate": 0.25,
+                 "repair_attempts": 4 * (v == "saca"), "repair_successes": 1 * (v == "saca"),
+                 "afr_groups": 2, "afr_zero_spread": 1, "con_pairs": 3 * (v == "saca"), "groups_mixed": 1}]))
+    sft = res / "sft" / "mix" / "train_log.jsonl"
+    sft.parent.mkdir(parents=True)
+    sft.write_text(json.dumps({"event": "train", "step": 1, "loss": 1.0}))
+    params = {"table": "table2", "results": str(res), "paper_csv": str(PAPER), "benchmarks": BENCH,
+              "built": ["sft", "grpo", "ss", "ss_afr", "saca"], "seeds": [0, 1], "baseline": "grpo", "title": "Table 2"}
+    out = tmp_path / "reports" / "table2.html"
+    r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/table.ipynb"),
+                        "--parameters", json.dumps(params), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = out.read_text()
+    assert "Paired comparison against <code>grpo</code>" in html
+    assert "+30.0" in html and "+15.0" in html   # saca - grpo: SR +3 of 10 episodes, SPL +1.5 of 10
+    assert "2 of 2" in html and "0.500" in html   # both seeds higher; sign test 2 * 1/4
+    params = {"results": str(res), "mixes": ["mix"], "variants": ["grpo", "ss", "ss_afr", "saca"], "seeds": [0, 1]}
+    out = tmp_path / "reports" / "training.html"
+    r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/training.ipynb"),
+                        "--parameters", json.dumps(params), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    html = out.read_text()
+    assert "SACA&#x27;s mechanisms" in html or "SACA's mechanisms" in html
+    assert "1 / 4 (25%)" in html and "1 / 2 (50%)" in html and "3 (100%)" in html and "saca/s1" in html
 
 
 @pytest.mark.parametrize("name", ["a b", "x=__import__('os').system('touch PWNED')#", "class", "1st", ""])

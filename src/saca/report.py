@@ -9,6 +9,10 @@ The logic lives here, importable and tested; the notebooks only call it and draw
   ``rft-{variant}``), converting the reproduced fractions to the paper's percent;
 * :func:`fig5_curves` reads the validation success rate against the RFT update
   from each variant's ``train_log.jsonl`` (SACA Fig. 5);
+* :func:`paired_comparison` compares a variant with a baseline on the same
+  evaluation episodes (bootstrap over episodes, sign test over seeds);
+* :func:`mechanism_counts` totals SACA's mechanisms (repair, AFR, L_con) from
+  the RFT journals;
 * :func:`appendix_a` reads the share of failed episodes with ``rho > 0.5`` from
   the audits (SACA Appendix A);
 * :func:`run_notebook` executes a parameterised notebook with papermill and
@@ -22,6 +26,8 @@ import json
 import math
 from pathlib import Path
 from typing import Mapping, Sequence
+
+import numpy as np
 
 from saca import SacaError
 
@@ -124,6 +130,108 @@ def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mappin
                 else:
                     rec["status"] = "metric not computed"
         out.append(rec)
+    return out
+
+
+def episode_metrics(results, dataset: str, variant: str, split: str = "val_unseen", seed: int | None = None,
+                    metric: str = "SR") -> dict[int, float]:
+    """``{episode index: metric}`` of one evaluation (its ``episodes.jsonl`` beside ``metrics.json``); a missing
+    file, or an episode without the metric, names the file."""
+    path = metrics_path(results, dataset, variant, split, seed).with_name("episodes.jsonl")
+    if not path.is_file():
+        raise SacaError(f"report: missing input {path} (the per-episode results of run '{run_name(variant, seed)}')")
+    out = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        value = row.get("metrics", {}).get(metric)
+        if value is None:
+            raise SacaError(f"{path}:{n}: no metric '{metric}' in the episode's 'metrics'")
+        out[int(row["index"])] = float(value)
+    return out
+
+
+def sign_test(differences: Sequence[float]) -> float:
+    """Two-sided exact sign test: the probability, under a fair coin, of a split of the non-zero ``differences``
+    at least as uneven as the observed one (ties dropped; 1.0 when every difference is zero)."""
+    pos = sum(d > 0 for d in differences)
+    n = pos + sum(d < 0 for d in differences)
+    if n == 0:
+        return 1.0
+    k = min(pos, n - pos)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(results, dataset: str, variant: str, baseline: str, seeds: Sequence[int],
+                      split: str = "val_unseen", metric: str = "SR", n_boot: int = 10000, rng_seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """``variant`` against ``baseline`` on the same episodes: run ``rft-{v}-s{s}`` and ``rft-{baseline}-s{s}``
+    evaluate the same episodes with the same evaluation seed ``s``, so each episode has a paired difference per
+    seed. ``diff``: the mean difference (= the difference of the seed-averaged metric); ``ci``: the percentile
+    interval of the mean of the per-episode differences (averaged over the seeds) over ``n_boot`` resamples of
+    the episodes; ``p_boot``: twice the smaller share of resampled means on either side of zero (two-sided);
+    ``per_seed``: the difference of each seed's mean; ``wins``: seeds where the variant is higher;
+    ``p_sign``: the exact sign test over the seeds (:func:`sign_test`; with 3 seeds it cannot go below 0.25).
+    Episodes that differ between the runs are an error naming both."""
+    if not seeds:
+        raise SacaError("paired comparison: no seeds")
+    per_episode = None
+    per_seed = []
+    for s in seeds:
+        a = episode_metrics(results, dataset, variant, split, s, metric)
+        b = episode_metrics(results, dataset, baseline, split, s, metric)
+        if set(a) != set(b):
+            raise SacaError(f"paired comparison on {dataset}: runs '{run_name(variant, s)}' and "
+                            f"'{run_name(baseline, s)}' evaluated different episodes ({len(a)} and {len(b)})")
+        keys = sorted(a)
+        d = np.array([a[k] - b[k] for k in keys])
+        per_seed.append(float(d.mean()))
+        per_episode = d if per_episode is None else per_episode + d
+    per_episode = per_episode / len(seeds)
+    rng = np.random.default_rng(rng_seed)
+    n = len(per_episode)
+    boot = per_episode[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    p_boot = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
+    return {"dataset": dataset, "variant": variant, "baseline": baseline, "metric": metric, "episodes": n,
+            "seeds": list(seeds), "diff": float(per_episode.mean()), "ci": (float(lo), float(hi)), "level": level,
+            "p_boot": p_boot, "per_seed": per_seed, "wins": sum(d > 0 for d in per_seed),
+            "p_sign": sign_test(per_seed)}
+
+
+MECHANISMS = ("repair_attempts", "repair_successes", "afr_groups", "afr_zero_spread", "con_pairs", "rep_samples",
+              "align_samples", "groups", "groups_mixed", "groups_all_failure")
+
+
+def mechanism_counts(results, variants: Sequence[str], seeds: Sequence[int] | None = None) -> list[dict]:
+    """SACA's mechanisms from each RFT journal (``train`` rows of ``train_log.jsonl``), one dict per run:
+    totals of :data:`MECHANISMS`, ``repair_success_rate`` (successful branches over branch rollouts, Eq. 5),
+    ``afr_spread_share`` (the AFR groups whose rescued advantages are not all zero), ``con_every_update`` (the
+    share of updates with at least one L_con pair, Eq. 13), the mean Appendix-A share of failed rollouts and
+    the rollouts' success rate. A rate whose denominator is zero is ``None``. A missing journal names it."""
+    out = []
+    for v in variants:
+        for seed in [None] if seeds is None else seeds:
+            run = Path(results) / "rft" / v
+            run = run if seed is None else run / f"s{seed}"
+            rows = [r for r in _journal(run / "train_log.jsonl", f"the training log of variant '{v}'")
+                    if r.get("event") == "train"]
+            tot = {k: int(sum(r.get(k, 0) for r in rows)) for k in MECHANISMS}
+
+            def rate(num, den):
+                return num / den if den else None
+
+            def mean(key):
+                vals = [float(r[key]) for r in rows if r.get(key) is not None]
+                return sum(vals) / len(vals) if vals else None
+
+            out.append({"variant": v, "seed": seed, "updates": len(rows), **tot,
+                        "repair_success_rate": rate(tot["repair_successes"], tot["repair_attempts"]),
+                        "afr_spread_share": rate(tot["afr_groups"] - tot["afr_zero_spread"], tot["afr_groups"]),
+                        "con_every_update": rate(sum(r.get("con_pairs", 0) > 0 for r in rows), len(rows)),
+                        "appendix_a_share": mean("appendix_a_share"), "rollout_sr": mean("success_rate")})
     return out
 
 

@@ -326,6 +326,14 @@ def report_inputs(wildcards):
             for s in SEEDS
             for d in BENCHMARKS.values()
         ]
+        if table_baseline(name):  # the paired comparison reads the per-episode results of every RFT row
+            inputs["episodes"] = [
+                f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/episodes.jsonl"
+                for v in table_rows(name)
+                if v != "sft"
+                for s in SEEDS
+                for d in BENCHMARKS.values()
+            ]
     elif name == "fig5":
         inputs["runs"] = [f"{RESULTS}/rft/{v}/s{s}/final" for v in FIG5 for s in SEEDS]
     elif name == "appendix_a":
@@ -333,8 +341,18 @@ def report_inputs(wildcards):
         inputs["figures"] = [f"{RESULTS}/{d}/audit/sft/val_unseen/figure.png" for d in DATASETS]
     elif name == "training":
         inputs["sft"] = f"{RESULTS}/sft/{RFT['sft_mix']}/final"
-        inputs["runs"] = [f"{RESULTS}/rft/{v}/s{s}/final" for v in FIG5 for s in SEEDS]
+        inputs["runs"] = [f"{RESULTS}/rft/{v}/s{s}/final" for v in training_variants() for s in SEEDS]
     return inputs
+
+
+def training_variants():
+    """The RFT runs the training report draws: Fig. 5's, then the workflow's other runs."""
+    return list(dict.fromkeys([*FIG5, *RFT["runs"]]))
+
+
+def table_baseline(name):
+    """The variant a table's other RFT rows are compared with, pairwise (plain GRPO, where the table builds it)."""
+    return "grpo" if "grpo" in table_rows(name) else None
 
 
 def report_params(wildcards):
@@ -349,6 +367,7 @@ def report_params(wildcards):
             "built": table_rows(name),
             "seeds": SEEDS,
             "title": REPORT_NAMES[name],
+            "baseline": table_baseline(name),
             "paper_label": (
                 "paper, for reference" if config["datasets"][DATASETS[0]]["backend"] == "embedded" else "paper"
             ),
@@ -356,7 +375,7 @@ def report_params(wildcards):
     if name == "fig5":
         return {"results": RESULTS, "variants": FIG5, "seeds": SEEDS}
     if name == "training":
-        return {"results": RESULTS, "mixes": [RFT["sft_mix"]], "variants": FIG5, "seeds": SEEDS}
+        return {"results": RESULTS, "mixes": [RFT["sft_mix"]], "variants": training_variants(), "seeds": SEEDS}
     return {
         "results": RESULTS,
         "datasets": DATASETS,
