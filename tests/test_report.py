@@ -11,7 +11,7 @@ import pytest
 
 from saca import SacaError
 from saca.report import (appendix_a, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers,
-                         sign_test, table_variants, training_curves)
+                         sign_test, table_variants, training_curves, wall_collision_share)
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper-numbers.csv"
@@ -188,6 +188,24 @@ def test_paired_comparison_refuses_different_episodes_and_names_missing_files(tm
     write_episodes(tmp_path, "d", "rft-ss-s0", [1, 0, 1])
     with pytest.raises(SacaError, match=r"episodes.jsonl:1: no metric 'nDTW'"):
         paired_comparison(tmp_path, "d", "ss", "saca", [0], metric="nDTW")
+
+
+def test_wall_collision_share_counts_forward_steps_that_did_not_move(tmp_path):
+    p = tmp_path / "episodes.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        # forward (moved), left, forward (blocked: stays), forward (blocked: 1 cm to the contact point), stop
+        {"actions": [1, 2, 1, 1, 0], "positions": [[0, 0, 0], [0.25, 0, 0], [0.25, 0, 0], [0.25, 0, 0],
+                                                   [0.26, 0, 0], [0.26, 0, 0]]},
+        {"actions": [1, 0], "positions": [[1, 0, 0], [1, 0, 0.25], [1, 0, 0.25]]},   # moved along z
+        {"actions": [0], "positions": [[0, 0, 0], [0, 0, 0]]}]) + "\n")
+    assert wall_collision_share(p) == {"forward": 4, "blocked": 2, "share": 0.5}
+    assert wall_collision_share(p, forward_step=0.5)["blocked"] == 4   # a 0.25 m move is short of a 0.5 m step
+    stop = json.dumps({"actions": [0], "positions": [[0, 0, 0], [0, 0, 0]]})
+    p.write_text(stop + "\n")
+    assert wall_collision_share(p) == {"forward": 0, "blocked": 0, "share": None}
+    p.write_text(stop + "\n" + json.dumps({"actions": [1, 1], "positions": [[0, 0, 0], [0, 0, 0]]}))
+    with pytest.raises(SacaError, match=r"episodes.jsonl:2: 2 actions need 3 positions, not 2"):
+        wall_collision_share(p)
 
 
 def test_mechanism_counts_total_the_journal(tmp_path):

@@ -152,6 +152,31 @@ def episode_metrics(results, dataset: str, variant: str, split: str = "val_unsee
     return out
 
 
+def wall_collision_share(path, forward_step: float = 0.25, tol: float = 1e-3) -> dict:
+    """The forward steps an evaluation's agent walked into a wall, from its ``episodes.jsonl`` (``path``):
+    a MOVE_FORWARD (action 1) that moved the agent less than ``forward_step - tol`` metres (the embedded backend
+    leaves a blocked agent where it was; Habitat stops it at the contact point). ``{"forward", "blocked",
+    "share"}`` (share ``None`` without forward steps). A record whose positions do not follow its actions names
+    the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SacaError(f"report: missing input {path} (an evaluation's per-episode results)")
+    fwd = blocked = 0
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        actions, pos = row.get("actions", []), row.get("positions", [])
+        if len(pos) != len(actions) + 1:
+            raise SacaError(f"{path}:{n}: {len(actions)} actions need {len(actions) + 1} positions, not {len(pos)}")
+        for t, a in enumerate(actions):
+            if a != 1:
+                continue
+            fwd += 1
+            blocked += math.dist(pos[t], pos[t + 1]) < forward_step - tol
+    return {"forward": fwd, "blocked": blocked, "share": blocked / fwd if fwd else None}
+
+
 def sign_test(differences: Sequence[float]) -> float:
     """Two-sided exact sign test: the probability, under a fair coin, of a split of the non-zero ``differences``
     at least as uneven as the observed one (ties dropped; 1.0 when every difference is zero)."""
