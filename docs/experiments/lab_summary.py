@@ -63,7 +63,7 @@ def sft_table(res: Path, datasets, mix: str, rounds: int) -> None:
         for d in datasets:
             man = res / d / "dagger" / mix / f"r{k + 1}" / "manifest.json"
             if man.is_file():
-                s = json.loads(man.read_text()).get("rollout_stats", {})
+                s = json.loads(man.read_text()).get("rollouts", {})
                 cells.append(f"{pct(s.get('success_rate'))} / {pct(s.get('wall_collision_share'))} / "
                              f"{pct(s.get('expert_agreement'))}")
             else:
