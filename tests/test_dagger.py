@@ -66,10 +66,10 @@ def _sims(mini_world, turn_angle):
     return make, made
 
 
-def test_the_expert_as_policy_is_labelled_with_its_own_actions(mini_world):
+def test_the_route_expert_as_policy_is_labelled_with_its_own_actions(mini_world):
     eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:3]
     make, made = _sims(mini_world, 15)
-    rolls = labelled_policy_rollouts(eps, make, ReplayAgent(), 6, batch_size=2)
+    rolls = labelled_policy_rollouts(eps, make, ReplayAgent(), 6, batch_size=2, teacher="route")
     assert len(made) == 3  # one simulator per episode
     for r, ep in zip(rolls, eps):
         assert len(r.frames) == len(r.targets) == len(ep.gt_actions)
@@ -85,7 +85,7 @@ def test_the_expert_as_policy_is_labelled_with_its_own_actions(mini_world):
 def test_labels_are_the_teachers_action_on_the_states_the_policy_visits(mini_world):
     eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:2]
     make, _ = _sims(mini_world, 15)
-    rolls = labelled_policy_rollouts(eps, make, TurnThenStopAgent(4), 6, batch_size=2)
+    rolls = labelled_policy_rollouts(eps, make, TurnThenStopAgent(4), 6, batch_size=2, teacher="route")
     sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
     for r, ep in zip(rolls, eps):
         sim.reset(ep)
@@ -104,6 +104,58 @@ def test_labels_are_the_teachers_action_on_the_states_the_policy_visits(mini_wor
         assert (r.forward, r.blocked) == (fwd, blocked) and r.blocked >= 1  # it walked into a wall
         assert not r.success
     sim.close()
+
+
+class GoalTeacherAgent:
+    """Follows the simulator's shortest-path teacher to the goal (not the route through the landmarks)."""
+
+    name = "goal-teacher"
+
+    def reset(self, contexts):
+        pass
+
+    def act(self, contexts):
+        return [int(ctx.sim.teacher_action()) for ctx in contexts]
+
+
+def test_the_goal_teacher_labels_every_visited_state_with_the_shortest_path_action_to_the_goal(mini_world):
+    eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:3]
+    make, _ = _sims(mini_world, 15)
+    rolls = labelled_policy_rollouts(eps, make, TurnThenStopAgent(4), 6, batch_size=2, teacher="goal")
+    sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
+    for r, ep in zip(rolls, eps):
+        sim.reset(ep)
+        for t, a in enumerate(r.ctx.actions):
+            # the label's first action is the teacher's toward the goal from where the off-route agent stands
+            assert r.targets[t][0] == int(sim.teacher_action()), (ep.episode_id, t)
+            if a == Action.STOP:
+                break
+            sim.step(a)
+    sim.close()
+    # a policy that goes straight to the goal agrees with every label and is labelled STOP on arrival,
+    # whichever landmark approach points it skipped
+    rolls = labelled_policy_rollouts(eps, make, GoalTeacherAgent(), 6, batch_size=3, teacher="goal")
+    for r in rolls:
+        assert r.success and r.agree == len(r.frames) and r.targets[-1] == [int(Action.STOP)] * 6
+        assert r.ctx.actions[-1] == int(Action.STOP)
+
+
+def test_the_route_teacher_pins_a_skipped_waypoint_and_the_goal_teacher_does_not(mini_world):
+    # the shortest path to the goal skips a landmark approach point (by more than stop_radius) in some episode:
+    # there the route expert's labels never say STOP, however close to the goal the agent stands
+    eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:12]
+    make, _ = _sims(mini_world, 15)
+    route = labelled_policy_rollouts(eps, make, GoalTeacherAgent(), 6, batch_size=4, teacher="route")
+    goal = labelled_policy_rollouts(eps, make, GoalTeacherAgent(), 6, batch_size=4, teacher="goal")
+    pinned = [k for k, r in enumerate(route) if r.targets[-1][0] != int(Action.STOP)]
+    assert pinned, "no episode's direct path skipped a waypoint: pick other episodes"
+    for k in pinned:
+        assert goal[k].targets[-1][0] == int(Action.STOP) and goal[k].success
+
+
+def test_an_unknown_teacher_is_named():
+    with pytest.raises(SacaError, match=r"sft.dagger.teacher: must be one of goal, route, got 'expert'"):
+        DaggerConfig(teacher="expert").validate("sft.dagger")
 
 
 def test_write_aggregate_and_determinism(mini_world, tmp_path):

@@ -182,7 +182,8 @@ def cmd_dagger_rollouts(args) -> int:
     agent = make_agent(args.agent, seed=dcfg.seed + args.round, options=options)
     _, ds = sim_configs(args)
     rollouts = labelled_policy_rollouts(episodes, lambda: sim_from_args(args)[0], agent, cfg.n_actions,
-                                        batch_size=dcfg.batch_size, max_steps=dcfg.rollout_steps)
+                                        batch_size=dcfg.batch_size, max_steps=dcfg.rollout_steps,
+                                        teacher=dcfg.teacher)
     m = write_dagger_split(rollouts, cfg, ds.turn_angle, args.out, args.round,
                            extra={"agent": str(args.agent), "split": args.split})
     r = m["rollouts"]

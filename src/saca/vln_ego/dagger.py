@@ -46,6 +46,11 @@ class DaggerConfig:
     rollout_steps: int = 0  # frames per rollout at most; 0: the simulator's limit less the expert's look-ahead
     batch_size: int = 8  # episodes rolled out together (one simulator each; decisions batched)
     seed: int = 0  # policy sampling seed of round r: seed + r
+    # whose actions label the visited states: "goal", the shortest-path teacher toward the episode's goal (STOP
+    # within sim.stop_radius of it); "route", the VLN-Ego expert through the landmarks' approach points in order
+    # (a waypoint counts as passed only once the agent stood within stop_radius of it, so a policy that skipped
+    # one is labelled back toward it for the rest of the episode, and never STOP at the goal)
+    teacher: str = "goal"
 
     def validate(self, where: str) -> None:
         for name in ("rounds", "episodes", "max_steps", "rollout_steps"):
@@ -54,6 +59,8 @@ class DaggerConfig:
                 raise SacaError(f"{where}.{name}: must be an integer >= 0, got {v!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise SacaError(f"{where}.batch_size: must be an integer >= 1, got {self.batch_size!r}")
+        if self.teacher not in TEACHERS:
+            raise SacaError(f"{where}.teacher: must be one of {', '.join(TEACHERS)}, got {self.teacher!r}")
 
 
 @dataclass
@@ -70,9 +77,14 @@ class _Rollout:
     limit: int = 0
 
 
-def _plan(sim, episode):
+TEACHERS = ("goal", "route")
+
+
+def _plan(sim, episode, teacher: str = "goal"):
     from saca.episodes.generate import ExpertPlan
 
+    if teacher == "goal":  # the shortest-path follower to the goal, STOP on arrival
+        return ExpertPlan([tuple(episode.goal_position)], None, sim.turn_angle)
     info = episode.info or {}
     if not info.get("waypoints"):
         raise SacaError(f"episode {episode.episode_id}: no info.waypoints (DAgger's expert labels need the route)")
@@ -82,9 +94,10 @@ def _plan(sim, episode):
 
 
 def labelled_policy_rollouts(episodes: Sequence, make_sim: Callable, agent, n: int, *, batch_size: int = 8,
-                             max_steps: int = 0) -> list[_Rollout]:
+                             max_steps: int = 0, teacher: str = "goal") -> list[_Rollout]:
     """Roll ``agent`` out on ``episodes`` (``batch_size`` at a time, one simulator each from ``make_sim()``),
-    labelling every visited frame with the expert's next ``n`` actions from the agent's state.
+    labelling every visited frame with the ``teacher``'s next ``n`` actions from the agent's state
+    (:class:`DaggerConfig`.teacher: ``goal`` or ``route``).
 
     The agent is driven as the evaluation runner drives it (``reset`` once, ``act`` once per step of
     every active episode). Returns one record per episode: frames, targets, and counts of forward
@@ -100,7 +113,7 @@ def labelled_policy_rollouts(episodes: Sequence, make_sim: Callable, agent, n: i
             if limit < 1:
                 raise SacaError(f"sim.max_steps ({sim.config.max_steps}) leaves no room for the expert's "
                                 f"{n}-action look-ahead")
-            batch.append(_Rollout(EpisodeContext(episode=ep, sim=sim), _plan(sim, ep), [], [], limit=limit))
+            batch.append(_Rollout(EpisodeContext(episode=ep, sim=sim), _plan(sim, ep, teacher), [], [], limit=limit))
         agent.reset([r.ctx for r in batch])
         while True:
             active = [r for r in batch if not r.done]
