@@ -229,6 +229,14 @@ def test_mechanism_counts_total_the_journal(tmp_path):
     assert g["repair_success_rate"] is None and g["afr_spread_share"] is None and g["con_every_update"] == 0.0
     with pytest.raises(SacaError, match=r"missing input .*rft/ss/s0/train_log.jsonl"):
         mechanism_counts(tmp_path, ["ss"], seeds=[0])
+    # a run still going: read from its partial journal only when asked, and marked
+    going = tmp_path / "rft" / "ss" / "s0" / "train_log.partial.jsonl"
+    going.parent.mkdir(parents=True)
+    going.write_text(json.dumps({"event": "train", "step": 1, "success_rate": 0.5, "groups_mixed": 2}))
+    with pytest.raises(SacaError, match=r"missing input .*rft/ss/s0/train_log.jsonl"):
+        mechanism_counts(tmp_path, ["ss"], seeds=[0])
+    (s,) = mechanism_counts(tmp_path, ["ss"], seeds=[0], partial=True)
+    assert s["partial"] and s["updates"] == 1 and s["groups_mixed"] == 2 and not m["partial"]
 
 
 @pytest.mark.slow

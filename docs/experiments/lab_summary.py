@@ -105,11 +105,11 @@ def mechanisms(res: Path, variants, seeds) -> None:
     for v in variants:
         for s in seeds:
             try:
-                (r,) = mechanism_counts(res, [v], [s])
+                (r,) = mechanism_counts(res, [v], [s], partial=True)
             except SacaError as err:
                 print(f"| {v}/s{s} | ({err}) |")
                 continue
-            print(f"| {v}/s{s} | {r['updates']} | {pct(r['rollout_sr'])} | {r['groups_mixed']} / "
+            print(f"| {v}/s{s}{' (running)' if r['partial'] else ''} | {r['updates']} | {pct(r['rollout_sr'])} | {r['groups_mixed']} / "
                   f"{r['groups_all_failure']} | {r['repair_successes']} / {r['repair_attempts']} "
                   f"({pct(r['repair_success_rate'], 0)}) | {r['afr_groups'] - r['afr_zero_spread']} / "
                   f"{r['afr_groups']} ({pct(r['afr_spread_share'], 0)}) | {r['con_pairs']} "

@@ -230,19 +230,23 @@ MECHANISMS = ("repair_attempts", "repair_successes", "afr_groups", "afr_zero_spr
               "align_samples", "groups", "groups_mixed", "groups_all_failure")
 
 
-def mechanism_counts(results, variants: Sequence[str], seeds: Sequence[int] | None = None) -> list[dict]:
+def mechanism_counts(results, variants: Sequence[str], seeds: Sequence[int] | None = None,
+                     partial: bool = False) -> list[dict]:
     """SACA's mechanisms from each RFT journal (``train`` rows of ``train_log.jsonl``), one dict per run:
     totals of :data:`MECHANISMS`, ``repair_success_rate`` (successful branches over branch rollouts, Eq. 5),
     ``afr_spread_share`` (the AFR groups whose rescued advantages are not all zero), ``con_every_update`` (the
     share of updates with at least one L_con pair, Eq. 13), the mean Appendix-A share of failed rollouts and
-    the rollouts' success rate. A rate whose denominator is zero is ``None``. A missing journal names it."""
+    the rollouts' success rate. A rate whose denominator is zero is ``None``. A missing journal names it;
+    ``partial``: a run still going is read from its ``train_log.partial.jsonl`` (``"partial": True``)."""
     out = []
     for v in variants:
         for seed in [None] if seeds is None else seeds:
             run = Path(results) / "rft" / v
             run = run if seed is None else run / f"s{seed}"
-            rows = [r for r in _journal(run / "train_log.jsonl", f"the training log of variant '{v}'")
-                    if r.get("event") == "train"]
+            path = run / "train_log.jsonl"
+            going = partial and not path.is_file() and (run / "train_log.partial.jsonl").is_file()
+            path = run / "train_log.partial.jsonl" if going else path
+            rows = [r for r in _journal(path, f"the training log of variant '{v}'") if r.get("event") == "train"]
             tot = {k: int(sum(r.get(k, 0) for r in rows)) for k in MECHANISMS}
 
             def rate(num, den):
@@ -252,7 +256,7 @@ def mechanism_counts(results, variants: Sequence[str], seeds: Sequence[int] | No
                 vals = [float(r[key]) for r in rows if r.get(key) is not None]
                 return sum(vals) / len(vals) if vals else None
 
-            out.append({"variant": v, "seed": seed, "updates": len(rows), **tot,
+            out.append({"variant": v, "seed": seed, "partial": going, "updates": len(rows), **tot,
                         "repair_success_rate": rate(tot["repair_successes"], tot["repair_attempts"]),
                         "afr_spread_share": rate(tot["afr_groups"] - tot["afr_zero_spread"], tot["afr_groups"]),
                         "con_every_update": rate(sum(r.get("con_pairs", 0) > 0 for r in rows), len(rows)),
