@@ -66,6 +66,21 @@ def _sims(mini_world, turn_angle):
     return make, made
 
 
+def _replay(sim, ep, actions, goal=None):
+    """Replays ``actions`` on ``ep`` in ``sim``: the shortest-path teacher's action toward ``goal`` (default: the
+    episode's goal) before each action up to STOP, and the forward steps taken and blocked by a wall."""
+    sim.reset(ep)
+    labels, fwd, blocked = [], 0, 0
+    for a in actions:
+        labels.append(int(sim.teacher_action(goal=goal)))
+        if a == Action.STOP:
+            break
+        st = sim.step(a)
+        fwd += a == Action.MOVE_FORWARD
+        blocked += bool(st.collided) and a == Action.MOVE_FORWARD
+    return labels, fwd, blocked
+
+
 def test_the_route_expert_as_policy_is_labelled_with_its_own_actions(mini_world):
     eps = load_split(mini_world["root"] / "mini_r2r" / "episodes", "train")[:3]
     make, made = _sims(mini_world, 15)
@@ -88,18 +103,10 @@ def test_labels_are_the_teachers_action_on_the_states_the_policy_visits(mini_wor
     rolls = labelled_policy_rollouts(eps, make, TurnThenStopAgent(4), 6, batch_size=2, teacher="route")
     sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
     for r, ep in zip(rolls, eps):
-        sim.reset(ep)
-        first = tuple(ep.info["waypoints"][0])
-        fwd = blocked = 0
-        for t, a in enumerate(r.ctx.actions):
-            # the agent starts >= 1.5 m from the first waypoint, which it never reaches here: the expert's
-            # label is the shortest-path teacher's action toward it, from where the agent is
-            assert r.targets[t][0] == int(sim.teacher_action(goal=first)), (ep.episode_id, t)
-            if a == Action.STOP:
-                break
-            st = sim.step(a)
-            fwd += a == Action.MOVE_FORWARD
-            blocked += bool(st.collided) and a == Action.MOVE_FORWARD
+        # the agent starts >= 1.5 m from the first waypoint, which it never reaches here: the expert's
+        # label is the shortest-path teacher's action toward it, from where the agent is
+        labels, fwd, blocked = _replay(sim, ep, r.ctx.actions, goal=tuple(ep.info["waypoints"][0]))
+        assert [t[0] for t in r.targets[:len(labels)]] == labels, ep.episode_id
         assert r.ctx.actions[:4] == [int(Action.TURN_LEFT)] * 4
         assert (r.forward, r.blocked) == (fwd, blocked) and r.blocked >= 1  # it walked into a wall
         assert not r.success
@@ -124,13 +131,9 @@ def test_the_goal_teacher_labels_every_visited_state_with_the_shortest_path_acti
     rolls = labelled_policy_rollouts(eps, make, TurnThenStopAgent(4), 6, batch_size=2, teacher="goal")
     sim = make_simulator("embedded", mini_world["sim"], 15, mini_world["scenes"])
     for r, ep in zip(rolls, eps):
-        sim.reset(ep)
-        for t, a in enumerate(r.ctx.actions):
-            # the label's first action is the teacher's toward the goal from where the off-route agent stands
-            assert r.targets[t][0] == int(sim.teacher_action()), (ep.episode_id, t)
-            if a == Action.STOP:
-                break
-            sim.step(a)
+        # the label's first action is the teacher's toward the goal from where the off-route agent stands
+        labels, _, _ = _replay(sim, ep, r.ctx.actions)
+        assert [t[0] for t in r.targets[:len(labels)]] == labels, ep.episode_id
     sim.close()
     # a policy that goes straight to the goal agrees with every label and is labelled STOP on arrival,
     # whichever landmark approach points it skipped

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -56,9 +57,9 @@ def sft_table(res: Path, datasets, mix: str, rounds: int) -> None:
         f"{d} train rollouts: SR / walls / agree" for d in datasets) + " |")
     print("|---|---|---|" + "---|" * len(datasets))
     for k in range(rounds + 1):
-        stage = res / "sft" / mix / ("final" if k == rounds else f"dagger/r{k}/final")
-        bench = res / "benchmarks" / "sft" / (f"{mix}.tsv" if k == 0 else
-                                               f"{mix}.{'final' if k == rounds else f'dagger/r{k}/final'}.tsv")
+        name = "final" if k == rounds else f"dagger/r{k}/final"  # the round's policy under results/sft/{mix}/
+        stage = res / "sft" / mix / name
+        bench = res / "benchmarks" / "sft" / (f"{mix}.tsv" if k == 0 else f"{mix}.{name}.tsv")
         cells = []
         for d in datasets:
             man = res / d / "dagger" / mix / f"r{k + 1}" / "manifest.json"
@@ -154,13 +155,13 @@ def fig5(res: Path, variants, seeds) -> None:
         print(f"- {v}: " + ", ".join(f"{s}: {100 * m:.1f}" for s, m, _ in pts))
 
 
-def wall_time(res: Path) -> None:
+def wall_time(res: Path, datasets) -> None:
     print("\n## Wall time of the jobs (sum of Snakemake's benchmark files, minutes)\n")
     per = defaultdict(float)
     for f in (res / "benchmarks").rglob("*.tsv"):
-        rel = f.relative_to(res / "benchmarks").as_posix()
-        key = rel.split("/")[0] if rel.split("/")[0] in ("evaluate", "rft", "sft", "audit") else rel.rsplit("/", 1)[-1]
-        key = key.split("_")[0].split(".")[0] if key.endswith(".tsv") else key
+        top = f.relative_to(res / "benchmarks").parts[0]
+        # benchmarks/{dataset}/{rule}_{split or mix}.tsv, benchmarks/{rule family}/..., benchmarks/scenes.tsv
+        key = re.sub(r"_(train|val_seen|val_unseen|r2r_rxr_r\d+)$", "", f.stem) if top in datasets else Path(top).stem
         per[key] += minutes(f) or 0.0
     for k, v in sorted(per.items(), key=lambda kv: -kv[1]):
         print(f"- {k}: {v:.1f}")
@@ -182,7 +183,7 @@ def main():
     mechanisms(res, a.variants, a.seeds)
     table2(res, a.paper, a.variants, a.seeds)
     fig5(res, a.variants, a.seeds)
-    wall_time(res)
+    wall_time(res, a.datasets)
 
 
 if __name__ == "__main__":

@@ -133,18 +133,32 @@ def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mappin
     return out
 
 
+def _episode_records(path: Path, what: str):
+    """``(line number, record)`` of an evaluation's ``episodes.jsonl``; a missing file names it and ``what``."""
+    if not path.is_file():
+        raise SacaError(f"report: missing input {path} ({what})")
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            yield n, json.loads(line)
+
+
+def _rft_run(results, variant: str, seed: int | None) -> Path:
+    """An RFT run's folder: ``results/rft/{variant}/s{seed}`` (``seed`` None: the unseeded ``results/rft/{variant}``)."""
+    run = Path(results) / "rft" / variant
+    return run if seed is None else run / f"s{seed}"
+
+
+def _ratio(num, den):
+    return num / den if den else None
+
+
 def episode_metrics(results, dataset: str, variant: str, split: str = "val_unseen", seed: int | None = None,
                     metric: str = "SR") -> dict[int, float]:
     """``{episode index: metric}`` of one evaluation (its ``episodes.jsonl`` beside ``metrics.json``); a missing
     file, or an episode without the metric, names the file."""
     path = metrics_path(results, dataset, variant, split, seed).with_name("episodes.jsonl")
-    if not path.is_file():
-        raise SacaError(f"report: missing input {path} (the per-episode results of run '{run_name(variant, seed)}')")
     out = {}
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for n, row in _episode_records(path, f"the per-episode results of run '{run_name(variant, seed)}'"):
         value = row.get("metrics", {}).get(metric)
         if value is None:
             raise SacaError(f"{path}:{n}: no metric '{metric}' in the episode's 'metrics'")
@@ -159,13 +173,8 @@ def wall_collision_share(path, forward_step: float = 0.25, tol: float = 1e-3) ->
     "share"}`` (share ``None`` without forward steps). A record whose positions do not follow its actions names
     the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise SacaError(f"report: missing input {path} (an evaluation's per-episode results)")
     fwd = blocked = 0
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for n, row in _episode_records(path, "an evaluation's per-episode results"):
         actions, pos = row.get("actions", []), row.get("positions", [])
         if len(pos) != len(actions) + 1:
             raise SacaError(f"{path}:{n}: {len(actions)} actions need {len(actions) + 1} positions, not {len(pos)}")
@@ -241,25 +250,21 @@ def mechanism_counts(results, variants: Sequence[str], seeds: Sequence[int] | No
     out = []
     for v in variants:
         for seed in [None] if seeds is None else seeds:
-            run = Path(results) / "rft" / v
-            run = run if seed is None else run / f"s{seed}"
+            run = _rft_run(results, v, seed)
             path = run / "train_log.jsonl"
             going = partial and not path.is_file() and (run / "train_log.partial.jsonl").is_file()
             path = run / "train_log.partial.jsonl" if going else path
             rows = [r for r in _journal(path, f"the training log of variant '{v}'") if r.get("event") == "train"]
             tot = {k: int(sum(r.get(k, 0) for r in rows)) for k in MECHANISMS}
 
-            def rate(num, den):
-                return num / den if den else None
-
             def mean(key):
                 vals = [float(r[key]) for r in rows if r.get(key) is not None]
-                return sum(vals) / len(vals) if vals else None
+                return _ratio(sum(vals), len(vals))
 
             out.append({"variant": v, "seed": seed, "partial": going, "updates": len(rows), **tot,
-                        "repair_success_rate": rate(tot["repair_successes"], tot["repair_attempts"]),
-                        "afr_spread_share": rate(tot["afr_groups"] - tot["afr_zero_spread"], tot["afr_groups"]),
-                        "con_every_update": rate(sum(r.get("con_pairs", 0) > 0 for r in rows), len(rows)),
+                        "repair_success_rate": _ratio(tot["repair_successes"], tot["repair_attempts"]),
+                        "afr_spread_share": _ratio(tot["afr_groups"] - tot["afr_zero_spread"], tot["afr_groups"]),
+                        "con_every_update": _ratio(sum(r.get("con_pairs", 0) > 0 for r in rows), len(rows)),
                         "appendix_a_share": mean("appendix_a_share"), "rollout_sr": mean("success_rate")})
     return out
 
@@ -272,8 +277,7 @@ def fig5_curves(results, variants: Sequence[str], seeds: Sequence[int] | None = 
     for v in variants:
         per_seed = []
         for seed in [None] if seeds is None else seeds:
-            run = Path(results) / "rft" / v
-            path = (run if seed is None else run / f"s{seed}") / "train_log.jsonl"
+            path = _rft_run(results, v, seed) / "train_log.jsonl"
             if not path.is_file():
                 raise SacaError(f"report fig5: missing input {path} (the training log of variant '{v}')")
             pts = {}
@@ -309,9 +313,7 @@ def training_curves(results, mixes: Sequence[str], variants: Sequence[str], seed
                                for r in rows if r.get("event") == "val" and r.get("val_loss")]
     for v in variants:
         for seed in [None] if seeds is None else seeds:
-            run = Path(results) / "rft" / v
-            run = run if seed is None else run / f"s{seed}"
-            rows = _journal(run / "train_log.jsonl", f"the training log of variant '{v}'")
+            rows = _journal(_rft_run(results, v, seed) / "train_log.jsonl", f"the training log of variant '{v}'")
             label = v if seed is None else f"{v}/s{seed}"
             out["rft"][label] = [(int(r["step"]), float(r.get("reward_mean", 0.0)), float(r.get("loss", 0.0)))
                                  for r in rows if r.get("event") == "train"]

@@ -36,6 +36,9 @@ from saca.vln_ego.store import FORMAT_VERSION, FrameShardWriter, encode_image, w
 SUCCESS_DISTANCE = 3.0  # VLN-CE success radius (method-notes §1)
 
 
+TEACHERS = ("goal", "route")  # sft.dagger.teacher (DaggerConfig)
+
+
 @dataclass
 class DaggerConfig:
     """``sft.dagger``: on-policy expert labels (off with ``rounds: 0``)."""
@@ -75,9 +78,6 @@ class _Rollout:
     agree: int = 0
     success: bool = False
     limit: int = 0
-
-
-TEACHERS = ("goal", "route")
 
 
 def _plan(sim, episode, teacher: str = "goal"):
