@@ -157,13 +157,44 @@ def test_restore_snapshot_reproduces_identical_frames(world):
         assert not np.array_equal(sim.observe().rgb, frame.rgb)
         sim.restore(snap)
         assert sim.state == snap
-        sim._obs_cache = None  # force a fresh render, not the cache
+        sim._forget_frames()  # force a fresh render, not the frame store
         again = sim.observe()
         assert np.array_equal(again.rgb, frame.rgb)
         if frame.depth is not None:
             assert np.array_equal(again.depth, frame.depth)
         if frame.instance is not None:
             assert np.array_equal(again.instance, frame.instance)
+
+
+def test_the_frame_store_renders_a_pose_once_and_forgets_the_least_recent_past_its_budget(world, monkeypatch):
+    import saca.sim.base as base
+
+    ep = _episodes(world)[0]
+    with _sim(world) as sim:
+        sim.reset(ep)
+        start = sim.snapshot()
+        a = sim.observe()
+        assert not a.rgb.flags.writeable  # shared between a group's trajectories: nobody may draw on it
+        sim._forget_frames()
+        fresh = sim.observe()
+        assert fresh is not a and np.array_equal(fresh.rgb, a.rgb)  # the store changes no pixel
+        a = fresh
+        assert len(sim._frames) == 1 and sim._frames_bytes == sum(
+            x.nbytes for x in (a.rgb, a.depth, a.instance) if x is not None)
+        # room for two frames: the third pose forgets the least recently used one
+        monkeypatch.setattr(base, "FRAME_CACHE_BYTES", 2 * sim._frames_bytes)
+        sim.step(Action.TURN_LEFT)
+        b = sim.observe()
+        sim.restore(start)
+        assert sim.observe() is a  # a hit, which makes ``a`` the most recent
+        sim.step(Action.TURN_RIGHT)
+        sim.observe()  # a third pose: ``b`` goes
+        assert len(sim._frames) == 2
+        sim.restore(start)
+        assert sim.observe() is a
+        sim.step(Action.TURN_LEFT)
+        again = sim.observe()
+        assert again is not b and np.array_equal(again.rgb, b.rgb)
 
 
 def test_observation_shapes(world):

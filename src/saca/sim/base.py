@@ -25,6 +25,7 @@ from __future__ import annotations
 import abc
 import enum
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -44,6 +45,7 @@ FORWARD_STEP_M = 0.25
 DEPTH_NEAR, DEPTH_FAR = 0.05, 30.0  # metres: the camera's clip planes (embedded: pybullet projection; Habitat: CameraSensorSpec near/far)
 MAX_STEPS = 500
 SUCCESS_DISTANCE_M = 3.0
+FRAME_CACHE_BYTES = 64 << 20  # Simulator.observe's per-pose frame store
 
 
 def heading_to_quaternion(heading: float) -> list[float]:
@@ -159,7 +161,8 @@ class Simulator(abc.ABC):
         self.turn_angle = float(turn_angle)
         self.episode = None
         self._state: AgentState | None = None
-        self._obs_cache: tuple[AgentState, Observation] | None = None
+        self._frames: OrderedDict[tuple, Observation] = OrderedDict()
+        self._frames_bytes = 0
 
     # --- scene and episode -------------------------------------------------
     @abc.abstractmethod
@@ -227,12 +230,37 @@ class Simulator(abc.ABC):
         self._state = state
 
     def observe(self) -> Observation:
-        """Render the current egocentric frame (cached until the state changes)."""
+        """Render the current egocentric frame.
+
+        Frames are kept per pose (position, heading) in a least-recently-used store of at most
+        ``FRAME_CACHE_BYTES``: the G members of a group start at one pose and share their first
+        actions, and a blocked step or a turn and its reverse returns to a pose, so their frames are
+        rendered once. A frame is a pure function of the scene and the pose, so the store changes
+        no result; its arrays are read-only. Loading another scene empties it (:meth:`_forget_frames`).
+        """
         s = self.state
         key = (s.position, s.heading)
-        if self._obs_cache is None or self._obs_cache[0] != key:
-            self._obs_cache = (key, self.render(s.position, s.heading))
-        return self._obs_cache[1]
+        ob = self._frames.get(key)
+        if ob is not None:
+            self._frames.move_to_end(key)
+            return ob
+        ob = self.render(s.position, s.heading)
+        size = 0
+        for a in (ob.rgb, ob.depth, ob.instance):
+            if a is not None:
+                a.setflags(write=False)
+                size += a.nbytes
+        self._frames[key] = ob
+        self._frames_bytes += size
+        while self._frames_bytes > FRAME_CACHE_BYTES and len(self._frames) > 1:
+            _, old = self._frames.popitem(last=False)
+            self._frames_bytes -= sum(a.nbytes for a in (old.rgb, old.depth, old.instance) if a is not None)
+        return ob
+
+    def _forget_frames(self) -> None:
+        """Empty the frame store (a backend calls it when the scene changes)."""
+        self._frames.clear()
+        self._frames_bytes = 0
 
     # --- geometry a backend provides ----------------------------------------
     @abc.abstractmethod

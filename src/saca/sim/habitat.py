@@ -215,7 +215,7 @@ class HabitatSimulator(Simulator):
         previous, self._shared, self._scene_id = self._shared, None, None
         self._shared = self.pool.acquire(key, lambda reuse: self._build(path, reuse), previous)
         self._scene_id = scene_id
-        self._obs_cache = None
+        self._forget_frames()
 
     def configuration(self, path: Path):
         """The ``habitat_sim.Configuration`` of a scene under this simulator's settings."""
@@ -472,7 +472,7 @@ class HabitatSimulator(Simulator):
             shared, self._shared = self._shared, None
             self.pool.release(shared)
         self._scene_id = None
-        self._obs_cache = None
+        self._forget_frames()
 
     def __del__(self):  # a simulator dropped without close() must not pin its scene in the pool
         try:

@@ -66,7 +66,7 @@ class EmbeddedSimulator(Simulator):
         scene, nav = _load_scene(str(self.scene_path(scene_id)), self.config.agent_radius)
         self._build(scene)
         self.scene, self.nav = scene, nav
-        self._obs_cache = None
+        self._forget_frames()
 
     def _build(self, scene: dict) -> None:
         p, cid = self._p, self._client
