@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from saca import SacaError
-from saca.report import (appendix_a, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers,
+from saca.report import (appendix_a, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers, run_name,
                          sign_test, table_variants, training_curves, wall_collision_share)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,15 +72,24 @@ def test_several_seeds_give_mean_and_sample_spread(tmp_path):
             p.parent.mkdir(parents=True)
             p.write_text(json.dumps({"SR": sr, "NE": 6.0 + seed}))
     fake_results(tmp_path, ("sft",))
+    # the SFT row: the one checkpoint evaluated with seeds 0 (run "sft", SR 0.10), 1 and 2 (runs sft-s1, sft-s2)
+    assert run_name("sft", 0) == run_name("sft") == "sft" and run_name("sft", 2) == "sft-s2"
+    with pytest.raises(SacaError, match=r"missing input .*/sft-s1/val_unseen/metrics.json"):
+        comparison(paper_numbers(PAPER), "table2", tmp_path, BENCH, built=["sft", "saca"], seeds=[0, 1, 2])
+    for seed, sr in ((1, 0.12), (2, 0.14)):
+        for d in ("mini_r2r", "mini_rxr"):
+            p = tmp_path / d / "eval" / f"sft-s{seed}" / "val_unseen" / "metrics.json"
+            p.parent.mkdir(parents=True)
+            p.write_text(json.dumps({"SR": sr}))
     rows = comparison(paper_numbers(PAPER), "table2", tmp_path, BENCH, built=["sft", "saca"], seeds=[0, 1, 2])
     by = {(r["variant"], r["benchmark"], r["metric"]): r for r in rows}
     r = by[("saca", "R2R-CE", "SR")]
     assert r["reproduced"] == pytest.approx(13.0) and r["spread"] == pytest.approx(2.6457513) and r["seeds"] == 3
     assert by[("saca", "RxR-CE", "NE")]["reproduced"] == pytest.approx(7.0)
     assert by[("saca", "RxR-CE", "NE")]["spread"] == pytest.approx(1.0)
-    sft = by[("sft", "R2R-CE", "SR")]  # the one SFT run: no spread
-    assert sft["seeds"] == 1 and sft["spread"] is None and sft["reproduced"] == pytest.approx(10.0)
-    with pytest.raises(SacaError, match=r"missing input .*rft-saca-s3/val_unseen/metrics.json"):
+    sft = by[("sft", "R2R-CE", "SR")]  # 10, 12, 14 %: mean 12, sample sd 2
+    assert sft["seeds"] == 3 and sft["reproduced"] == pytest.approx(12.0) and sft["spread"] == pytest.approx(2.0)
+    with pytest.raises(SacaError, match=r"missing input .*/sft-s3/val_unseen/metrics.json"):  # the SFT row comes first
         comparison(paper_numbers(PAPER), "table2", tmp_path, BENCH, built=["sft", "saca"], seeds=[0, 3])
     # Fig. 5: the seeds' curves averaged at the updates every seed validated
     for seed, sr in ((0, 0.2), (1, 0.4)):
@@ -271,6 +281,8 @@ def test_the_table_notebook_renders_html_beside_the_paper(tmp_path):
 def test_seeded_reports_show_the_paired_comparison_and_the_mechanisms(tmp_path):
     res = tmp_path / "results"
     fake_results(res, variants=("sft",))
+    for d in ("mini_r2r", "mini_rxr"):  # the SFT checkpoint's evaluation with seed 1
+        shutil.copytree(res / d / "eval" / "sft", res / d / "eval" / "sft-s1")
     for seed in (0, 1):
         for k, v in enumerate(("grpo", "ss", "ss_afr", "saca")):
             sr = [1.0] * (k + seed) + [0.0] * (10 - k - seed)   # saca/s0 succeeds on 3 more episodes than grpo/s0

@@ -120,6 +120,14 @@ def test_every_rft_run_is_trained_and_evaluated_once_per_seed(tmp_path):
     assert re.search(r"saca rft .*--out \S+/rft/saca/s3 .*--params .*\"seed\": 3\b", r.stdout)
     assert re.search(r"saca evaluate .*--run rft-saca-s3 .*--params .*\"seed\": 3\b", r.stdout)
     assert re.search(r"saca evaluate .*--run sft .*--params .*\"seed\": 0\b", r.stdout)
+    # the SFT checkpoint is evaluated with every seed too (the tables' SFT row: run sft is seed 0)
+    assert {"sft-s3"} <= evals and "sft-s0" not in evals
+    assert re.search(r"saca evaluate .*--agent \S+/sft/r2r_rxr/agent.json --run sft-s3 .*--params .*\"seed\": 3\b", r.stdout)
+    assert sum(1 for rule, w in jobs if rule == "sft") == 1  # one SFT checkpoint, whatever the seeds
+    # ... which needs run "sft" to be evaluation seed 0
+    bad = _edited(tmp_path, lambda c: c.update(seeds=[0, 3], evaluation={**c.get("evaluation", {}), "seed": 2}))
+    r = snakemake("all", "-n", "--cores", "1", "--nolock", "--configfile", str(bad), "--config", f"results={out}")
+    assert r.returncode != 0 and "evaluation.seed is 2" in r.stdout + r.stderr and "set evaluation.seed: 0" in r.stdout + r.stderr
 
 
 def test_vision_pretraining_runs_between_policy_init_and_sft_only_when_switched_on(tmp_path):
@@ -400,8 +408,8 @@ def test_lab_dag_builds_with_its_budgets(tmp_path):
     assert int(counts["rft"]) == len(lab["rft"]["runs"]) * len(lab["seeds"]) == 12
     assert int(counts["sft"]) == 1 and int(counts["sft_dagger"]) == rounds
     assert int(counts["dagger_rollouts"]) == 2 * rounds  # each round, each dataset of the mix
-    # policies evaluated on val_unseen: sft and every RFT run, plus the 3 reference agents, per dataset
-    assert int(counts["evaluate"]) == 2 * (1 + 12 + 3)
+    # policies evaluated on val_unseen: sft with each of the 3 seeds, every RFT run, the 3 reference agents, per dataset
+    assert int(counts["evaluate"]) == 2 * (3 + 12 + 3)
     for variant in ("grpo", "ss", "ss_afr", "saca"):
         for seed in (0, 1, 2):
             assert f"rft/{variant}/s{seed}/final" in r.stdout

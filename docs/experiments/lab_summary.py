@@ -32,8 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from saca import SacaError  # noqa: E402
-from saca.report import (comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers,  # noqa: E402
-                         wall_collision_share)
+from saca.report import (comparison, fig5_curves, mean_spread, mechanism_counts, paired_comparison,  # noqa: E402
+                         paper_numbers, run_name, wall_collision_share)
 
 BENCH = {"R2R-CE": "mini_r2r", "RxR-CE": "mini_rxr"}
 
@@ -51,7 +51,7 @@ def minutes(path: Path):
     return sum(float(r["s"]) for r in rows) / 60 if rows else None
 
 
-def sft_table(res: Path, datasets, mix: str, rounds: int) -> None:
+def sft_table(res: Path, datasets, mix: str, rounds: int, seeds) -> None:
     print("\n## SFT and DAgger\n")
     print("| policy | data | minutes | " + " | ".join(
         f"{d} train rollouts: SR / walls / agree" for d in datasets) + " |")
@@ -90,6 +90,19 @@ def sft_table(res: Path, datasets, mix: str, rounds: int) -> None:
         print(f"| {d} | {m.get('episodes')} | {pct(m['SR'])} | {pct(m['SPL'])} | {pct(walls['share'])} "
               f"({walls['blocked']} of {walls['forward']}) | "
               + (f"{pct(a['share'])} ({a['near_miss']} of {a['failed']})" if a else "(audit missing)") + " |")
+    seeded = []
+    for d in datasets:  # the same checkpoint sampled with each evaluation seed (runs sft, sft-s1, ...)
+        srs = {}
+        for seed in seeds:
+            p = res / d / "eval" / run_name("sft", seed) / "val_unseen" / "metrics.json"
+            if p.is_file():
+                srs[seed] = 100 * json.loads(p.read_text())["SR"]
+        if srs:
+            mean, sd = mean_spread(list(srs.values()))
+            seeded.append(f"{d} {mean:.1f}" + ("" if sd is None else f" ± {sd:.1f}") + " (seeds "
+                          + ", ".join(f"{k}: {v:.1f}" for k, v in srs.items()) + ")")
+    if seeded:
+        print("\nSR over evaluation seeds: " + "; ".join(seeded))
     for run in ("random", "oracle"):
         srs = []
         for d in datasets:
@@ -179,7 +192,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="sft.dagger.rounds of the run")
     a = ap.parse_args()
     res = Path(a.results)
-    sft_table(res, a.datasets, a.mix, a.rounds)
+    sft_table(res, a.datasets, a.mix, a.rounds, a.seeds)
     mechanisms(res, a.variants, a.seeds)
     table2(res, a.paper, a.variants, a.seeds)
     fig5(res, a.variants, a.seeds)

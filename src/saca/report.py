@@ -57,10 +57,12 @@ def paper_numbers(path) -> list[dict]:
 
 
 def run_name(variant: str, seed: int | None = None) -> str:
-    """The evaluation run of a paper row's variant: ``sft``, or ``rft-{variant}-s{seed}`` (one per entry of the
-    config's ``seeds``; the RFT training seed and the evaluation seed are both ``seed``)."""
+    """The evaluation run of a paper row's variant and seed: ``rft-{variant}-s{seed}`` (one per entry of the
+    config's ``seeds``; the RFT training seed and the evaluation seed are both ``seed``); for the SFT policy
+    ``sft`` (evaluation seed 0, or ``seed`` None) and ``sft-s{seed}`` (the same checkpoint, evaluation seed
+    ``seed``: the SFT row's spread over evaluation seeds)."""
     if variant == "sft":
-        return "sft"
+        return "sft" if seed in (None, 0) else f"sft-s{seed}"
     return f"rft-{variant}" if seed is None else f"rft-{variant}-s{seed}"
 
 
@@ -95,7 +97,8 @@ def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mappin
     paper's number only. ``built``: the variants this workflow built; others are marked ``not built``, and a
     built variant whose metrics file is missing is an error naming it. ``seeds``: the RFT rows are the mean over
     the runs ``rft-{variant}-s{seed}`` with their sample standard deviation as ``spread`` (``None`` for one
-    seed); the SFT row is the one SFT run (``seeds`` None: the unseeded run names ``rft-{variant}``)."""
+    seed); the SFT row likewise over its evaluation runs ``sft``, ``sft-s{seed}`` (:func:`run_name`), the one
+    SFT checkpoint sampled with each seed (``seeds`` None: the unseeded run names ``sft``, ``rft-{variant}``)."""
     rows = [r for r in paper if r["table"] == table]
     if not rows:
         raise SacaError(f"paper numbers: no rows for table '{table}' (tables: {', '.join(sorted({r['table'] for r in paper}))})")
@@ -120,7 +123,7 @@ def comparison(paper: Sequence[Mapping], table: str, results, benchmarks: Mappin
             if built is not None and r["variant"] not in built:
                 rec["status"] = "not built"
             else:
-                run_seeds = [None] if r["variant"] == "sft" or seeds is None else list(seeds)
+                run_seeds = [None] if seeds is None else list(seeds)
                 vals = [load(dataset, r["variant"], s, r["label"]).get(r["metric"]) for s in run_seeds]
                 if all(m is not None for m in vals):
                     scale = 100.0 if r["metric"] in PERCENT else 1.0

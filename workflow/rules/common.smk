@@ -178,8 +178,9 @@ def eval_targets(run, with_plots=True):
 
 
 def eval_job(wildcards):
-    """What an evaluation job reads of the evaluation section: an RFT run evaluates with its own seed."""
-    m = re.fullmatch(r"rft-.+-s(\d+)", wildcards.run)
+    """What an evaluation job reads of the evaluation section: an RFT run, and the SFT policy's seeded runs
+    ``sft-s{seed}``, evaluate with their own seed."""
+    m = re.fullmatch(r"(?:rft-.+|sft)-s(\d+)", wildcards.run)
     return {**EVAL_JOB, "seed": int(m.group(1))} if m else EVAL_JOB
 
 
@@ -320,12 +321,12 @@ def report_inputs(wildcards):
         "code": code("report"),
     }
     if name in TABLES:
-        inputs["metrics"] = [
+        inputs["metrics"] = list(dict.fromkeys(  # the SFT row: run "sft" (seed 0) and "sft-s{seed}"
             f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/metrics.json"
             for v in table_rows(name)
             for s in SEEDS
             for d in BENCHMARKS.values()
-        ]
+        ))
         if table_baseline(name):  # the paired comparison reads the per-episode results of every RFT row
             inputs["episodes"] = [
                 f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/episodes.jsonl"

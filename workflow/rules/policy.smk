@@ -125,10 +125,21 @@ rule policy_agent:
         "python -m saca policy-agent --checkpoint {input.ckpt:q} --out {output:q} --params {params.cfg} > {log:q} 2>&1"
 
 
-# Evaluation of the SFT policy as run "sft" (rule evaluate, workflow/rules/evaluate.smk).
+# Evaluation of the SFT policy as run "sft" (rule evaluate, workflow/rules/evaluate.smk), with evaluation.seed;
+# with several `seeds`, also as run "sft-s{seed}" for each non-zero seed (the same checkpoint sampled with that
+# seed: the spread of the tables' SFT row, which counts run "sft" as seed 0).
 if "RUN_AGENTS" in globals():
     RUN_AGENTS["sft"] = lambda w: f"{RESULTS}/sft/{eval_mix(w.dataset)}/agent.json"
     if "sft" not in EVAL["runs"]:
         TARGETS += eval_targets("sft")
+    if any(SEEDS) and int(EVAL.get("seed", 0)) != 0:
+        raise ValueError(
+            f"evaluation.seed is {EVAL['seed']}, but with seeds {SEEDS} the tables' SFT row counts run 'sft' as "
+            "evaluation seed 0 (its other seeds are runs sft-s{seed}): set evaluation.seed: 0"
+        )
+    for _s in SEEDS:
+        if _s != 0:
+            RUN_AGENTS[f"sft-s{_s}"] = RUN_AGENTS["sft"]
+            TARGETS += eval_targets(f"sft-s{_s}", with_plots=False)
 
 TARGETS += [f"{RESULTS}/sft/{m}/final" for m in sorted({eval_mix(d) for d in DATASETS} | set(SFT_MIXES))]
