@@ -130,6 +130,25 @@ def test_every_rft_run_is_trained_and_evaluated_once_per_seed(tmp_path):
     assert r.returncode != 0 and "evaluation.seed is 2" in r.stdout + r.stderr and "set evaluation.seed: 0" in r.stdout + r.stderr
 
 
+def test_a_further_sft_training_seed_trains_the_mix_again_and_is_evaluated_with_every_seed(tmp_path):
+    out = tmp_path / "results"
+    cfg = _edited(tmp_path, lambda c: (c.update(seeds=[0, 2]), c.setdefault("sft", {}).update(train_seeds=[5])))
+    r = snakemake("all", "-n", "-p", "--cores", "1", "--nolock", "--configfile", str(cfg), "--config", f"results={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = _planned_jobs(r.stdout)
+    assert sorted(w["mix"] for rule, w in jobs if rule == "sft") == ["r2r_rxr", "r2r_rxr-t5"]
+    assert re.search(rf"saca sft .*--out {out}/sft/r2r_rxr-t5 .*--params .*\"seed\": 5\b", r.stdout)
+    assert re.search(rf"saca sft .*--out {out}/sft/r2r_rxr --params .*\"seed\": 0\b", r.stdout)
+    evals = {w["run"] for rule, w in jobs if rule == "evaluate"}
+    assert {"sft", "sft-s2", "sft-t5", "sft-t5-s2"} <= evals
+    assert re.search(r"saca evaluate .*--agent \S+/sft/r2r_rxr-t5/agent.json --run sft-t5-s2 .*\"seed\": 2\b", r.stdout)
+    # RFT starts from the plain mix only
+    assert "r2r_rxr-t5/final" not in "".join(l for l in r.stdout.splitlines() if "saca rft " in l)
+    bad = _edited(tmp_path, lambda c: c.setdefault("sft", {}).update(train_seeds=[0]))
+    r = snakemake("all", "-n", "--cores", "1", "--nolock", "--configfile", str(bad), "--config", f"results={out}")
+    assert r.returncode != 0 and "sft.train_seeds [0]" in r.stdout + r.stderr
+
+
 def test_vision_pretraining_runs_between_policy_init_and_sft_only_when_switched_on(tmp_path):
     out = tmp_path / "results"
     final = str(out / "sft" / "r2r_rxr" / "final")
@@ -406,10 +425,13 @@ def test_lab_dag_builds_with_its_budgets(tmp_path):
     lab = yaml.safe_load((REPO / "config" / "lab.yaml").read_text())
     rounds = lab["sft"]["dagger"]["rounds"]
     assert int(counts["rft"]) == len(lab["rft"]["runs"]) * len(lab["seeds"]) == 12
-    assert int(counts["sft"]) == 1 and int(counts["sft_dagger"]) == rounds
-    assert int(counts["dagger_rollouts"]) == 2 * rounds  # each round, each dataset of the mix
-    # policies evaluated on val_unseen: sft with each of the 3 seeds, every RFT run, the 3 reference agents, per dataset
-    assert int(counts["evaluate"]) == 2 * (3 + 12 + 3)
+    # SFT and its DAgger rounds once per training seed (sft.seed 0 and sft.train_seeds [1])
+    assert lab["sft"]["train_seeds"] == [1]
+    assert int(counts["sft"]) == 2 and int(counts["sft_dagger"]) == 2 * rounds
+    assert int(counts["dagger_rollouts"]) == 2 * 2 * rounds  # each training seed, each round, each dataset of the mix
+    # policies evaluated on val_unseen: both SFT training seeds with each of the 3 evaluation seeds, every RFT run,
+    # the 3 reference agents, per dataset
+    assert int(counts["evaluate"]) == 2 * (2 * 3 + 12 + 3)
     for variant in ("grpo", "ss", "ss_afr", "saca"):
         for seed in (0, 1, 2):
             assert f"rft/{variant}/s{seed}/final" in r.stdout

@@ -51,58 +51,64 @@ def minutes(path: Path):
     return sum(float(r["s"]) for r in rows) / 60 if rows else None
 
 
-def sft_table(res: Path, datasets, mix: str, rounds: int, seeds) -> None:
+def sft_run(train_seed: int, eval_seed: int) -> str:
+    """The evaluation run of the SFT policy of one training seed (sft.seed 0 or one of sft.train_seeds) sampled with
+    one evaluation seed: ``sft``, ``sft-s{e}``, ``sft-t{t}``, ``sft-t{t}-s{e}`` (workflow/rules/policy.smk)."""
+    base = run_name("sft", eval_seed)
+    return base if train_seed == 0 else base.replace("sft", f"sft-t{train_seed}", 1)
+
+
+def sft_table(res: Path, datasets, mix: str, rounds: int, seeds, train_seeds) -> None:
     print("\n## SFT and DAgger\n")
-    print("| policy | data | minutes | " + " | ".join(
+    print("| training seed | policy | data | minutes | " + " | ".join(
         f"{d} train rollouts: SR / walls / agree" for d in datasets) + " |")
-    print("|---|---|---|" + "---|" * len(datasets))
-    for k in range(rounds + 1):
-        name = "final" if k == rounds else f"dagger/r{k}/final"  # the round's policy under results/sft/{mix}/
-        stage = res / "sft" / mix / name
-        bench = res / "benchmarks" / "sft" / (f"{mix}.tsv" if k == 0 else f"{mix}.{name}.tsv")
-        cells = []
-        for d in datasets:
-            man = res / d / "dagger" / mix / f"r{k + 1}" / "manifest.json"
-            if man.is_file():
-                s = json.loads(man.read_text()).get("rollouts", {})
-                cells.append(f"{pct(s.get('success_rate'))} / {pct(s.get('wall_collision_share'))} / "
-                             f"{pct(s.get('expert_agreement'))}")
-            else:
-                cells.append("(not rolled out)" if k == rounds else "(missing)")
-        data = "VLN-Ego" + (f" + DAgger r1..r{k}" if k else "")
-        mins = minutes(bench)
-        print(f"| round {k}{' (final)' if k == rounds else ''} | {data} | {'—' if mins is None else f'{mins:.1f}'} | "
-              + " | ".join(cells) + " |")
-        if not stage.exists():
-            print(f"|  | ({stage} missing) |")
-    print("\nThe final policy on val_unseen (evaluation run `sft`):\n")
-    print("| dataset | episodes | SR | SPL | wall-collision share | Appendix-A share (failures with rho > 0.5) |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|" + "---|" * len(datasets))
+    for t in train_seeds:
+        m = mix if t == 0 else f"{mix}-t{t}"  # the mix trained with seed t (sft.train_seeds)
+        for k in range(rounds + 1):
+            name = "final" if k == rounds else f"dagger/r{k}/final"  # the round's policy under results/sft/{m}/
+            stage = res / "sft" / m / name
+            bench = res / "benchmarks" / "sft" / (f"{m}.tsv" if k == 0 else f"{m}.{name}.tsv")
+            cells = []
+            for d in datasets:
+                man = res / d / "dagger" / m / f"r{k + 1}" / "manifest.json"
+                if man.is_file():
+                    r = json.loads(man.read_text()).get("rollouts", {})
+                    cells.append(f"{pct(r.get('success_rate'))} / {pct(r.get('wall_collision_share'))} / "
+                                 f"{pct(r.get('expert_agreement'))}")
+                else:
+                    cells.append("(not rolled out)" if k == rounds else "(missing)")
+            data = "VLN-Ego" + (f" + DAgger r1..r{k}" if k else "")
+            mins = minutes(bench)
+            print(f"| {t} | round {k}{' (final)' if k == rounds else ''} | {data} | "
+                  f"{'—' if mins is None else f'{mins:.1f}'} | " + " | ".join(cells) + " |")
+            if not stage.exists():
+                print(f"|  |  | ({stage} missing) |")
+    print("\nThe final policy on val_unseen, per training seed and evaluation seed (SR, SPL, wall-collision share of "
+          "forward steps; the Appendix-A share from the audit of run `sft`):\n")
+    print("| dataset | training seed | evaluation seed | run | episodes | SR | SPL | walls | Appendix-A share |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for d in datasets:
-        ev = res / d / "eval" / "sft" / "val_unseen"
-        if not (ev / "metrics.json").is_file():
-            print(f"| {d} | (evaluation missing) |")
-            continue
-        m = json.loads((ev / "metrics.json").read_text())
-        walls = wall_collision_share(ev / "episodes.jsonl")
-        audit = res / d / "audit" / "sft" / "val_unseen" / "summary.json"
-        a = json.loads(audit.read_text())["appendix_a"] if audit.is_file() else None
-        print(f"| {d} | {m.get('episodes')} | {pct(m['SR'])} | {pct(m['SPL'])} | {pct(walls['share'])} "
-              f"({walls['blocked']} of {walls['forward']}) | "
-              + (f"{pct(a['share'])} ({a['near_miss']} of {a['failed']})" if a else "(audit missing)") + " |")
-    seeded = []
-    for d in datasets:  # the same checkpoint sampled with each evaluation seed (runs sft, sft-s1, ...)
-        srs = {}
-        for seed in seeds:
-            p = res / d / "eval" / run_name("sft", seed) / "val_unseen" / "metrics.json"
-            if p.is_file():
-                srs[seed] = 100 * json.loads(p.read_text())["SR"]
+        srs = []
+        for t in train_seeds:
+            for e in seeds:
+                run = sft_run(t, e)
+                ev = res / d / "eval" / run / "val_unseen"
+                if not (ev / "metrics.json").is_file():
+                    print(f"| {d} | {t} | {e} | {run} | (evaluation missing) |")
+                    continue
+                met = json.loads((ev / "metrics.json").read_text())
+                srs.append(100 * met["SR"])
+                walls = wall_collision_share(ev / "episodes.jsonl")
+                audit = res / d / "audit" / run / "val_unseen" / "summary.json"
+                a = json.loads(audit.read_text())["appendix_a"] if audit.is_file() else None
+                print(f"| {d} | {t} | {e} | {run} | {met.get('episodes')} | {pct(met['SR'])} | {pct(met['SPL'])} | "
+                      f"{pct(walls['share'])} | "
+                      + (f"{pct(a['share'])} ({a['near_miss']} of {a['failed']})" if a else "—") + " |")
         if srs:
-            mean, sd = mean_spread(list(srs.values()))
-            seeded.append(f"{d} {mean:.1f}" + ("" if sd is None else f" ± {sd:.1f}") + " (seeds "
-                          + ", ".join(f"{k}: {v:.1f}" for k, v in srs.items()) + ")")
-    if seeded:
-        print("\nSR over evaluation seeds: " + "; ".join(seeded))
+            mean, sd = mean_spread(srs)
+            print(f"| {d} | all | all |  | {len(srs)} runs | {mean:.1f}" + ("" if sd is None else f" ± {sd:.1f}")
+                  + " |  |  |  |")
     for run in ("random", "oracle"):
         srs = []
         for d in datasets:
@@ -190,9 +196,10 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=["mini_r2r", "mini_rxr"])
     ap.add_argument("--mix", default="r2r_rxr")
     ap.add_argument("--rounds", type=int, default=2, help="sft.dagger.rounds of the run")
+    ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="SFT training seeds: 0 and sft.train_seeds")
     a = ap.parse_args()
     res = Path(a.results)
-    sft_table(res, a.datasets, a.mix, a.rounds, a.seeds)
+    sft_table(res, a.datasets, a.mix, a.rounds, a.seeds, a.train_seeds)
     mechanisms(res, a.variants, a.seeds)
     table2(res, a.paper, a.variants, a.seeds)
     fig5(res, a.variants, a.seeds)

@@ -180,7 +180,7 @@ def eval_targets(run, with_plots=True):
 def eval_job(wildcards):
     """What an evaluation job reads of the evaluation section: an RFT run, and the SFT policy's seeded runs
     ``sft-s{seed}``, evaluate with their own seed."""
-    m = re.fullmatch(r"(?:rft-.+|sft)-s(\d+)", wildcards.run)
+    m = re.fullmatch(r"(?:rft-.+|sft(?:-t\d+)?)-s(\d+)", wildcards.run)
     return {**EVAL_JOB, "seed": int(m.group(1))} if m else EVAL_JOB
 
 
@@ -204,7 +204,28 @@ def policy_base():
     return POLICY_VISION if vision_pretrained() else POLICY_INIT
 
 
+def split_mix(name):
+    """``r2r_rxr-t1`` -> ``("r2r_rxr", 1)``: mix r2r_rxr trained again with SFT seed 1 (``sft.train_seeds``);
+    a plain mix name -> ``(name, None)``."""
+    m = re.fullmatch(r"(.+)-t(\d+)", name)
+    if m and m.group(1) in SFT["mixes"]:
+        return m.group(1), int(m.group(2))
+    return name, None
+
+
+def mix_pattern():
+    """The ``{mix}`` wildcard: a mix of sft.mixes, optionally with a training seed (``-t{seed}``)."""
+    return "(?:" + "|".join(re.escape(m) for m in SFT["mixes"]) + r")(?:-t[0-9]+)?"
+
+
+def with_train_seed(params, mix, key="seed"):
+    """A job's settings for a mix name: a training-seed copy (``{mix}-t{seed}``) runs with ``key`` = that seed."""
+    _, seed = split_mix(mix)
+    return params if seed is None else {**params, key: seed}
+
+
 def sft_mix(name):
+    name, _ = split_mix(name)
     if name not in SFT["mixes"]:
         known = ", ".join(SFT["mixes"])
         raise ValueError(f"unknown SFT mix {name!r}; sft.mixes defines {known}")

@@ -25,7 +25,7 @@ if DAGGER_ROUNDS:
         log:
             f"{RESULTS}/logs/sft/{{mix}}.dagger_r{{stage}}.agent.log",
         wildcard_constraints:
-            mix="|".join(SFT_MIXES),
+            mix=mix_pattern(),
             stage=r"\d+",
         conda:
             "../../envs/saca.yaml"
@@ -48,7 +48,7 @@ if DAGGER_ROUNDS:
         benchmark:
             f"{RESULTS}/benchmarks/{{dataset}}/dagger_{{mix}}_r{{round}}.tsv"
         wildcard_constraints:
-            mix="|".join(SFT_MIXES),
+            mix=mix_pattern(),
             round=r"\d+",
         conda:
             "../../envs/train.yaml"
@@ -57,7 +57,7 @@ if DAGGER_ROUNDS:
             sim=as_json(config["sim"]),
             ds=lambda wc: as_json(dataset_cfg(wc, "train")),
             vln_ego=as_json(VLN_EGO),
-            dagger=as_json(DAGGER),
+            dagger=lambda wc: as_json(with_train_seed(DAGGER, wc.mix)),
             scenes=lambda wc, input: Path(input.scenes).parent,
             episodes=lambda wc, input: Path(input.episodes).parent,
         shell:
@@ -75,7 +75,7 @@ if DAGGER_ROUNDS:
         benchmark:
             f"{RESULTS}/benchmarks/sft/{{mix}}.{{stage}}.tsv"
         wildcard_constraints:
-            mix="|".join(SFT_MIXES),
+            mix=mix_pattern(),
             stage=r"final|dagger/r[1-9][0-9]*/final",
         conda:
             "../../envs/train.yaml"
@@ -84,7 +84,7 @@ if DAGGER_ROUNDS:
             **rule_resources("sft"),
         params:
             val=sft_val_args,
-            cfg=as_json(SFT_DAGGER_PARAMS),
+            cfg=lambda wc: as_json(with_train_seed(SFT_DAGGER_PARAMS, wc.mix)),
             run=lambda wc, output: Path(output[0]).parent,
         shell:
             f"OMP_NUM_THREADS={{threads}} {launcher('sft')} -m saca sft --init {{input.init}} --train {{input.train}}"

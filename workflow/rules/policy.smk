@@ -16,10 +16,16 @@ VLN_EGO = config["vln_ego"]
 POLICY_INIT = f"{RESULTS}/policy/init"
 POLICY_VISION = f"{RESULTS}/policy/init_vision"
 SFT_MIXES = list(SFT["mixes"])
+SFT_TRAIN_SEEDS = [int(t) for t in SFT.get("train_seeds", [])]
+if int(SFT.get("seed", 0)) in SFT_TRAIN_SEEDS or len(set(SFT_TRAIN_SEEDS)) != len(SFT_TRAIN_SEEDS):
+    raise ValueError(
+        f"sft.train_seeds {SFT_TRAIN_SEEDS}: each further training seed must appear once and differ from sft.seed "
+        f"({SFT.get('seed', 0)}), which trains the plain mix"
+    )
 
 
 # the sft section without the workflow keys (changing eval_mix must not retrain), plus the VLN-Ego answer length
-SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits", "dagger")}
+SFT_PARAMS = {k: v for k, v in SFT.items() if k not in ("mixes", "eval_mix", "val_splits", "dagger", "train_seeds")}
 SFT_PARAMS["n_actions"] = VLN_EGO["n_actions"]
 # the agent settings plus what must match the VLN-Ego data the policy was trained on
 AGENT_PARAMS = {
@@ -89,7 +95,7 @@ rule sft:
     benchmark:
         f"{RESULTS}/benchmarks/sft/{{mix}}.tsv"
     wildcard_constraints:
-        mix="|".join(SFT_MIXES),
+        mix=mix_pattern(),
     conda:
         "../../envs/train.yaml"
     threads: 2
@@ -98,7 +104,7 @@ rule sft:
     params:
         init=policy_base(),
         val=sft_val_args,
-        cfg=as_json(SFT_PARAMS),
+        cfg=lambda wc: as_json(with_train_seed(SFT_PARAMS, wc.mix)),
         run=SFT_RUN,
     shell:
         # resumes from {params.run}/checkpoints when a previous attempt was killed
@@ -116,7 +122,7 @@ rule policy_agent:
     log:
         f"{RESULTS}/logs/sft/{{mix}}.agent.log",
     wildcard_constraints:
-        mix="|".join(SFT_MIXES),
+        mix=mix_pattern(),
     conda:
         "../../envs/saca.yaml"
     params:
@@ -141,5 +147,16 @@ if "RUN_AGENTS" in globals():
         if _s != 0:
             RUN_AGENTS[f"sft-s{_s}"] = RUN_AGENTS["sft"]
             TARGETS += eval_targets(f"sft-s{_s}", with_plots=False)
+    # sft.train_seeds: each mix trained again with SFT seed t as mix "{mix}-t{t}" (results/sft/{mix}-t{t}/, its own
+    # DAgger rounds), evaluated as runs "sft-t{t}" and "sft-t{t}-s{seed}": the SFT table's spread over training
+    # seeds. RFT and the tables' SFT row use the plain mix (seed sft.seed).
+    for _t in SFT_TRAIN_SEEDS:
+        RUN_AGENTS[f"sft-t{_t}"] = lambda w, _t=_t: f"{RESULTS}/sft/{eval_mix(w.dataset)}-t{_t}/agent.json"
+        TARGETS += eval_targets(f"sft-t{_t}", with_plots=False)
+        for _s in SEEDS:
+            if _s != 0:
+                RUN_AGENTS[f"sft-t{_t}-s{_s}"] = RUN_AGENTS[f"sft-t{_t}"]
+                TARGETS += eval_targets(f"sft-t{_t}-s{_s}", with_plots=False)
 
 TARGETS += [f"{RESULTS}/sft/{m}/final" for m in sorted({eval_mix(d) for d in DATASETS} | set(SFT_MIXES))]
+TARGETS += [f"{RESULTS}/sft/{m}-t{t}/final" for m in sorted({eval_mix(d) for d in DATASETS}) for t in SFT_TRAIN_SEEDS]
