@@ -74,6 +74,7 @@ def test_several_seeds_give_mean_and_sample_spread(tmp_path):
     fake_results(tmp_path, ("sft",))
     # the SFT row: the one checkpoint evaluated with seeds 0 (run "sft", SR 0.10), 1 and 2 (runs sft-s1, sft-s2)
     assert run_name("sft", 0) == run_name("sft") == "sft" and run_name("sft", 2) == "sft-s2"
+    assert run_name("sft", 0, train_seed=1) == "sft-t1" and run_name("sft", 2, train_seed=1) == "sft-t1-s2"
     with pytest.raises(SacaError, match=r"missing input .*/sft-s1/val_unseen/metrics.json"):
         comparison(paper_numbers(PAPER), "table2", tmp_path, BENCH, built=["sft", "saca"], seeds=[0, 1, 2])
     for seed, sr in ((1, 0.12), (2, 0.14)):

@@ -51,13 +51,6 @@ def minutes(path: Path):
     return sum(float(r["s"]) for r in rows) / 60 if rows else None
 
 
-def sft_run(train_seed: int, eval_seed: int) -> str:
-    """The evaluation run of the SFT policy of one training seed (sft.seed 0 or one of sft.train_seeds) sampled with
-    one evaluation seed: ``sft``, ``sft-s{e}``, ``sft-t{t}``, ``sft-t{t}-s{e}`` (workflow/rules/policy.smk)."""
-    base = run_name("sft", eval_seed)
-    return base if train_seed == 0 else base.replace("sft", f"sft-t{train_seed}", 1)
-
-
 def sft_table(res: Path, datasets, mix: str, rounds: int, seeds, train_seeds) -> None:
     print("\n## SFT and DAgger\n")
     print("| training seed | policy | data | minutes | " + " | ".join(
@@ -92,7 +85,7 @@ def sft_table(res: Path, datasets, mix: str, rounds: int, seeds, train_seeds) ->
         srs = []
         for t in train_seeds:
             for e in seeds:
-                run = sft_run(t, e)
+                run = run_name("sft", e, t)
                 ev = res / d / "eval" / run / "val_unseen"
                 if not (ev / "metrics.json").is_file():
                     print(f"| {d} | {t} | {e} | {run} | (evaluation missing) |")

@@ -56,13 +56,15 @@ def paper_numbers(path) -> list[dict]:
     return rows
 
 
-def run_name(variant: str, seed: int | None = None) -> str:
+def run_name(variant: str, seed: int | None = None, train_seed: int = 0) -> str:
     """The evaluation run of a paper row's variant and seed: ``rft-{variant}-s{seed}`` (one per entry of the
     config's ``seeds``; the RFT training seed and the evaluation seed are both ``seed``); for the SFT policy
     ``sft`` (evaluation seed 0, or ``seed`` None) and ``sft-s{seed}`` (the same checkpoint, evaluation seed
-    ``seed``: the SFT row's spread over evaluation seeds)."""
+    ``seed``: the SFT row's spread over evaluation seeds), and for a further SFT training seed (``sft.train_seeds``)
+    ``sft-t{train_seed}`` and ``sft-t{train_seed}-s{seed}``."""
     if variant == "sft":
-        return "sft" if seed in (None, 0) else f"sft-s{seed}"
+        base = "sft" if train_seed == 0 else f"sft-t{train_seed}"
+        return base if seed in (None, 0) else f"{base}-s{seed}"
     return f"rft-{variant}" if seed is None else f"rft-{variant}-s{seed}"
 
 

@@ -15,6 +15,8 @@ SFT = config["sft"]
 VLN_EGO = config["vln_ego"]
 POLICY_INIT = f"{RESULTS}/policy/init"
 POLICY_VISION = f"{RESULTS}/policy/init_vision"
+from saca.report import run_name
+
 SFT_MIXES = list(SFT["mixes"])
 SFT_TRAIN_SEEDS = [int(t) for t in SFT.get("train_seeds", [])]
 if int(SFT.get("seed", 0)) in SFT_TRAIN_SEEDS or len(set(SFT_TRAIN_SEEDS)) != len(SFT_TRAIN_SEEDS):
@@ -143,20 +145,16 @@ if "RUN_AGENTS" in globals():
             f"evaluation.seed is {EVAL['seed']}, but with seeds {SEEDS} the tables' SFT row counts run 'sft' as "
             "evaluation seed 0 (its other seeds are runs sft-s{seed}): set evaluation.seed: 0"
         )
-    for _s in SEEDS:
-        if _s != 0:
-            RUN_AGENTS[f"sft-s{_s}"] = RUN_AGENTS["sft"]
-            TARGETS += eval_targets(f"sft-s{_s}", with_plots=False)
     # sft.train_seeds: each mix trained again with SFT seed t as mix "{mix}-t{t}" (results/sft/{mix}-t{t}/, its own
     # DAgger rounds), evaluated as runs "sft-t{t}" and "sft-t{t}-s{seed}": the SFT table's spread over training
-    # seeds. RFT and the tables' SFT row use the plain mix (seed sft.seed).
-    for _t in SFT_TRAIN_SEEDS:
-        RUN_AGENTS[f"sft-t{_t}"] = lambda w, _t=_t: f"{RESULTS}/sft/{eval_mix(w.dataset)}-t{_t}/agent.json"
-        TARGETS += eval_targets(f"sft-t{_t}", with_plots=False)
-        for _s in SEEDS:
-            if _s != 0:
-                RUN_AGENTS[f"sft-t{_t}-s{_s}"] = RUN_AGENTS[f"sft-t{_t}"]
-                TARGETS += eval_targets(f"sft-t{_t}-s{_s}", with_plots=False)
+    # seeds. RFT and the tables' SFT row use the plain mix (seed sft.seed). Run names: saca.report.run_name.
+    for _t in [0, *SFT_TRAIN_SEEDS]:
+        _agent = lambda w, _t=_t: f"{RESULTS}/sft/{eval_mix(w.dataset)}{'' if _t == 0 else f'-t{_t}'}/agent.json"
+        for _s in dict.fromkeys([0, *SEEDS]):
+            _run = run_name("sft", _s, _t)
+            if _run != "sft":
+                RUN_AGENTS[_run] = _agent
+                TARGETS += eval_targets(_run, with_plots=False)
 
 TARGETS += [f"{RESULTS}/sft/{m}/final" for m in sorted({eval_mix(d) for d in DATASETS} | set(SFT_MIXES))]
 TARGETS += [f"{RESULTS}/sft/{m}-t{t}/final" for m in sorted({eval_mix(d) for d in DATASETS}) for t in SFT_TRAIN_SEEDS]
