@@ -115,6 +115,7 @@ class SftConfig:
     dagger: dict = field(default_factory=dict)  # workflow key (sft.dagger, saca.vln_ego.dagger); SFT ignores it
     eval_mix: dict = field(default_factory=dict)
     val_splits: list = field(default_factory=lambda: ["val_seen"])
+    train_seeds: list = field(default_factory=list)  # workflow key: further training seeds (mixes "{mix}-t{seed}")
 
     def validate(self, where: str) -> None:
         if self.learning_rate <= 0:
@@ -145,7 +146,8 @@ class SftConfig:
         """The settings that change the trained weights (not logging, saving, validation or workflow keys)."""
         d = asdict(self)
         for k in ("save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "eval_steps", "val_samples",
-                  "per_device_eval_batch_size", "frame_cache", "mixes", "eval_mix", "val_splits", "device"):
+                  "per_device_eval_batch_size", "frame_cache", "mixes", "eval_mix", "val_splits", "device",
+                  "train_seeds"):
             d.pop(k)
         if self.sharding == "none":
             d.pop("sharding")  # runs before the key existed keep their fingerprint
