@@ -342,12 +342,14 @@ def report_inputs(wildcards):
         "code": code("report"),
     }
     if name in TABLES:
-        inputs["metrics"] = list(dict.fromkeys(  # the SFT row: run "sft" (seed 0) and "sft-s{seed}"
-            f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/metrics.json"
-            for v in table_rows(name)
-            for s in SEEDS
-            for d in BENCHMARKS.values()
-        ))
+        inputs["metrics"] = list(
+            dict.fromkeys(  # the SFT row: run "sft" (seed 0) and "sft-s{seed}"
+                f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/metrics.json"
+                for v in table_rows(name)
+                for s in SEEDS
+                for d in BENCHMARKS.values()
+            )
+        )
         if table_baseline(name):  # the paired comparison reads the per-episode results of every RFT row
             inputs["episodes"] = [
                 f"{RESULTS}/{d}/eval/{run_name(v, s)}/val_unseen/episodes.jsonl"
