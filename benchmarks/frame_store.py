@@ -41,8 +41,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
-    from dataclasses import replace
-
     import saca.sim.base as base
     from saca.episodes import load_split
     from saca.policy.agent import PolicyAgentConfig
@@ -85,7 +83,7 @@ def main(argv=None) -> int:
                 base.FRAME_CACHE_BYTES = shipped if mode == "store" else 0
                 counts["renders"] = 0
                 t0 = time.perf_counter()
-                trajs = RolloutEngine(policy, replace(cfg), make_sim, seed=args.seed).rollout(eps, G)
+                trajs = RolloutEngine(policy, cfg, make_sim, seed=args.seed).rollout(eps, G)
                 runs[mode].append(time.perf_counter() - t0)
                 acts = [tuple(tr.actions) for tr in trajs]
                 if actions.setdefault(mode, acts) != acts:

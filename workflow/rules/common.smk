@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from saca import SacaError
+from saca.report import run_name
 from saca.external import check_config_paths, download_targets
 
 RESULTS = config.get("results", "results")
@@ -211,6 +212,11 @@ def split_mix(name):
     if m and m.group(1) in SFT["mixes"]:
         return m.group(1), int(m.group(2))
     return name, None
+
+
+def seeded_mix(mix, seed):
+    """The mix name of ``mix`` trained with further SFT seed ``seed`` (0: the plain mix); :func:`split_mix` inverts it."""
+    return mix if seed == 0 else f"{mix}-t{seed}"
 
 
 def mix_pattern():

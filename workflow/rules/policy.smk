@@ -15,13 +15,11 @@ SFT = config["sft"]
 VLN_EGO = config["vln_ego"]
 POLICY_INIT = f"{RESULTS}/policy/init"
 POLICY_VISION = f"{RESULTS}/policy/init_vision"
-from saca.report import run_name
-
 SFT_MIXES = list(SFT["mixes"])
 SFT_TRAIN_SEEDS = [int(t) for t in SFT.get("train_seeds", [])]
-if int(SFT.get("seed", 0)) in SFT_TRAIN_SEEDS or len(set(SFT_TRAIN_SEEDS)) != len(SFT_TRAIN_SEEDS):
+if int(SFT.get("seed", 0)) in SFT_TRAIN_SEEDS:  # (the schema refuses a repeated seed)
     raise ValueError(
-        f"sft.train_seeds {SFT_TRAIN_SEEDS}: each further training seed must appear once and differ from sft.seed "
+        f"sft.train_seeds {SFT_TRAIN_SEEDS}: each further training seed must differ from sft.seed "
         f"({SFT.get('seed', 0)}), which trains the plain mix"
     )
 
@@ -149,7 +147,7 @@ if "RUN_AGENTS" in globals():
     # DAgger rounds), evaluated as runs "sft-t{t}" and "sft-t{t}-s{seed}": the SFT table's spread over training
     # seeds. RFT and the tables' SFT row use the plain mix (seed sft.seed). Run names: saca.report.run_name.
     for _t in [0, *SFT_TRAIN_SEEDS]:
-        _agent = lambda w, _t=_t: f"{RESULTS}/sft/{eval_mix(w.dataset)}{'' if _t == 0 else f'-t{_t}'}/agent.json"
+        _agent = lambda w, _t=_t: f"{RESULTS}/sft/{seeded_mix(eval_mix(w.dataset), _t)}/agent.json"
         for _s in dict.fromkeys([0, *SEEDS]):
             _run = run_name("sft", _s, _t)
             if _run != "sft":
@@ -157,4 +155,6 @@ if "RUN_AGENTS" in globals():
                 TARGETS += eval_targets(_run, with_plots=False)
 
 TARGETS += [f"{RESULTS}/sft/{m}/final" for m in sorted({eval_mix(d) for d in DATASETS} | set(SFT_MIXES))]
-TARGETS += [f"{RESULTS}/sft/{m}-t{t}/final" for m in sorted({eval_mix(d) for d in DATASETS}) for t in SFT_TRAIN_SEEDS]
+TARGETS += [
+    f"{RESULTS}/sft/{seeded_mix(m, t)}/final" for m in sorted({eval_mix(d) for d in DATASETS}) for t in SFT_TRAIN_SEEDS
+]

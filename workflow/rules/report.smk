@@ -8,7 +8,7 @@
 # table1 ... table5, fig5, appendix_a, reports: per-table targets (each builds what its report shows)
 # Include after rft.smk and auditor.smk.
 
-from saca.report import TABLES, paper_numbers, run_name, table_variants
+from saca.report import TABLES, paper_numbers, table_variants
 
 REPORTS = config.get("reports", {})
 PAPER_CSV = REPORTS.get("paper_numbers", "config/paper-numbers.csv")

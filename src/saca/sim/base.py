@@ -149,6 +149,11 @@ DATASET_SIM_KEYS = ("width", "height", "hfov", "camera_height", "agent_radius", 
                     "allow_sliding", "recompute_navmesh")
 
 
+def _channels(ob: Observation) -> list[np.ndarray]:
+    """The arrays an observation holds (rgb, and depth / instance when rendered)."""
+    return [a for a in (ob.rgb, ob.depth, ob.instance) if a is not None]
+
+
 class Simulator(abc.ABC):
     """One agent in one scene at a time. Backends: ``embedded`` (pybullet), ``habitat``."""
 
@@ -245,16 +250,13 @@ class Simulator(abc.ABC):
             self._frames.move_to_end(key)
             return ob
         ob = self.render(s.position, s.heading)
-        size = 0
-        for a in (ob.rgb, ob.depth, ob.instance):
-            if a is not None:
-                a.setflags(write=False)
-                size += a.nbytes
+        for a in _channels(ob):
+            a.setflags(write=False)
         self._frames[key] = ob
-        self._frames_bytes += size
+        self._frames_bytes += sum(a.nbytes for a in _channels(ob))
         while self._frames_bytes > FRAME_CACHE_BYTES and len(self._frames) > 1:
             _, old = self._frames.popitem(last=False)
-            self._frames_bytes -= sum(a.nbytes for a in (old.rgb, old.depth, old.instance) if a is not None)
+            self._frames_bytes -= sum(a.nbytes for a in _channels(old))
         return ob
 
     def _forget_frames(self) -> None:
