@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from saca import SacaError
-from saca.report import (appendix_a, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers, run_name,
+from saca.report import (appendix_a, behaviour, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers, run_name,
                          sign_test, table_variants, training_curves, wall_collision_share)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -369,3 +369,25 @@ def test_an_executed_notebook_has_numbered_cell_ids_and_no_times():
     assert nb.metadata["papermill"] == {"input_path": "nb.ipynb", "parameters": {"a": 1}}
     assert nb.cells[0].metadata == {"papermill": {"status": "completed"}}
     nbformat.validate(nb)
+
+
+def test_behaviour_counts_stops_step_limits_undone_turns_and_stops_at_the_goal(tmp_path):
+    p = tmp_path / "episodes.jsonl"
+    ok, near, far = {"SR": 1.0, "OS": 1.0}, {"SR": 0.0, "OS": 1.0}, {"SR": 0.0, "OS": 0.0}
+    p.write_text("\n".join(json.dumps(r) for r in [
+        # left, right (undone), forward, right, right, forward, stop: 2 of 4 turns undone; success
+        {"actions": [2, 3, 1, 3, 3, 1, 0], "metrics": ok},
+        # left right left right then the step limit (5): all 4 turns undone; came near, no STOP
+        {"actions": [2, 3, 2, 3, 1], "metrics": near},
+        # left left right: the right undoes one left; wrong STOP far from the goal
+        {"actions": [2, 2, 3, 0], "metrics": far}]) + "\n")
+    assert behaviour(p, max_steps=5) == {
+        "episodes": 3, "stopped": 2 / 3, "at_limit": 1 / 3, "steps": 16 / 3, "turn_share": 11 / 16,
+        "undone_turns": 8 / 11, "stop_at_goal": 1 / 2}
+    # a longer step limit: the second episode ran out of nothing
+    assert behaviour(p, max_steps=6)["at_limit"] == 0
+    p.write_text(json.dumps({"actions": [1, 0], "metrics": far}) + "\n")
+    assert behaviour(p)["undone_turns"] is None and behaviour(p)["stop_at_goal"] is None
+    p.write_text(json.dumps({"actions": [1, 0], "metrics": {"SR": 0.0}}) + "\n")
+    with pytest.raises(SacaError, match=r"episodes.jsonl:1: a record needs 'actions' and 'metrics' with SR and OS"):
+        behaviour(p)

@@ -13,6 +13,8 @@ Reads only what the workflow wrote (nothing is recomputed but the statistics):
 * SACA's mechanisms from every RFT journal (:func:`saca.report.mechanism_counts`);
 * Table 2 (mean and sample sd over the seeds, :func:`saca.report.comparison`) with the paired comparison
   against ``grpo`` (:func:`saca.report.paired_comparison`);
+* how each policy ends its val_unseen episodes (:func:`saca.report.behaviour`: STOP, the step limit, a STOP at
+  the goal once there, turns undone, walls);
 * Fig. 5's points (:func:`saca.report.fig5_curves`);
 * the wall time of the run's jobs, per rule (sum of the benchmark files' seconds).
 
@@ -32,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from saca import SacaError  # noqa: E402
-from saca.report import (comparison, fig5_curves, mean_spread, mechanism_counts, paired_comparison,  # noqa: E402
+from saca.report import (behaviour, comparison, fig5_curves, mean_spread, mechanism_counts, paired_comparison,  # noqa: E402
                          paper_numbers, run_name, wall_collision_share)
 
 BENCH = {"R2R-CE": "mini_r2r", "RxR-CE": "mini_rxr"}
@@ -156,6 +158,25 @@ def table2(res: Path, paper_csv: str, variants, seeds) -> None:
                       + ", ".join(f"{100 * x:+.1f}" for x in c["per_seed"]) + f" | {c['p_sign']:.2f} |")
 
 
+def behaviours(res: Path, datasets, variants, seeds, max_steps: int) -> None:
+    print("\n## How the policies end their episodes (val_unseen; :func:`saca.report.behaviour`)\n")
+    print("| dataset | run | episodes | SR | OS | stop at the goal (SR / OS) | ending on STOP | at the step limit | "
+          "steps | turns | turns undone | walls |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for d in datasets:
+        for run in ["oracle", "sft", *(run_name(v, s) for v in variants for s in seeds)]:  # oracle: the expert
+            ev = res / d / "eval" / run / "val_unseen"
+            if not (ev / "metrics.json").is_file():
+                print(f"| {d} | {run} | (evaluation missing) |")
+                continue
+            met = json.loads((ev / "metrics.json").read_text())
+            b = behaviour(ev / "episodes.jsonl", max_steps)
+            walls = wall_collision_share(ev / "episodes.jsonl")
+            print(f"| {d} | {run} | {b['episodes']} | {pct(met['SR'])} | {pct(met['OS'])} | {pct(b['stop_at_goal'])} | "
+                  f"{pct(b['stopped'])} | {pct(b['at_limit'])} | {b['steps']:.0f} | {pct(b['turn_share'])} | "
+                  f"{pct(b['undone_turns'])} | {pct(walls['share'])} |")
+
+
 def fig5(res: Path, variants, seeds) -> None:
     print("\n## Fig. 5 (validation SR on val_seen, mean over datasets and seeds)\n")
     try:
@@ -189,12 +210,14 @@ def main():
     ap.add_argument("--datasets", nargs="+", default=["mini_r2r", "mini_rxr"])
     ap.add_argument("--mix", default="r2r_rxr")
     ap.add_argument("--rounds", type=int, default=2, help="sft.dagger.rounds of the run")
+    ap.add_argument("--max-steps", type=int, default=500, help="sim.max_steps of the run")
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[0, 1], help="SFT training seeds: 0 and sft.train_seeds")
     a = ap.parse_args()
     res = Path(a.results)
     sft_table(res, a.datasets, a.mix, a.rounds, a.seeds, a.train_seeds)
     mechanisms(res, a.variants, a.seeds)
     table2(res, a.paper, a.variants, a.seeds)
+    behaviours(res, a.datasets, a.variants, a.seeds, a.max_steps)
     fig5(res, a.variants, a.seeds)
     wall_time(res, a.datasets)
 

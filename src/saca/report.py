@@ -13,6 +13,9 @@ The logic lives here, importable and tested; the notebooks only call it and draw
   evaluation episodes (bootstrap over episodes, sign test over seeds);
 * :func:`mechanism_counts` totals SACA's mechanisms (repair, AFR, L_con) from
   the RFT journals;
+* :func:`wall_collision_share` and :func:`behaviour` read an evaluation's
+  trajectories: forward steps into walls; how episodes end (STOP, the step
+  limit, a STOP at the goal once there) and how many turns are undone;
 * :func:`appendix_a` reads the share of failed episodes with ``rho > 0.5`` from
   the audits (SACA Appendix A);
 * :func:`run_notebook` executes a parameterised notebook with papermill and
@@ -189,6 +192,43 @@ def wall_collision_share(path, forward_step: float = 0.25, tol: float = 1e-3) ->
             fwd += 1
             blocked += math.dist(pos[t], pos[t + 1]) < forward_step - tol
     return {"forward": fwd, "blocked": blocked, "share": blocked / fwd if fwd else None}
+
+
+def behaviour(path, max_steps: int = 500) -> dict:
+    """How an evaluation's agent ends and spends its episodes, from its ``episodes.jsonl`` (``path``): ``episodes``;
+    ``stopped`` / ``at_limit``: the share ending on STOP / running out of the ``max_steps`` step limit without it;
+    ``steps``: mean actions per episode; ``turn_share``: turns among all actions; ``undone_turns``: the share of
+    turns cancelled by an opposite turn before the agent moves on (left-right-left-right undoes all four, a
+    left-left-forward none); ``stop_at_goal``: SR over OS, the share of the episodes that came within the success
+    distance of the goal whose agent stopped there (``None`` when none came). A record without ``actions`` or
+    ``metrics`` names the file and line."""
+    path = Path(path)
+    n = stopped = at_limit = steps = turns = undone = came = succeeded = 0
+    for line, row in _episode_records(path, "an evaluation's per-episode results"):
+        actions, met = row.get("actions"), row.get("metrics")
+        if not isinstance(actions, list) or not isinstance(met, dict) or "SR" not in met or "OS" not in met:
+            raise SacaError(f"{path}:{line}: a record needs 'actions' and 'metrics' with SR and OS")
+        n += 1
+        steps += len(actions)
+        ended_on_stop = bool(actions) and actions[-1] == 0
+        stopped += ended_on_stop
+        at_limit += not ended_on_stop and len(actions) >= max_steps
+        came += met["OS"] > 0
+        succeeded += met["SR"] > 0
+        pending: list[int] = []  # the turns since the last non-turn action, not yet cancelled
+        for a in actions:
+            if a not in (2, 3):
+                pending = []
+                continue
+            turns += 1
+            if pending and pending[-1] != a:
+                pending.pop()
+                undone += 2
+            else:
+                pending.append(a)
+    return {"episodes": n, "stopped": _ratio(stopped, n), "at_limit": _ratio(at_limit, n),
+            "steps": _ratio(steps, n), "turn_share": _ratio(turns, steps), "undone_turns": _ratio(undone, turns),
+            "stop_at_goal": _ratio(succeeded, came)}
 
 
 def sign_test(differences: Sequence[float]) -> float:
