@@ -33,6 +33,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from saca import SacaError
+from saca.sim.base import Action
 
 COLUMNS = ("table", "group", "row", "label", "variant", "benchmark", "split", "metric", "value", "note")
 PERCENT = ("SR", "OS", "SPL", "nDTW", "SDTW")  # the paper reports them in %, the metrics files as fractions
@@ -187,7 +188,7 @@ def wall_collision_share(path, forward_step: float = 0.25, tol: float = 1e-3) ->
         if len(pos) != len(actions) + 1:
             raise SacaError(f"{path}:{n}: {len(actions)} actions need {len(actions) + 1} positions, not {len(pos)}")
         for t, a in enumerate(actions):
-            if a != 1:
+            if a != Action.MOVE_FORWARD:
                 continue
             fwd += 1
             blocked += math.dist(pos[t], pos[t + 1]) < forward_step - tol
@@ -210,14 +211,14 @@ def behaviour(path, max_steps: int = 500) -> dict:
             raise SacaError(f"{path}:{line}: a record needs 'actions' and 'metrics' with SR and OS")
         n += 1
         steps += len(actions)
-        ended_on_stop = bool(actions) and actions[-1] == 0
+        ended_on_stop = bool(actions) and actions[-1] == Action.STOP
         stopped += ended_on_stop
         at_limit += not ended_on_stop and len(actions) >= max_steps
         came += met["OS"] > 0
         succeeded += met["SR"] > 0
         pending: list[int] = []  # the turns since the last non-turn action, not yet cancelled
         for a in actions:
-            if a not in (2, 3):
+            if a not in (Action.TURN_LEFT, Action.TURN_RIGHT):
                 pending = []
                 continue
             turns += 1
