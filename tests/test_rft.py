@@ -196,6 +196,30 @@ def test_variants_are_small_overrides_of_one_base():
         resolve_variant(SECTION, "sacaa")
 
 
+def test_an_rft_policy_is_evaluated_sampling_as_its_rollouts_did():
+    from saca.train.rft import eval_agent_settings
+
+    agent = {"n_actions": 6, "generation": {"do_sample": True, "temperature": 0.7, "top_p": 1.0, "seed": 0}}
+    # rollout (the default): the variant's rollout sampling over RftConfig's default, the agent's other keys kept
+    v = resolve_variant(SECTION, "vlnr1", AUDITOR)
+    assert eval_agent_settings(v, agent) == {"n_actions": 6, "generation": {
+        "do_sample": True, "temperature": 0.9, "top_p": 1.0, "top_k": 0, "max_new_tokens": 48, "seed": 0}}
+    assert eval_agent_settings({}, agent)["generation"]["temperature"] == 1.0  # RftConfig's rollout default
+    assert agent["generation"]["temperature"] == 0.7  # not modified
+    # agent: as the SFT policy is sampled; a variant may choose it
+    section = {**SECTION, "variants": {**SECTION["variants"], "grpo_agent": {**GRPO_ONLY, "eval_sampling": "agent"}}}
+    assert eval_agent_settings(resolve_variant(section, "grpo_agent"), agent) == agent
+    with pytest.raises(SacaError, match=r"rft.eval_sampling: 'greedy' is not one of rollout, agent"):
+        eval_agent_settings({"eval_sampling": "greedy"}, agent)
+    # validation (Fig. 5) samples the same way; the setting changes no training step, so checkpoints still resume
+    a07 = SamplingConfig(do_sample=True, temperature=0.7)
+    assert RftConfig().eval_generation(a07).temperature == 1.0
+    assert RftConfig(eval_sampling="agent").eval_generation(a07) is a07
+    assert RftConfig(eval_sampling="agent").fingerprint_dict() == RftConfig().fingerprint_dict()
+    with pytest.raises(SacaError, match=r"rft.eval_sampling: 'greedy' is not one of rollout, agent"):
+        RftConfig(eval_sampling="greedy").validate("rft")
+
+
 def test_the_paper_tables_are_variants_of_the_config():
     import yaml
 

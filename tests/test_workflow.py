@@ -286,6 +286,22 @@ def test_editing_evaluation_plots_reruns_only_the_plots(smoke_run, tmp_path):
     assert rules == {"eval_plots"}, rules
 
 
+def test_an_rft_policy_is_evaluated_with_its_rollout_sampling_unless_told(tmp_path):
+    """rule rft_agent writes rft.generation into an RFT policy's agent spec (rft.eval_sampling: rollout), the SFT
+    policy keeps policy.agent.generation; a variant with eval_sampling: agent keeps the agent's too."""
+    def edit(c):
+        c["rft"]["variants"] = {**c["rft"].get("variants", {}), "grpo": {"soft_score": False, "afr": False,
+                                                                          "rr": False, "eval_sampling": "agent"}}
+
+    r = snakemake("all", "-n", "-p", "--cores", "1", "--nolock", "--configfile", str(_edited(tmp_path, edit)),
+                  "--config", f"results={tmp_path / 'results'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    temps = dict(re.findall(r"saca policy-agent --checkpoint \S+/(sft/r2r_rxr|rft/\w+/s0)/final .*\"temperature\": ([0-9.]+)",
+                            r.stdout))
+    assert temps == {"sft/r2r_rxr": "0.7", "rft/saca/s0": "1.0", "rft/ss/s0": "1.0", "rft/ss_afr/s0": "1.0",
+                     "rft/grpo/s0": "0.7", "rft/vlnr1/s0": "1.0"}, temps
+
+
 @pytest.mark.slow
 def test_editing_one_variant_reruns_only_that_variant(smoke_run, tmp_path):
     def edit(c):

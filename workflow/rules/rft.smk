@@ -5,12 +5,13 @@
 #                                                    section (rft.variants, the paper's Tables 2-5), the seed one
 #                                                    of the top-level `seeds`; SACA variants also read the
 #                                                    landmarks rule's train split (src/saca/train/saca.py: Eq. 4-13)
-# rft_agent  results/rft/{variant}/s{seed}/agent.json agent spec (checkpoint + agent settings) for evaluation
+# rft_agent  results/rft/{variant}/s{seed}/agent.json agent spec (checkpoint + agent settings) for evaluation,
+#                                                    sampling as the rollouts did (rft.eval_sampling)
 # and the evaluation run "rft-{variant}-s{seed}": results/{dataset}/eval/rft-{variant}-s{seed}/{split}/metrics.json
 # (evaluated with the same seed).
 # Include after policy.smk.
 
-from saca.train.rft import check_variant, resolve_variant
+from saca.train.rft import check_variant, eval_agent_settings, resolve_variant
 
 RFT = config["rft"]
 RFT_VARIANTS = list(RFT.get("variants") or {})
@@ -92,7 +93,8 @@ rule rft_agent:
     conda:
         "../../envs/saca.yaml"
     params:
-        cfg=as_json(AGENT_PARAMS),
+        # sampled as RL sampled it (rft.eval_sampling: rollout) or as the SFT policy (agent)
+        cfg=lambda w: as_json(eval_agent_settings(rft_variant(w), AGENT_PARAMS)),
     shell:
         "python -m saca policy-agent --checkpoint {input.ckpt:q} --out {output:q} --params {params.cfg} > {log:q} 2>&1"
 

@@ -17,7 +17,7 @@ The equations themselves are functions of :mod:`saca.train.grpo` (GRPO, the Time
 """
 
 from saca.train.rft.collect import Batch, RewardFn, TimeDecayedReward, default_reward, outcome_reward
-from saca.train.rft.config import MODES, RftConfig, check_variant, resolve_variant
+from saca.train.rft.config import EVAL_SAMPLING, MODES, RftConfig, check_variant, eval_agent_settings, resolve_variant
 from saca.train.rft.groups import (SacaBatch, alignment_samples, clone_samples, construct_groups, contrastive_pair,
                                    repair_resample, repair_samples)
 from saca.train.rft.objective import advantages, objective
@@ -25,8 +25,8 @@ from saca.train.rft.samples import ConSample, Sample, option_logprobs, token_log
 from saca.train.rft.trainer import GRAD_DUMP_ENV, RftTrainer, check_same_architecture, reduce_by_name
 
 __all__ = [
-    "MODES", "GRAD_DUMP_ENV", "Batch", "ConSample", "RewardFn", "RftConfig", "RftTrainer", "Sample", "SacaBatch",
+    "EVAL_SAMPLING", "MODES", "GRAD_DUMP_ENV", "Batch", "ConSample", "RewardFn", "RftConfig", "RftTrainer", "Sample", "SacaBatch",
     "TimeDecayedReward", "advantages", "alignment_samples", "check_same_architecture", "check_variant",
-    "clone_samples", "construct_groups", "contrastive_pair", "default_reward", "objective", "option_logprobs",
+    "clone_samples", "construct_groups", "contrastive_pair", "default_reward", "eval_agent_settings", "objective", "option_logprobs",
     "outcome_reward", "reduce_by_name", "repair_resample", "repair_samples", "resolve_variant", "token_logprobs",
 ]

@@ -11,6 +11,7 @@ from saca.policy.generate import SamplingConfig
 from saca.train import grpo
 
 MODES = ("online", "offline")
+EVAL_SAMPLING = ("rollout", "agent")
 
 
 @dataclass
@@ -58,6 +59,9 @@ class RftConfig:
     eval_steps: int = 10  # success rate on the validation subset every N updates (0: only before and after)
     eval_episodes: int = 16  # validation episodes per dataset (val_seen, evenly spaced, fixed)
     eval_split: str = "val_seen"
+    # how the RFT policy is sampled in validation (Fig. 5) and in its evaluation (rule rft_agent): rollout, with
+    # `generation` (the distribution RL optimised); agent, with policy.agent.generation (the SFT policy's setting)
+    eval_sampling: str = "rollout"
     save_steps: int = 10
     save_total_limit: int = 2
     keep_checkpoints: bool = False
@@ -100,6 +104,8 @@ class RftConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise SacaError(f"{where}.device: auto, cpu or cuda")
         self.generation.validate(f"{where}.generation")
+        if self.eval_sampling not in EVAL_SAMPLING:
+            raise SacaError(f"{where}.eval_sampling: '{self.eval_sampling}' is not one of {', '.join(EVAL_SAMPLING)}")
         if self.uses_auditor and self.mode != "online":
             on = [k for k in ("soft_score", "afr", "rr", "audit_rollouts") if getattr(self, k)]
             raise SacaError(f"{where}: {', '.join(on)} need mode online (simulator rollouts); "
@@ -116,6 +122,11 @@ class RftConfig:
         if isinstance(self.auditor, dict):
             raise SacaError(f"{where}.auditor: build with saca.config.from_dict")
 
+    def eval_generation(self, agent_generation: SamplingConfig) -> SamplingConfig:
+        """The sampling the RFT policy is validated (Fig. 5) and evaluated with: ``generation``, the rollouts'
+        (``eval_sampling: rollout``), or the agent's ``agent_generation`` (``eval_sampling: agent``)."""
+        return self.generation if self.eval_sampling == "rollout" else agent_generation
+
     @property
     def uses_auditor(self) -> bool:
         """Whether rollouts are audited (any SACA switch, or audit_rollouts)."""
@@ -130,7 +141,7 @@ class RftConfig:
 
     def fingerprint_dict(self) -> dict:
         d = asdict(self)
-        for k in ("eval_steps", "eval_episodes", "eval_split", "save_steps", "save_total_limit", "keep_checkpoints",
+        for k in ("eval_steps", "eval_episodes", "eval_split", "eval_sampling", "save_steps", "save_total_limit", "keep_checkpoints",
                   "logging_steps", "device", "datasets", "sft_mix", "variants", "runs"):
             d.pop(k)
         if not self.uses_auditor:
@@ -141,6 +152,20 @@ class RftConfig:
 
 
 WORKFLOW_KEYS = ("datasets", "sft_mix", "variants", "runs")
+
+
+def eval_agent_settings(resolved: dict, agent: dict) -> dict:
+    """The agent settings an RFT policy's ``agent.json`` holds (rule rft_agent): ``agent`` (policy.agent), its
+    ``generation`` replaced by the variant's rollout sampling (``generation``, over RftConfig's default) when the
+    variant's ``eval_sampling`` is rollout (the default), as :meth:`RftConfig.eval_generation` does in validation.
+    ``resolved`` is a :func:`resolve_variant` result; an unknown ``eval_sampling`` raises SacaError naming it."""
+    mode = resolved.get("eval_sampling", RftConfig.eval_sampling)
+    if mode not in EVAL_SAMPLING:
+        raise SacaError(f"rft.eval_sampling: '{mode}' is not one of {', '.join(EVAL_SAMPLING)}")
+    if mode == "agent":
+        return dict(agent)
+    rollout = {**asdict(RftConfig().generation), **(resolved.get("generation") or {})}
+    return {**agent, "generation": {**(agent.get("generation") or {}), **rollout}}
 AUDITOR_WORKFLOW_KEYS = ("runs", "splits", "group_size")  # the audit rule's keys, not the auditor's
 
 

@@ -512,11 +512,13 @@ class RftTrainer:
 
     # --- validation (Fig. 5) ----------------------------------------------------------------
     def validate(self, update: int) -> dict:
-        """Success rate of the current policy on the fixed validation subset (evaluation sampling settings)."""
+        """Success rate of the current policy on the fixed validation subset, sampled as its evaluation will be
+        (``rft.eval_sampling``: the rollouts' ``generation`` or the agent's)."""
         if not self.val_episodes:
             return {}
         # ranks split the episodes (k = rank mod world) and sum their successes; one simulator per scene
-        engine = self._engine(self.cfg.seed + 7919 + self.dist.rank, generation=self.agent_cfg.generation)
+        engine = self._engine(self.cfg.seed + 7919 + self.dist.rank,
+                              generation=self.cfg.eval_generation(self.agent_cfg.generation))
         engine.record_logprobs = False
         was = self.model.training
         self.model.eval()
