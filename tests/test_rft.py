@@ -197,13 +197,17 @@ def test_variants_are_small_overrides_of_one_base():
 
 
 def test_an_rft_policy_is_evaluated_sampling_as_its_rollouts_did():
-    from saca.train.rft import eval_agent_settings
+    from dataclasses import asdict
+
+    from saca.train.rft import check_variant, eval_agent_settings
 
     agent = {"n_actions": 6, "generation": {"do_sample": True, "temperature": 0.7, "top_p": 1.0, "seed": 0}}
-    # rollout (the default): the variant's rollout sampling over RftConfig's default, the agent's other keys kept
+    # rollout (the default): exactly the sampling the trainer builds from the variant (a partial `generation` gets
+    # SamplingConfig's defaults, do_sample False among them), the agent's other keys kept
     v = resolve_variant(SECTION, "vlnr1", AUDITOR)
     assert eval_agent_settings(v, agent) == {"n_actions": 6, "generation": {
-        "do_sample": True, "temperature": 0.9, "top_p": 1.0, "top_k": 0, "max_new_tokens": 48, "seed": 0}}
+        "do_sample": False, "temperature": 0.9, "top_p": 1.0, "top_k": 0, "max_new_tokens": 48, "seed": 0}}
+    assert eval_agent_settings(v, agent)["generation"] == asdict(check_variant(SECTION, "vlnr1", AUDITOR).generation)
     assert eval_agent_settings({}, agent)["generation"]["temperature"] == 1.0  # RftConfig's rollout default
     assert agent["generation"]["temperature"] == 0.7  # not modified
     # agent: as the SFT policy is sampled; a variant may choose it

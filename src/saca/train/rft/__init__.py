@@ -25,8 +25,8 @@ from saca.train.rft.samples import ConSample, Sample, option_logprobs, token_log
 from saca.train.rft.trainer import GRAD_DUMP_ENV, RftTrainer, check_same_architecture, reduce_by_name
 
 __all__ = [
-    "EVAL_SAMPLING", "MODES", "GRAD_DUMP_ENV", "Batch", "ConSample", "RewardFn", "RftConfig", "RftTrainer", "Sample", "SacaBatch",
-    "TimeDecayedReward", "advantages", "alignment_samples", "check_same_architecture", "check_variant",
-    "clone_samples", "construct_groups", "contrastive_pair", "default_reward", "eval_agent_settings", "objective", "option_logprobs",
-    "outcome_reward", "reduce_by_name", "repair_resample", "repair_samples", "resolve_variant", "token_logprobs",
+    "EVAL_SAMPLING", "MODES", "GRAD_DUMP_ENV", "Batch", "ConSample", "RewardFn", "RftConfig", "RftTrainer", "Sample",
+    "SacaBatch", "TimeDecayedReward", "advantages", "alignment_samples", "check_same_architecture", "check_variant",
+    "clone_samples", "construct_groups", "contrastive_pair", "default_reward", "eval_agent_settings", "objective",
+    "option_logprobs", "outcome_reward", "reduce_by_name", "repair_resample", "repair_samples", "resolve_variant", "token_logprobs",
 ]

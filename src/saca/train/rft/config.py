@@ -152,20 +152,6 @@ class RftConfig:
 
 
 WORKFLOW_KEYS = ("datasets", "sft_mix", "variants", "runs")
-
-
-def eval_agent_settings(resolved: dict, agent: dict) -> dict:
-    """The agent settings an RFT policy's ``agent.json`` holds (rule rft_agent): ``agent`` (policy.agent), its
-    ``generation`` replaced by the variant's rollout sampling (``generation``, over RftConfig's default) when the
-    variant's ``eval_sampling`` is rollout (the default), as :meth:`RftConfig.eval_generation` does in validation.
-    ``resolved`` is a :func:`resolve_variant` result; an unknown ``eval_sampling`` raises SacaError naming it."""
-    mode = resolved.get("eval_sampling", RftConfig.eval_sampling)
-    if mode not in EVAL_SAMPLING:
-        raise SacaError(f"rft.eval_sampling: '{mode}' is not one of {', '.join(EVAL_SAMPLING)}")
-    if mode == "agent":
-        return dict(agent)
-    rollout = {**asdict(RftConfig().generation), **(resolved.get("generation") or {})}
-    return {**agent, "generation": {**(agent.get("generation") or {}), **rollout}}
 AUDITOR_WORKFLOW_KEYS = ("runs", "splits", "group_size")  # the audit rule's keys, not the auditor's
 
 
@@ -217,6 +203,19 @@ def check_variant(section: dict, name: str, auditor: dict | None = None) -> "Rft
     except SacaError as err:
         raise SacaError(f"{where}: {err}") from None
     return from_dict(RftConfig, resolved, where)
+
+
+def eval_agent_settings(resolved: dict, agent: dict) -> dict:
+    """The agent settings an RFT policy's ``agent.json`` holds (rule rft_agent): ``agent`` (policy.agent), its
+    ``generation`` replaced by :meth:`RftConfig.eval_generation`'s when the variant's ``eval_sampling`` is rollout
+    (the default). ``resolved`` (a :func:`resolve_variant` result) is built as the trainer builds it, so the
+    sampling is the one its rollouts used and an invalid value raises SacaError naming ``rft.{key}``."""
+    from saca.config import from_dict
+
+    cfg = from_dict(RftConfig, resolved, "rft")
+    if cfg.eval_sampling == "agent":
+        return dict(agent)
+    return {**agent, "generation": {**(agent.get("generation") or {}), **asdict(cfg.eval_generation(None))}}
 
 
 def _merge(base: dict, over: dict) -> dict:
