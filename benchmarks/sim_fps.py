@@ -17,7 +17,6 @@ point-goal episodes generated on that navmesh (``saca.episodes.navmesh``); headl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -46,11 +45,8 @@ def build(root: Path, n_episodes: int):
     return load_split(root / "episodes", "train")
 
 
-def render_fps(episodes, scenes, size: int, instance: bool) -> tuple[float, int]:
-    cfg = SimConfig(width=size, height=size, instance=instance, depth=instance)
-    sim = make_simulator("embedded", cfg, 15, scenes)
-    for ep in episodes:  # load every scene once before timing
-        sim.reset(ep)
+def timed_renders(sim, episodes) -> tuple[float, int]:
+    """Frames/s of ``sim.render`` alone along each episode's expert actions (stepping is not timed); closes ``sim``."""
     n, elapsed = 0, 0.0
     for ep in episodes:
         sim.reset(ep)
@@ -66,6 +62,14 @@ def render_fps(episodes, scenes, size: int, instance: bool) -> tuple[float, int]
     return n / elapsed, n
 
 
+def render_fps(episodes, scenes, size: int, instance: bool) -> tuple[float, int]:
+    cfg = SimConfig(width=size, height=size, instance=instance, depth=instance)
+    sim = make_simulator("embedded", cfg, 15, scenes)
+    for ep in episodes:  # load every scene once before timing
+        sim.reset(ep)
+    return timed_renders(sim, episodes)
+
+
 def habitat_fps(scene: Path, episodes: int, size: int, instance: bool, gpu: int = 0) -> tuple[float, int]:
     """Frames/s of the Habitat backend on ``scene`` along generated point-goal episodes (4-12 m routes)."""
     from saca.episodes.navmesh import generate_navmesh_split
@@ -75,19 +79,7 @@ def habitat_fps(scene: Path, episodes: int, size: int, instance: bool, gpu: int 
     ds = DatasetConfig(backend="habitat", turn_angle=15, path_length=[4.0, 12.0], seed=3, episodes={"train": episodes})
     eps = generate_navmesh_split("bench", ds, "train", [scene.name], sim)
     sim.render(eps[0].start_position, 0.0)  # the first frame sets up the renderer: not timed
-    n, elapsed = 0, 0.0
-    for ep in eps:
-        sim.reset(ep)
-        for a in ep.gt_actions:
-            s = sim.state
-            t0 = time.perf_counter()
-            sim.render(s.position, s.heading)
-            elapsed += time.perf_counter() - t0
-            n += 1
-            if a != Action.STOP:
-                sim.step(a)
-    sim.close()
-    return n / elapsed, n
+    return timed_renders(sim, eps)
 
 
 def main() -> None:
