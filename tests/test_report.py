@@ -101,8 +101,9 @@ def test_several_seeds_give_mean_and_sample_spread(tmp_path):
             rows.append({"event": "val", "step": 4, "val_sr": {"mini_r2r": 1.0, "mini_rxr": 1.0}})
         log.write_text("\n".join(json.dumps(r) for r in rows))
     curve = fig5_curves(tmp_path, ["saca"], seeds=[0, 1])["saca"]
-    assert [(s, round(m, 3)) for s, m, _ in curve] == [(0, 0.15)]
+    assert [(s, round(m, 3)) for s, m, _, _ in curve] == [(0, 0.15)]
     assert curve[0][2] == pytest.approx({"mini_r2r": 0.3, "mini_rxr": 0.0})
+    assert curve[0][3] == pytest.approx([0.1, 0.2])  # each seed's mean over the datasets: (0.2 + 0) / 2, (0.4 + 0) / 2
 
 
 def test_table1_shows_other_methods_as_the_papers_numbers_only(tmp_path):
@@ -121,7 +122,8 @@ def test_fig5_and_appendix_a_read_their_inputs(tmp_path):
         {"event": "train", "step": 1},
         {"event": "val", "step": 4, "val_sr": {"mini_r2r": 0.3, "mini_rxr": 0.3}}]))
     c = fig5_curves(tmp_path, ["grpo"])["grpo"]
-    assert [(s, round(m, 3)) for s, m, _ in c] == [(0, 0.15), (4, 0.3)]
+    assert [(s, round(m, 3)) for s, m, _, _ in c] == [(0, 0.15), (4, 0.3)]
+    assert [by_seed for *_, by_seed in c] == [pytest.approx([0.15]), pytest.approx([0.3])]
     with pytest.raises(SacaError, match=r"missing input .*rft/saca/train_log.jsonl"):
         fig5_curves(tmp_path, ["saca"])
     s = tmp_path / "mini_r2r" / "audit" / "sft" / "val_unseen" / "summary.json"

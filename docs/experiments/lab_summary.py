@@ -185,7 +185,7 @@ def fig5(res: Path, variants, seeds) -> None:
         print(f"(not complete: {err})")
         return
     for v, pts in curves.items():
-        print(f"- {v}: " + ", ".join(f"{s}: {100 * m:.1f}" for s, m, _ in pts))
+        print(f"- {v}: " + ", ".join(f"{s}: {100 * m:.1f}" for s, m, *_ in pts))
 
 
 def wall_time(res: Path, datasets) -> None:

@@ -316,9 +316,11 @@ def mechanism_counts(results, variants: Sequence[str], seeds: Sequence[int] | No
 
 
 def fig5_curves(results, variants: Sequence[str], seeds: Sequence[int] | None = None) -> dict:
-    """``{variant: [(update, mean validation SR over datasets and seeds, {dataset: SR})]}`` from each RFT run's
-    journal (``results/rft/{variant}/s{seed}/train_log.jsonl``, its ``val`` rows; ``seeds`` None: the unseeded
-    ``results/rft/{variant}/``); an update is kept where every seed validated. A missing journal names it."""
+    """``{variant: [(update, mean validation SR over datasets and seeds, {dataset: SR averaged over the seeds},
+    [each seed's SR averaged over the datasets])]}`` from each RFT run's journal
+    (``results/rft/{variant}/s{seed}/train_log.jsonl``, its ``val`` rows; ``seeds`` None: the unseeded
+    ``results/rft/{variant}/``, one entry in the last list); an update is kept where every seed validated. The
+    per-seed values give the figure its spread over seeds. A missing journal names it."""
     out = {}
     for v in variants:
         per_seed = []
@@ -336,7 +338,8 @@ def fig5_curves(results, variants: Sequence[str], seeds: Sequence[int] | None = 
         curve = []
         for step in steps:
             sr = {d: sum(p[step][d] for p in per_seed) / len(per_seed) for d in per_seed[0][step]}
-            curve.append((step, sum(sr.values()) / len(sr), sr))
+            by_seed = [sum(p[step].values()) / len(p[step]) for p in per_seed]
+            curve.append((step, sum(sr.values()) / len(sr), sr, by_seed))
         out[v] = curve
     return out
 
