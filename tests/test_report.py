@@ -326,6 +326,29 @@ def test_seeded_reports_show_the_paired_comparison_and_the_mechanisms(tmp_path):
     assert "1 / 4 (25%)" in html and "1 / 2 (50%)" in html and "3 (100%)" in html and "saca/s1" in html
 
 
+
+def test_the_fig5_notebook_draws_the_seed_band_only_with_several_seeds(tmp_path):
+    res = tmp_path / "results"
+    for v in ("grpo", "saca"):
+        for seed in (0, 1):
+            log = res / "rft" / v / f"s{seed}" / "train_log.jsonl"
+            log.parent.mkdir(parents=True)
+            log.write_text("\n".join(json.dumps({"event": "val", "step": step, "val_sr": {"mini_r2r": 0.1 * (seed + step)}})
+                                     for step in (0, 1)))
+    log = res / "rft" / "grpo" / "train_log.jsonl"  # an unseeded run (seeds None)
+    log.write_text(json.dumps({"event": "val", "step": 0, "val_sr": {"mini_r2r": 0.2}}))
+    for seeds, band in (([0, 1], True), (None, False)):
+        variants = ["grpo", "saca"] if seeds else ["grpo"]
+        out = tmp_path / "reports" / f"fig5-{band}.html"
+        params = {"results": str(res), "variants": variants, "seeds": seeds}
+        r = subprocess.run([sys.executable, "-m", "saca", "report", "--notebook", str(REPO / "workflow/notebooks/fig5.ipynb"),
+                            "--parameters", json.dumps(params), "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-3000:]
+        html = out.read_text()
+        assert "data:image/png;base64" in html
+        assert ("one sample standard deviation over the seeds" in html) == band
+        assert ("(one run)" in html) == (not band)
+
 @pytest.mark.parametrize("name", ["a b", "x=__import__('os').system('touch PWNED')#", "class", "1st", ""])
 def test_a_notebook_parameter_name_must_be_an_identifier(tmp_path, name):
     # issue 25: papermill writes `name = value` into the notebook, so a name was code
