@@ -326,7 +326,6 @@ def test_seeded_reports_show_the_paired_comparison_and_the_mechanisms(tmp_path):
     assert "1 / 4 (25%)" in html and "1 / 2 (50%)" in html and "3 (100%)" in html and "saca/s1" in html
 
 
-
 def test_the_fig5_notebook_draws_the_seed_band_only_with_several_seeds(tmp_path):
     res = tmp_path / "results"
     for v in ("grpo", "saca"):
@@ -348,6 +347,7 @@ def test_the_fig5_notebook_draws_the_seed_band_only_with_several_seeds(tmp_path)
         assert "data:image/png;base64" in html
         assert ("one sample standard deviation over the seeds" in html) == band
         assert ("(one run)" in html) == (not band)
+
 
 @pytest.mark.parametrize("name", ["a b", "x=__import__('os').system('touch PWNED')#", "class", "1st", ""])
 def test_a_notebook_parameter_name_must_be_an_identifier(tmp_path, name):
