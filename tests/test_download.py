@@ -55,8 +55,8 @@ def sha(data: bytes) -> str:
 def make_zip(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, data in members.items():
-            zf.writestr(name, data)
+        for name, data in members.items():  # a fixed date: equal members give equal bytes at any second
+            zf.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
     return buf.getvalue()
 
 
@@ -422,7 +422,10 @@ FAKE_DOWNLOAD_MP = textwrap.dedent('''
     with zipfile.ZipFile(tmp, "w") as zf:
         for s in os.environ["FAKE_MP3D_SCENES"].split():
             for ext in (".glb", ".navmesh", ".house", "_semantic.ply"):
-                zf.writestr("mp3d/%s/%s%s" % (s, s, ext), ("%s%s" % (s, ext)).encode() * 100)
+                # a fixed date: the server's archive is the same bytes at every download (writestr with a bare
+                # name stamps the current time, so two downloads in different seconds differed)
+                zf.writestr(zipfile.ZipInfo("mp3d/%s/%s%s" % (s, s, ext), (1980, 1, 1, 0, 0, 0)),
+                            ("%s%s" % (s, ext)).encode() * 100)
     os.rename(tmp, os.path.join(out, "mp3d_habitat.zip"))
     if os.environ.get("FAKE_MP3D_MODE") == "hang":  # a port that goes on to the 1.3 TB release without asking
         time.sleep(120)
