@@ -92,7 +92,9 @@ def test_the_placeholders_stop_the_run_before_any_job_is_submitted(slurm_cluster
     assert line.startswith("profile error: profiles/slurm/config.yaml: default-resources: slurm_account 'YOUR_ACCOUNT' "
                            "and slurm_partition 'YOUR_PARTITION' are still the placeholders")
     assert not submissions(out) and not (tmp_path / "slurm_logs").exists() and not (tmp_path / "results").exists()
-    assert slurm_cluster.run("squeue", "-h", "--states=all", "-o", "%i").stdout.split() == before
+    # no new job: the ones listed before may have aged out meanwhile (MinJobAge), so compare as sets
+    after = slurm_cluster.run("squeue", "-h", "--states=all", "-o", "%i").stdout.split()
+    assert set(after) <= set(before), f"jobs submitted: {sorted(set(after) - set(before))}"
 
 
 @pytest.fixture(scope="module")
