@@ -407,12 +407,13 @@ def test_behaviour_counts_stops_step_limits_undone_turns_and_stops_at_the_goal(t
         # left left right: the right undoes one left; wrong STOP far from the goal
         {"actions": [2, 2, 3, 0], "metrics": far}]) + "\n")
     assert behaviour(p, max_steps=5) == {
-        "episodes": 3, "stopped": 2 / 3, "at_limit": 1 / 3, "steps": 16 / 3, "turn_share": 11 / 16,
+        "episodes": 3, "stopped": 2 / 3, "at_limit": 1 / 3, "steps": 16 / 3, "success_steps": 7, "turn_share": 11 / 16,
         "undone_turns": 8 / 11, "stop_at_goal": 1 / 2}
     # a longer step limit: the second episode ran out of nothing
     assert behaviour(p, max_steps=6)["at_limit"] == 0
     p.write_text(json.dumps({"actions": [1, 0], "metrics": far}) + "\n")
     assert behaviour(p)["undone_turns"] is None and behaviour(p)["stop_at_goal"] is None
+    assert behaviour(p)["success_steps"] is None  # no success
     p.write_text(json.dumps({"actions": [1, 0], "metrics": {"SR": 0.0}}) + "\n")
     with pytest.raises(SacaError, match=r"episodes.jsonl:1: a record needs 'actions' and 'metrics' with SR and OS"):
         behaviour(p)

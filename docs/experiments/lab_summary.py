@@ -161,8 +161,8 @@ def table2(res: Path, paper_csv: str, variants, seeds) -> None:
 def behaviours(res: Path, datasets, variants, seeds, max_steps: int) -> None:
     print("\n## How the policies end their episodes (val_unseen; :func:`saca.report.behaviour`)\n")
     print("| dataset | run | episodes | SR | OS | stop at the goal (SR / OS) | ending on STOP | at the step limit | "
-          "steps | turns | turns undone | walls |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "steps | steps of a success | turns | turns undone | walls |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in datasets:
         for run in ["oracle", "sft", *(run_name(v, s) for v in variants for s in seeds)]:  # oracle: the expert
             ev = res / d / "eval" / run / "val_unseen"
@@ -172,8 +172,10 @@ def behaviours(res: Path, datasets, variants, seeds, max_steps: int) -> None:
             met = json.loads((ev / "metrics.json").read_text())
             b = behaviour(ev / "episodes.jsonl", max_steps)
             walls = wall_collision_share(ev / "episodes.jsonl")
+            won = "-" if b["success_steps"] is None else f"{b['success_steps']:.0f}"
             print(f"| {d} | {run} | {b['episodes']} | {pct(met['SR'])} | {pct(met['OS'])} | {pct(b['stop_at_goal'])} | "
-                  f"{pct(b['stopped'])} | {pct(b['at_limit'])} | {b['steps']:.0f} | {pct(b['turn_share'])} | "
+                  f"{pct(b['stopped'])} | {pct(b['at_limit'])} | {b['steps']:.0f} | "
+                  f"{won} | {pct(b['turn_share'])} | "
                   f"{pct(b['undone_turns'])} | {pct(walls['share'])} |")
 
 

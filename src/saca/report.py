@@ -198,13 +198,14 @@ def wall_collision_share(path, forward_step: float = 0.25, tol: float = 1e-3) ->
 def behaviour(path, max_steps: int = 500) -> dict:
     """How an evaluation's agent ends and spends its episodes, from its ``episodes.jsonl`` (``path``): ``episodes``;
     ``stopped`` / ``at_limit``: the share ending on STOP / running out of the ``max_steps`` step limit without it;
-    ``steps``: mean actions per episode; ``turn_share``: turns among all actions; ``undone_turns``: the share of
-    turns cancelled by an opposite turn before the agent moves on (left-right-left-right undoes all four, a
-    left-left-forward none); ``stop_at_goal``: SR over OS, the share of the episodes that came within the success
-    distance of the goal whose agent stopped there (``None`` when none came). A record without ``actions`` or
-    ``metrics`` names the file and line."""
+    ``steps``: mean actions per episode; ``success_steps``: mean actions of the successful episodes (``None``
+    without one; beside the expert's ``steps``, how directly the agent's successes walk); ``turn_share``: turns
+    among all actions; ``undone_turns``: the share of turns cancelled by an opposite turn before the agent moves
+    on (left-right-left-right undoes all four, a left-left-forward none); ``stop_at_goal``: SR over OS, the share
+    of the episodes that came within the success distance of the goal whose agent stopped there (``None`` when
+    none came). A record without ``actions`` or ``metrics`` names the file and line."""
     path = Path(path)
-    n = stopped = at_limit = steps = turns = undone = came = succeeded = 0
+    n = stopped = at_limit = steps = turns = undone = came = succeeded = success_steps = 0
     for line, row in _episode_records(path, "an evaluation's per-episode results"):
         actions, met = row.get("actions"), row.get("metrics")
         if not isinstance(actions, list) or not isinstance(met, dict) or "SR" not in met or "OS" not in met:
@@ -216,6 +217,7 @@ def behaviour(path, max_steps: int = 500) -> dict:
         at_limit += not ended_on_stop and len(actions) >= max_steps
         came += met["OS"] > 0
         succeeded += met["SR"] > 0
+        success_steps += len(actions) if met["SR"] > 0 else 0
         pending: list[int] = []  # the turns since the last non-turn action, not yet cancelled
         for a in actions:
             if a not in (Action.TURN_LEFT, Action.TURN_RIGHT):
@@ -228,7 +230,8 @@ def behaviour(path, max_steps: int = 500) -> dict:
             else:
                 pending.append(a)
     return {"episodes": n, "stopped": _ratio(stopped, n), "at_limit": _ratio(at_limit, n),
-            "steps": _ratio(steps, n), "turn_share": _ratio(turns, steps), "undone_turns": _ratio(undone, turns),
+            "steps": _ratio(steps, n), "success_steps": _ratio(success_steps, succeeded),
+            "turn_share": _ratio(turns, steps), "undone_turns": _ratio(undone, turns),
             "stop_at_goal": _ratio(succeeded, came)}
 
 
