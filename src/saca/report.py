@@ -216,8 +216,9 @@ def behaviour(path, max_steps: int = 500) -> dict:
         stopped += ended_on_stop
         at_limit += not ended_on_stop and len(actions) >= max_steps
         came += met["OS"] > 0
-        succeeded += met["SR"] > 0
-        success_steps += len(actions) if met["SR"] > 0 else 0
+        if met["SR"] > 0:
+            succeeded += 1
+            success_steps += len(actions)
         pending: list[int] = []  # the turns since the last non-turn action, not yet cancelled
         for a in actions:
             if a not in (Action.TURN_LEFT, Action.TURN_RIGHT):
