@@ -4,10 +4,11 @@
     python docs/experiments/mini_sweep.py --report-only                 # prints the table
     python docs/experiments/mini_sweep.py --points a b --eval-seeds 1 2  # + evaluation seeds 1 and 2 (mean of 3)
 
-Each point is a small override of ``config/config.yaml`` (``POINTS`` below). The script writes the
-override to ``results/sweep/{point}/overlay.yaml`` and runs the workflow itself,
+Each point is a small override of ``config/config.yaml`` (``POINTS`` below; the ``lab_*`` points: of
+``config/config.yaml`` with ``config/lab.yaml`` over it). The script writes the override to
+``results/sweep/{point}/overlay.yaml`` and runs the workflow itself,
 
-    snakemake --cores 2 --configfile config/config.yaml results/sweep/{point}/overlay.yaml -- TARGETS
+    snakemake --cores 2 --configfile config/config.yaml [config/lab.yaml] results/sweep/{point}/overlay.yaml -- TARGETS
 
 with ``results: results/sweep/{point}``, for the targets: the SFT model, its evaluation on val_seen of
 both datasets (``SWEEP_VAL_SEEN`` episodes each, a larger val_seen than the default config's, since
@@ -43,10 +44,15 @@ COMMON = {
 POINTS: dict[str, dict] = {}
 
 
-def point(name, data_from=None, evals=None, **override):
+DEFAULT = ("config/config.yaml",)
+LAB = ("config/config.yaml", "config/lab.yaml")  # the lab setting of issue 29 (its SFT chain: DAgger, 2 rounds)
+
+
+def point(name, data_from=None, evals=None, configs=DEFAULT, **override):
     """``evals``: extra evaluations of the point's SFT model, ``{run suffix: evaluation.agent_options}``
-    (decoding / execution settings that need no retraining)."""
-    POINTS[name] = {"override": override, "data_from": data_from, "evals": evals or {}}
+    (decoding / execution settings that need no retraining); ``configs``: the config files the override is
+    merged over, in order (``LAB``: the lab's SFT policy, DAgger included)."""
+    POINTS[name] = {"override": override, "data_from": data_from, "evals": evals or {}, "configs": configs}
 
 
 # Each point was run against the default config of its day. `base` ran before `direct_f8_e2` became the
@@ -111,6 +117,15 @@ point("direct_f8_vis_noise2_s1859", data_from="direct_f8_vis_noise2_e1", dataset
 point("short_res112_f4_e2", data_from=None, datasets=SHORT, vln_ego={"memory": {"max_frames": 4}},
       policy={"init": {"image_size": 112}}, sft={"num_train_epochs": 2}, evals=EXEC)
 
+# issue 29: does the lab's SFT policy (DAgger, 2 rounds) generalise from more training episodes? The lab's policy
+# reaches SR 0.33 on its own train episodes of mini_r2r, 0.20 on val_seen (the same houses) and 0.12 on val_unseen
+# (docs/policy.md). `lab_x1` is the lab's SFT chain as it is (120 / 80 train episodes); `lab_x3` the same chain on
+# three times as many train episodes of the same 8 houses (the first 120 / 80 are lab_x1's: each split draws its
+# episodes from its own random stream), one epoch of round-0 SFT over them (three times the steps), DAgger rollouts
+# on all of them, the same 600 steps per DAgger round.
+point("lab_x1", configs=LAB)
+point("lab_x3", configs=LAB, datasets={"mini_r2r": {"episodes": {"train": 360}}, "mini_rxr": {"episodes": {"train": 240}}})
+
 
 def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
@@ -149,9 +164,9 @@ def run_point(name: str, cores: int) -> None:
     if p["data_from"]:
         src = Path(p["data_from"]) if "/" in p["data_from"] or p["data_from"] == "results" else Path("results/sweep") / p["data_from"]
         share_data(res, src)
-    base = ["snakemake", "--cores", str(cores), "--configfile", "config/config.yaml", str(res / "overlay.yaml")]
+    base = ["snakemake", "--cores", str(cores), "--configfile", *p["configs"], str(res / "overlay.yaml")]
     snake(name, base + ["--", *targets(res)])
-    cfg = deep_merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()), overlay)
+    cfg = merged_config(p["configs"], overlay)
     for suffix, options in p["evals"].items():
         extra_eval(res, cfg, f"sft-{suffix}", options)
 
@@ -159,7 +174,15 @@ def run_point(name: str, cores: int) -> None:
 def point_config(name: str) -> tuple[Path, dict]:
     res = Path("results/sweep") / name
     overlay = yaml.safe_load((res / "overlay.yaml").read_text())
-    return res, deep_merge(yaml.safe_load((ROOT / "config/config.yaml").read_text()), overlay)
+    return res, merged_config(POINTS[name]["configs"], overlay)
+
+
+def merged_config(configs, overlay: dict) -> dict:
+    """The config Snakemake sees: ``configs`` merged in order, then the point's overlay."""
+    cfg: dict = {}
+    for path in configs:
+        cfg = deep_merge(cfg, yaml.safe_load((ROOT / path).read_text()))
+    return deep_merge(cfg, overlay)
 
 
 def seed_evals(name: str, seeds) -> None:
