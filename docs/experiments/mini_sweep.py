@@ -199,9 +199,20 @@ def seed_evals(name: str, seeds) -> None:
 BEFORE_BATCHING = {"base", "direct_f8_e2", "direct_res112_f4_e2", "direct_f8_noise_e1"}
 
 
-def extra_eval(res: Path, cfg: dict, run: str, options: dict, seed: int | None = None) -> None:
-    """Evaluate the point's SFT agent with other agent options (or another evaluation ``seed``) on val_seen, and
-    audit it (the workflow's commands)."""
+def round0_evals(name: str, seeds) -> None:
+    """A DAgger point's round-0 policy (plain SFT on the VLN-Ego data, before any DAgger round) on val_seen with
+    evaluation seeds 0 and ``seeds`` (runs ``sft-r0-seed{n}``): what more expert data does before DAgger."""
+    res, cfg = point_config(name)
+    agent = res / "sft" / "r2r_rxr" / "dagger" / "r0" / "agent.json"
+    if not agent.exists():
+        sys.exit(f"point {name}: no round-0 agent at {agent} (sft.dagger.rounds > 0 writes it)")
+    for seed in [0, *seeds]:
+        extra_eval(res, cfg, f"sft-r0-seed{seed}", {}, seed=seed, agent=agent)
+
+
+def extra_eval(res: Path, cfg: dict, run: str, options: dict, seed: int | None = None, agent: Path | None = None) -> None:
+    """Evaluate the point's SFT agent (or ``agent``) with other agent options (or another evaluation ``seed``) on
+    val_seen, and audit it (the workflow's commands)."""
     py = [sys.executable, "-m", "saca"]
     sim = json.dumps(cfg["sim"])
     for d in DATASETS:
@@ -214,7 +225,7 @@ def extra_eval(res: Path, cfg: dict, run: str, options: dict, seed: int | None =
             if seed is not None:
                 params["seed"] = seed
             shell(py + ["evaluate", "--dataset-dir", str(res / d), "--split", "val_seen", "--agent",
-                        str(res / "sft" / "r2r_rxr" / "agent.json"), "--run", run, *common,
+                        str(agent or res / "sft" / "r2r_rxr" / "agent.json"), "--run", run, *common,
                         "--params", json.dumps(params), "--out", str(out)], res / "logs" / f"{d}-{run}.log")
         audit = res / d / "audit" / run / "val_seen"
         if not (audit / "summary.json").exists():
@@ -285,13 +296,16 @@ def report_row(name: str, run: str) -> None:
     print(f"| {label} | {label_min} | " + " | ".join(cells) + " |")
 
 
-def seed_report(names, seeds) -> None:
+def seed_report(names, seeds, round0: bool = False) -> None:
     """SR over evaluation seeds 0 and ``seeds`` (mean ± sample sd; seed 0 of a point in BEFORE_BATCHING is its
     ``sft-batched`` run),
     mean episode length and Appendix-A share over the same runs."""
     import statistics
 
     seed0 = {n: "sft-batched" if n in BEFORE_BATCHING else "sft" for n in names}
+    prefix = "sft-r0-seed" if round0 else "sft-seed"
+    if round0:
+        seed0 = {n: "sft-r0-seed0" for n in names}
     print("| point | " + " | ".join(f"{d} SR (per seed) / steps (expert) / A-share" for d in DATASETS) + " |")
     print("|" + "---|" * (1 + len(DATASETS)))
     for name in names:
@@ -299,7 +313,7 @@ def seed_report(names, seeds) -> None:
         cells = []
         for d in DATASETS:
             srs, steps, shares, expert = [], [], [], 0.0
-            for run in [seed0[name], *[f"sft-seed{n}" for n in seeds]]:
+            for run in [seed0[name], *[f"{prefix}{n}" for n in seeds]]:
                 m = res / d / "eval" / run / "val_seen" / "metrics.json"
                 if not m.exists():
                     continue
@@ -327,18 +341,28 @@ def main() -> int:
     ap.add_argument("--eval-seeds", type=int, nargs="*", default=[],
                     help="also evaluate each point's SFT model with these evaluation seeds (val_seen) and report the "
                     "mean over seed 0 and them")
+    ap.add_argument("--round0", action="store_true",
+                    help="DAgger points: also evaluate the round-0 policy (plain SFT) with seed 0 and --eval-seeds")
+    ap.add_argument("--evals-only", action="store_true",
+                    help="skip the workflow run (the point's SFT model exists): only the extra evaluations")
     args = ap.parse_args()
     unknown = [n for n in args.points if n not in POINTS]
     if unknown:
         sys.exit(f"unknown points {unknown}; defined: {', '.join(POINTS)}")
     if not args.report_only:
         for name in args.points:
-            run_point(name, args.cores)
-            if args.eval_seeds:
+            if not args.evals_only:
+                run_point(name, args.cores)
+            if args.eval_seeds and not (args.evals_only and args.round0):
                 seed_evals(name, args.eval_seeds)
+            if args.round0:
+                round0_evals(name, args.eval_seeds)
     report(args.points)
     if args.eval_seeds:
         seed_report(args.points, args.eval_seeds)
+    if args.round0:
+        print("\nround 0 (plain SFT, before DAgger):")
+        seed_report(args.points, args.eval_seeds, round0=True)
     return 0
 
 
