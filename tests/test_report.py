@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from saca import SacaError
-from saca.report import (appendix_a, behaviour, comparison, fig5_curves, mechanism_counts, paired_comparison, paper_numbers, run_name,
+from saca.report import (appendix_a, behaviour, comparison, episode_metrics_file, fig5_curves, mechanism_counts,
+                         paired_bootstrap, paired_comparison, paper_numbers, run_name,
                          sign_test, table_variants, training_curves, wall_collision_share)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -190,6 +191,24 @@ def test_paired_comparison_pairs_episodes_and_seeds(tmp_path):
     c = paired_comparison(tmp_path, "d", "ss_afr", "grpo", [0])
     assert c["diff"] == 1.0 and c["ci"] == (1.0, 1.0) and c["p_boot"] == 0.0 and c["p_sign"] == 1.0
 
+
+
+def test_paired_bootstrap_compares_runs_of_any_name_and_directory(tmp_path):
+    # two sweep points' evaluations (runs of other names, in other results directories) over the same episodes
+    write_episodes(tmp_path / "x3", "d", "sft-r0-seed0", [1, 1, 0, 1])
+    write_episodes(tmp_path / "x1", "d", "sft-r0-seed0", [0, 1, 0, 0])
+    def read(point):
+        return episode_metrics_file(tmp_path / point / "d" / "eval" / "sft-r0-seed0" / "val_unseen" / "episodes.jsonl")
+    assert read("x3") == {0: 1.0, 1: 1.0, 2: 0.0, 3: 1.0}
+    c = paired_bootstrap([(read("x3"), read("x1"))], n_boot=20000)
+    # differences [1, 0, 0, 1]: mean 0.5; a resample is <= 0 only when it draws episodes 1 and 2 only: p = 2/16
+    assert c["diff"] == 0.5 and c["per_seed"] == [0.5] and c["wins"] == 1 and c["episodes"] == 4
+    assert abs(c["p_boot"] - 0.125) < 0.015 and c["p_sign"] == 1.0
+    assert c["ci"][0] == 0.0 and c["ci"][1] == 1.0
+    with pytest.raises(SacaError, match="evaluated different episodes"):
+        paired_bootstrap([(read("x3"), {0: 1.0})])
+    with pytest.raises(SacaError, match="no seeds"):
+        paired_bootstrap([])
 
 def test_paired_comparison_refuses_different_episodes_and_names_missing_files(tmp_path):
     write_episodes(tmp_path, "d", "rft-saca-s0", [1, 0, 1])

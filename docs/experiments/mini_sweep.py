@@ -333,6 +333,28 @@ def seed_report(names, seeds, round0: bool = False) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def compare(variant: str, baseline: str, seeds, round0: bool = False) -> None:
+    """Paired SR difference of two points' SFT policies on the same val_seen episodes and evaluation seeds (0 and
+    ``seeds``): ``saca.report.paired_bootstrap`` (bootstrap over episodes, sign test over seeds)."""
+    from saca.report import episode_metrics_file, paired_bootstrap
+
+    def runs(name):
+        if round0:
+            return [f"sft-r0-seed{n}" for n in [0, *seeds]]
+        return ["sft-batched" if name in BEFORE_BATCHING else "sft", *[f"sft-seed{n}" for n in seeds]]
+
+    for d in DATASETS:
+        pairs = []
+        for rv, rb in zip(runs(variant), runs(baseline)):
+            pairs.append(tuple(episode_metrics_file(ROOT / "results/sweep" / name / d / "eval" / run / "val_seen"
+                                                    / "episodes.jsonl") for name, run in ((variant, rv), (baseline, rb))))
+        c = paired_bootstrap(pairs)
+        print(f"{'round 0: ' if round0 else ''}{variant} - {baseline}, {d}: SR {100 * c['diff']:+.1f} points "
+              f"[{100 * c['ci'][0]:+.1f}, {100 * c['ci'][1]:+.1f}] (bootstrap p {c['p_boot']:.3f}; per seed "
+              f"{', '.join(f'{100 * x:+.1f}' for x in c['per_seed'])}; sign p {c['p_sign']:.2f}; "
+              f"{c['episodes']} episodes)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--points", nargs="+", default=list(POINTS))
@@ -345,6 +367,9 @@ def main() -> int:
                     help="DAgger points: also evaluate the round-0 policy (plain SFT) with seed 0 and --eval-seeds")
     ap.add_argument("--evals-only", action="store_true",
                     help="skip the workflow run (the point's SFT model exists): only the extra evaluations")
+    ap.add_argument("--compare", nargs=2, metavar=("VARIANT", "BASELINE"),
+                    help="print the paired SR difference of two points (seed 0 and --eval-seeds; with --round0 also "
+                    "of their round-0 policies)")
     args = ap.parse_args()
     unknown = [n for n in args.points if n not in POINTS]
     if unknown:
@@ -363,6 +388,11 @@ def main() -> int:
     if args.round0:
         print("\nround 0 (plain SFT, before DAgger):")
         seed_report(args.points, args.eval_seeds, round0=True)
+    if args.compare:
+        print()
+        compare(*args.compare, args.eval_seeds)
+        if args.round0:
+            compare(*args.compare, args.eval_seeds, round0=True)
     return 0
 
 

@@ -166,8 +166,14 @@ def episode_metrics(results, dataset: str, variant: str, split: str = "val_unsee
     """``{episode index: metric}`` of one evaluation (its ``episodes.jsonl`` beside ``metrics.json``); a missing
     file, or an episode without the metric, names the file."""
     path = metrics_path(results, dataset, variant, split, seed).with_name("episodes.jsonl")
+    return episode_metrics_file(path, metric, f"the per-episode results of run '{run_name(variant, seed)}'")
+
+
+def episode_metrics_file(path, metric: str = "SR", what: str = "an evaluation's per-episode results") -> dict[int, float]:
+    """``{episode index: metric}`` from one evaluation's ``episodes.jsonl`` at ``path`` (any run name)."""
+    path = Path(path)
     out = {}
-    for n, row in _episode_records(path, f"the per-episode results of run '{run_name(variant, seed)}'"):
+    for n, row in _episode_records(path, what):
         value = row.get("metrics", {}).get(metric)
         if value is None:
             raise SacaError(f"{path}:{n}: no metric '{metric}' in the episode's 'metrics'")
@@ -261,26 +267,41 @@ def paired_comparison(results, dataset: str, variant: str, baseline: str, seeds:
     Episodes that differ between the runs are an error naming both."""
     if not seeds:
         raise SacaError("paired comparison: no seeds")
-    per_episode = None
-    per_seed = []
+    pairs = []
     for s in seeds:
         a = episode_metrics(results, dataset, variant, split, s, metric)
         b = episode_metrics(results, dataset, baseline, split, s, metric)
         if set(a) != set(b):
             raise SacaError(f"paired comparison on {dataset}: runs '{run_name(variant, s)}' and "
                             f"'{run_name(baseline, s)}' evaluated different episodes ({len(a)} and {len(b)})")
+        pairs.append((a, b))
+    return {"dataset": dataset, "variant": variant, "baseline": baseline, "metric": metric, "seeds": list(seeds),
+            **paired_bootstrap(pairs, n_boot=n_boot, rng_seed=rng_seed, level=level)}
+
+
+def paired_bootstrap(pairs: Sequence[tuple[dict, dict]], n_boot: int = 10000, rng_seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """The paired statistics of :func:`paired_comparison` from ``pairs``, one ``(variant, baseline)`` pair of
+    ``{episode: metric}`` dicts per seed over the same episodes: ``episodes``, ``diff``, ``ci``, ``level``,
+    ``p_boot``, ``per_seed``, ``wins``, ``p_sign``."""
+    if not pairs:
+        raise SacaError("paired comparison: no seeds")
+    per_episode = None
+    per_seed = []
+    for a, b in pairs:
+        if set(a) != set(b):
+            raise SacaError(f"paired comparison: the two runs evaluated different episodes ({len(a)} and {len(b)})")
         keys = sorted(a)
         d = np.array([a[k] - b[k] for k in keys])
         per_seed.append(float(d.mean()))
         per_episode = d if per_episode is None else per_episode + d
-    per_episode = per_episode / len(seeds)
+    per_episode = per_episode / len(pairs)
     rng = np.random.default_rng(rng_seed)
     n = len(per_episode)
     boot = per_episode[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
     lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     p_boot = min(1.0, 2 * min(float((boot <= 0).mean()), float((boot >= 0).mean())))
-    return {"dataset": dataset, "variant": variant, "baseline": baseline, "metric": metric, "episodes": n,
-            "seeds": list(seeds), "diff": float(per_episode.mean()), "ci": (float(lo), float(hi)), "level": level,
+    return {"episodes": n, "diff": float(per_episode.mean()), "ci": (float(lo), float(hi)), "level": level,
             "p_boot": p_boot, "per_seed": per_seed, "wins": sum(d > 0 for d in per_seed),
             "p_sign": sign_test(per_seed)}
 
