@@ -192,11 +192,11 @@ def test_paired_comparison_pairs_episodes_and_seeds(tmp_path):
     assert c["diff"] == 1.0 and c["ci"] == (1.0, 1.0) and c["p_boot"] == 0.0 and c["p_sign"] == 1.0
 
 
-
 def test_paired_bootstrap_compares_runs_of_any_name_and_directory(tmp_path):
     # two sweep points' evaluations (runs of other names, in other results directories) over the same episodes
     write_episodes(tmp_path / "x3", "d", "sft-r0-seed0", [1, 1, 0, 1])
     write_episodes(tmp_path / "x1", "d", "sft-r0-seed0", [0, 1, 0, 0])
+
     def read(point):
         return episode_metrics_file(tmp_path / point / "d" / "eval" / "sft-r0-seed0" / "val_unseen" / "episodes.jsonl")
     assert read("x3") == {0: 1.0, 1: 1.0, 2: 0.0, 3: 1.0}
@@ -209,6 +209,7 @@ def test_paired_bootstrap_compares_runs_of_any_name_and_directory(tmp_path):
         paired_bootstrap([(read("x3"), {0: 1.0})])
     with pytest.raises(SacaError, match="no seeds"):
         paired_bootstrap([])
+
 
 def test_paired_comparison_refuses_different_episodes_and_names_missing_files(tmp_path):
     write_episodes(tmp_path, "d", "rft-saca-s0", [1, 0, 1])

@@ -302,10 +302,6 @@ def seed_report(names, seeds, round0: bool = False) -> None:
     mean episode length and Appendix-A share over the same runs."""
     import statistics
 
-    seed0 = {n: "sft-batched" if n in BEFORE_BATCHING else "sft" for n in names}
-    prefix = "sft-r0-seed" if round0 else "sft-seed"
-    if round0:
-        seed0 = {n: "sft-r0-seed0" for n in names}
     print("| point | " + " | ".join(f"{d} SR (per seed) / steps (expert) / A-share" for d in DATASETS) + " |")
     print("|" + "---|" * (1 + len(DATASETS)))
     for name in names:
@@ -313,7 +309,7 @@ def seed_report(names, seeds, round0: bool = False) -> None:
         cells = []
         for d in DATASETS:
             srs, steps, shares, expert = [], [], [], 0.0
-            for run in [seed0[name], *[f"{prefix}{n}" for n in seeds]]:
+            for run in seed_runs(name, seeds, round0):
                 m = res / d / "eval" / run / "val_seen" / "metrics.json"
                 if not m.exists():
                     continue
@@ -333,19 +329,21 @@ def seed_report(names, seeds, round0: bool = False) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def seed_runs(name: str, seeds, round0: bool = False) -> list[str]:
+    """The evaluation runs of a point's SFT policy (``round0``: its round-0 policy) at seed 0 and ``seeds``."""
+    if round0:
+        return [f"sft-r0-seed{n}" for n in [0, *seeds]]
+    return ["sft-batched" if name in BEFORE_BATCHING else "sft", *[f"sft-seed{n}" for n in seeds]]
+
+
 def compare(variant: str, baseline: str, seeds, round0: bool = False) -> None:
     """Paired SR difference of two points' SFT policies on the same val_seen episodes and evaluation seeds (0 and
     ``seeds``): ``saca.report.paired_bootstrap`` (bootstrap over episodes, sign test over seeds)."""
     from saca.report import episode_metrics_file, paired_bootstrap
 
-    def runs(name):
-        if round0:
-            return [f"sft-r0-seed{n}" for n in [0, *seeds]]
-        return ["sft-batched" if name in BEFORE_BATCHING else "sft", *[f"sft-seed{n}" for n in seeds]]
-
     for d in DATASETS:
         pairs = []
-        for rv, rb in zip(runs(variant), runs(baseline)):
+        for rv, rb in zip(seed_runs(variant, seeds, round0), seed_runs(baseline, seeds, round0)):
             pairs.append(tuple(episode_metrics_file(ROOT / "results/sweep" / name / d / "eval" / run / "val_seen"
                                                     / "episodes.jsonl") for name, run in ((variant, rv), (baseline, rb))))
         c = paired_bootstrap(pairs)
@@ -378,7 +376,7 @@ def main() -> int:
         for name in args.points:
             if not args.evals_only:
                 run_point(name, args.cores)
-            if args.eval_seeds and not (args.evals_only and args.round0):
+            if args.eval_seeds:  # evaluations that exist are kept
                 seed_evals(name, args.eval_seeds)
             if args.round0:
                 round0_evals(name, args.eval_seeds)
