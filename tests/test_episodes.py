@@ -227,3 +227,41 @@ def test_max_unseen_steps_keeps_landmarks_in_view(mini_world):
         assert actions == e.gt_actions and len(targets) == len(actions)
         assert longest_unseen_run(sim, e, actions, targets, e.info["landmark_instances"], 0.004) <= 4
     sim.close()
+
+
+def test_held_out_houses_start_where_pinned():
+    from saca.sim.embedded.world import SceneGenConfig
+
+    assert SceneGenConfig(train=3, val_unseen=2).scene_ids() == {
+        "train": ["house_000", "house_001", "house_002"], "val_unseen": ["house_003", "house_004"]}
+    # pinned at 2: the held-out houses stay house_002-003 while train grows; the extra train houses follow them
+    assert SceneGenConfig(train=2, val_unseen=2, val_unseen_start=2).scene_ids() == {
+        "train": ["house_000", "house_001"], "val_unseen": ["house_002", "house_003"]}
+    assert SceneGenConfig(train=4, val_unseen=2, val_unseen_start=2).scene_ids() == {
+        "train": ["house_000", "house_001", "house_004", "house_005"], "val_unseen": ["house_002", "house_003"]}
+    with pytest.raises(SacaError, match=r"scenes\.val_unseen_start: .* 0 to train \(2\), got 3"):
+        SceneGenConfig(train=2, val_unseen=1, val_unseen_start=3).validate("scenes")
+
+
+def test_more_train_houses_leave_the_val_unseen_episodes_unchanged(tmp_path, scene_builder):
+    """Twice the train houses with the held-out house pinned: the same val_unseen episodes, new train ones."""
+    from saca.episodes.generate import DatasetConfig, generate_split
+    from saca.sim import make_simulator
+    from saca.sim.base import SimConfig
+    from saca.sim.embedded.world import SceneGenConfig
+
+    cfg = DatasetConfig(turn_angle=30, style="rxr", landmarks=[1, 2], seed=3, episodes={"train": 4, "val_unseen": 3})
+    small = dict(rooms=[2, 3], room_size=[3.0, 4.0])
+    out = {}
+    for name, scenes in (("base", SceneGenConfig(train=2, val_unseen=1, **small)),
+                         ("more", SceneGenConfig(train=4, val_unseen=1, val_unseen_start=2, **small))):
+        index = scene_builder(tmp_path / name, scenes)
+        sim = make_simulator("embedded", SimConfig(width=64, height=64), cfg.turn_angle, tmp_path / name)
+        out[name] = {split: [e.to_json() for e in generate_split("d", cfg, split, index[
+            "val_unseen" if split == "val_unseen" else "train"], sim)] for split in ("train", "val_unseen")}
+        sim.close()
+        out[name]["index"] = index
+    assert out["base"]["index"]["val_unseen"] == out["more"]["index"]["val_unseen"] == ["house_002"]
+    assert out["more"]["index"]["train"] == ["house_000", "house_001", "house_003", "house_004"]
+    assert out["base"]["val_unseen"] == out["more"]["val_unseen"]
+    assert {e["scene_id"] for e in out["more"]["train"]} - {e["scene_id"] for e in out["base"]["train"]}

@@ -123,7 +123,8 @@ point("short_res112_f4_e2", data_from=None, datasets=SHORT, vln_ego={"memory": {
 # three times as many train episodes of the same 8 houses (the first 120 / 80 are lab_x1's: each split draws its
 # episodes from its own random stream), one epoch of round-0 SFT over them (three times the steps), DAgger rollouts
 # on all of them, the same 600 steps per DAgger round.
-point("lab_x1", configs=LAB)
+# config/lab.yaml has had lab_x3's 360 / 240 since then: lab_x1 pins the 120 / 80 it ran with.
+point("lab_x1", configs=LAB, datasets={"mini_r2r": {"episodes": {"train": 120}}, "mini_rxr": {"episodes": {"train": 80}}})
 point("lab_x3", configs=LAB, datasets={"mini_r2r": {"episodes": {"train": 360}}, "mini_rxr": {"episodes": {"train": 240}}})
 
 

@@ -134,10 +134,12 @@ def dataset_cfg(wildcards, split=None):
 
 def scene_ids():
     """The embedded houses the scenes job generates; habitat scenes are downloaded, so there are none."""
+    from saca.sim.embedded.world import SceneGenConfig
+
     sc = config["scenes"]
     if sc["backend"] == "habitat":
         return []
-    return [f"house_{i:03d}" for i in range(sc["train"] + sc["val_unseen"])]
+    return sorted(sid for ids in SceneGenConfig(**sc).scene_ids().values() for sid in ids)
 
 
 # --- evaluation runs (RUN_AGENTS, REFERENCE_AGENTS and EVAL_DIR are defined in evaluate.smk) ---

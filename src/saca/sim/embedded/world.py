@@ -38,6 +38,10 @@ class SceneGenConfig:
     seed: int = 0
     train: int = 8
     val_unseen: int = 3
+    # index of the first held-out house (house_{i:03d}); None: right after the train houses. Pinning it (e.g. 8)
+    # keeps the held-out houses, and so the val_unseen episodes, the same while `train` grows: the extra train
+    # houses are numbered after the held-out ones.
+    val_unseen_start: int | None = None
     rooms: list = field(default_factory=lambda: [3, 5])
     room_size: list = field(default_factory=lambda: [3.0, 4.5])
     landmarks_per_room: list = field(default_factory=lambda: [1, 2])
@@ -50,6 +54,9 @@ class SceneGenConfig:
             if not self.dir:
                 raise SacaError(f"{where}.dir: the habitat backend needs the scene datasets folder (data/scene_datasets)")
             return
+        if self.val_unseen_start is not None and not 0 <= self.val_unseen_start <= self.train:
+            raise SacaError(f"{where}.val_unseen_start: the first held-out house's index, 0 to train "
+                            f"({self.train}), got {self.val_unseen_start}")
         lo, hi = self.rooms
         if not 1 <= lo <= hi <= GRID * GRID:
             raise SacaError(f"{where}.rooms: need 1 <= min <= max <= {GRID * GRID}, got {self.rooms}")
@@ -59,8 +66,13 @@ class SceneGenConfig:
             raise SacaError(f"{where}.landmarks_per_room: need 0 <= min <= max, got {self.landmarks_per_room}")
 
     def scene_ids(self) -> dict[str, list[str]]:
-        ids = [f"house_{i:03d}" for i in range(self.train + self.val_unseen)]
-        return {"train": ids[: self.train], "val_unseen": ids[self.train :]}
+        """The house ids of each split: ``house_000`` ... numbered without gaps; the ``val_unseen`` held-out
+        houses start at ``val_unseen_start`` (default: after the ``train`` houses)."""
+        start = self.train if self.val_unseen_start is None else self.val_unseen_start
+        held_out = range(start, start + self.val_unseen)
+        ids = range(self.train + self.val_unseen)
+        return {"train": [f"house_{i:03d}" for i in ids if i not in held_out],
+                "val_unseen": [f"house_{i:03d}" for i in held_out]}
 
 
 def scenes_for_split(scenes_dir: str | Path, split: str) -> list[str]:
