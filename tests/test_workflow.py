@@ -455,3 +455,30 @@ def test_lab_dag_builds_with_its_budgets(tmp_path):
     # the last DAgger round is the mix's SFT policy; plain SFT is round 0
     assert f"sft/r2r_rxr/dagger/r{rounds - 1}/final" in r.stdout and "sft/r2r_rxr/dagger/r0/final" in r.stdout
     assert '"lookahead": 1' in r.stdout and '"max_steps": 100' in r.stdout
+
+
+def test_a_policy_trained_elsewhere_is_evaluated_on_this_configs_episodes(tmp_path):
+    """evaluation.agents (issue 29: the lab's house-count policies on a development split): run {name} evaluates
+    the agent spec at its path, {dataset} filled per dataset, on every dataset and split; names of the workflow's
+    own runs are refused at parse time, naming the key."""
+    out = tmp_path / "results"
+    for ds in ("mini_r2r", "mini_rxr"):
+        (tmp_path / "elsewhere" / ds).mkdir(parents=True)
+        (tmp_path / "elsewhere" / ds / "agent.json").write_text('{"checkpoint": "final", "options": {}}')
+    cfg = tmp_path / "agents.yaml"
+    cfg.write_text(yaml.safe_dump({"evaluation": {"agents": {"h24": f"{tmp_path}/elsewhere/{{dataset}}/agent.json"}}}))
+    r = snakemake("all", "-n", "-p", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", str(cfg),
+                  "--config", f"results={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    evals = sorted((w["run"], w["dataset"]) for rule, w in _planned_jobs(r.stdout) if rule == "evaluate" and w["run"] == "h24")
+    assert evals == [("h24", "mini_r2r"), ("h24", "mini_rxr")]
+    for ds in ("mini_r2r", "mini_rxr"):
+        assert re.search(rf"saca evaluate --dataset-dir {out}/{ds} --split val_unseen --agent {tmp_path}/elsewhere/{ds}/"
+                         r"agent.json --run h24 ", r.stdout), ds
+    # the other evaluations' params do not mention the agents: adding one reruns nothing else
+    assert '"agents"' not in r.stdout
+    for name in ("sft", "sft-t1", "rft-grpo-s0", "oracle"):
+        cfg.write_text(yaml.safe_dump({"evaluation": {"agents": {name: f"{tmp_path}/elsewhere/mini_r2r/agent.json"}}}))
+        r = snakemake("-n", "--cores", "1", "--nolock", "--configfile", "config/smoke.yaml", str(cfg),
+                      "--config", f"results={out}")
+        assert r.returncode != 0 and f"config error: evaluation.agents: '{name}': a run name of its own" in r.stderr, name

@@ -71,6 +71,8 @@ def _error_line(err, where: str = "") -> str:
         message = f"{err.instance} is not a finite number"
     elif err.validator == "type" and isinstance(err.instance, float) and "integer" in str(err.validator_value):
         message = f"{err.instance!r} is not an integer (write {int(err.instance) if err.instance.is_integer() else 'an integer'})"
+    elif err.validator == "pattern" and isinstance(err.schema, dict) and err.schema.get("description"):
+        message = f"{err.instance!r}: {err.schema['description']}"  # what the pattern means, not the regex
     return f"{path or '(top level)'}: {message}"
 
 

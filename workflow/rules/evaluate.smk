@@ -10,9 +10,14 @@
 EVAL = config["evaluation"]
 # what an evaluation job reads: the section without the workflow's keys (which runs and splits, how many plots,
 # how many shards), so that editing them reruns nothing but what they select (plots: eval_plots only)
-EVAL_JOB = {k: v for k, v in EVAL.items() if k not in ("runs", "splits", "plots", "shards")}
+EVAL_JOB = {k: v for k, v in EVAL.items() if k not in ("runs", "splits", "plots", "shards", "agents")}
 REFERENCE_AGENTS = ("random", "forward", "oracle")
 RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
+# evaluation.agents: policies trained elsewhere (another results folder, a copied checkpoint), evaluated on this
+# config's episodes as run {name}; the agent spec path may hold {dataset}. The schema keeps their names apart
+# from the workflow's own runs (random, forward, oracle, sft..., rft-...).
+for _name, _spec in EVAL.get("agents", {}).items():
+    RUN_AGENTS[_name] = lambda w, _spec=_spec: _spec.format(dataset=w.dataset)
 EVAL_DIR = f"{RESULTS}/{{dataset}}/eval/{{run}}/{{split}}"
 
 
@@ -137,5 +142,5 @@ rule eval_plots:
         " --eval-dir {params.out:q} --n {params.n:q} --out {output:q} > {log:q} 2>&1"
 
 
-for _run in EVAL["runs"]:
+for _run in [*EVAL["runs"], *EVAL.get("agents", {})]:
     TARGETS += eval_targets(_run)
