@@ -455,6 +455,9 @@ def test_lab_dag_builds_with_its_budgets(tmp_path):
     # the last DAgger round is the mix's SFT policy; plain SFT is round 0
     assert f"sft/r2r_rxr/dagger/r{rounds - 1}/final" in r.stdout and "sft/r2r_rxr/dagger/r0/final" in r.stdout
     assert '"lookahead": 1' in r.stdout and '"max_steps": 100' in r.stdout
+    # 24 train houses, the held-out ones pinned at house_008-010 (chosen on a development split, 2026-12-08)
+    assert '"train": 24, "val_unseen": 3, "val_unseen_start": 8' in r.stdout
+    assert "scenes/house_026.json" in r.stdout and "scenes/house_027.json" not in r.stdout
 
 
 def test_a_policy_trained_elsewhere_is_evaluated_on_this_configs_episodes(tmp_path):
