@@ -87,8 +87,10 @@ class EvalConfig:
     against, ``gt_locations`` (VLN-CE: the ``locations`` of
     ``{split}_gt.json.gz``) or ``reference_path``; ``seed``: the agent seed;
     ``plots``: episodes drawn top-down per run and split; ``shards``: how many
-    processes the workflow splits one evaluation into; ``agent_options``:
-    keyword arguments for a policy checkpoint's agent loader.
+    processes the workflow splits one evaluation into; ``agents``: policies
+    trained elsewhere, ``{run name: agent.json path}`` (``{dataset}`` filled
+    per dataset), evaluated by the workflow on this config's episodes;
+    ``agent_options``: keyword arguments for a policy checkpoint's agent loader.
     """
 
     runs: list = field(default_factory=lambda: ["random", "forward", "oracle"])
@@ -99,6 +101,7 @@ class EvalConfig:
     seed: int = 0
     plots: int = 4
     shards: int = 1
+    agents: dict = field(default_factory=dict)
     agent_options: dict = field(default_factory=dict)
 
     def validate(self, where: str) -> None:
