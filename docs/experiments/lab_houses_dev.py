@@ -34,21 +34,19 @@ def main(argv=None) -> None:
     print("| dataset | run | episodes | SR | SPL | OS | NE (m) | walls | SR - " + args.base + " [95 % CI] (p) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for ds in DATASETS:
-        base = Path(args.results) / ds / "eval" / args.base / args.split / "episodes.jsonl"
+        base = episode_metrics_file(Path(args.results) / ds / "eval" / args.base / args.split / "episodes.jsonl")
         for run in args.runs:
             d = Path(args.results) / ds / "eval" / run / args.split
             m = json.loads((d / "metrics.json").read_text())
-            agg = m.get("metrics", m)
+            sr = episode_metrics_file(d / "episodes.jsonl")
             walls = wall_collision_share(d / "episodes.jsonl")["share"]
             cell = "-"
             if run != args.base:
-                pair = paired_bootstrap([(episode_metrics_file(d / "episodes.jsonl"), episode_metrics_file(base))])
+                pair = paired_bootstrap([(sr, base)])
                 lo, hi = pair["ci"]
                 cell = f"{100 * pair['diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (p {pair['p_boot']:.3f})"
-            n = len(episode_metrics_file(d / "episodes.jsonl"))
-            print(f"| {ds} | {run} | {n} | {100 * agg['SR']:.1f} | {100 * agg['SPL']:.1f} | {100 * agg['OS']:.1f} "
-                  f"| {agg['NE']:.2f} | {100 * walls:.1f} % | {cell} |")
-
+            print(f"| {ds} | {run} | {len(sr)} | {100 * m['SR']:.1f} | {100 * m['SPL']:.1f} | {100 * m['OS']:.1f} "
+                  f"| {m['NE']:.2f} | {100 * walls:.1f} % | {cell} |")
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@
 
 EVAL = config["evaluation"]
 # what an evaluation job reads: the section without the workflow's keys (which runs and splits, how many plots,
-# how many shards), so that editing them reruns nothing but what they select (plots: eval_plots only)
+# how many shards, which agents from elsewhere), so that editing them reruns nothing but what they select (plots: eval_plots only)
 EVAL_JOB = {k: v for k, v in EVAL.items() if k not in ("runs", "splits", "plots", "shards", "agents")}
 REFERENCE_AGENTS = ("random", "forward", "oracle")
 RUN_AGENTS = {name: name for name in REFERENCE_AGENTS}
